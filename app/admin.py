@@ -1,0 +1,249 @@
+"""The admin API (only with ``BRIDGE_ADMIN_TOKEN``): inspect events, their deliveries
+and attempts, and replay dead or delivered deliveries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from app.api import BridgeDep, DeliveryOut, bearer_token, token_matches
+from app.errors import (
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+    responses,
+)
+from app.store import AttemptRecord, DeliveryRecord, EventRecord
+
+
+def require_admin_token(request: Request, bridge: BridgeDep) -> None:
+    token = bridge.settings.admin_token
+    if token is None or not token_matches(bearer_token(request), [token]):
+        raise Unauthorized("a valid 'Authorization: Bearer <admin token>' is required")
+
+
+admin = APIRouter(
+    tags=["admin"],
+    dependencies=[Depends(require_admin_token)],
+    responses=responses(Unauthorized, ServiceUnavailable),
+)
+
+
+class AttemptOut(BaseModel):
+    number: int
+    started_at: datetime
+    duration_ms: float
+    outcome: str
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    retry_in_seconds: float | None
+
+
+class DeliveryDetail(DeliveryOut):
+    connection: str
+    idempotency_key: str
+    created_at: datetime
+    finished_at: datetime | None
+    attempts_made: list[AttemptOut] = Field(default_factory=list)
+
+
+class EventOut(BaseModel):
+    id: str
+    execution_id: str
+    received_at: datetime
+    job_id: str | None
+    schema_name: str | None
+    table_name: str | None
+    status: str | None
+    state: Literal["pending", "delivered", "dead", "ignored"]
+    reason: str | None
+    deliveries: list[DeliveryDetail]
+
+
+class EventDetail(EventOut):
+    payload: dict[str, object]
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next_cursor: str | None
+
+
+def _when(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _event_state(found: list[DeliveryRecord]) -> Literal["pending", "delivered", "dead", "ignored"]:
+    states = {d.state for d in found}
+    if not found:
+        return "ignored"
+    if "dead" in states:
+        return "dead"
+    if "pending" in states:
+        return "pending"
+    return "delivered"
+
+
+def _delivery_detail(d: DeliveryRecord, tried: list[AttemptRecord]) -> DeliveryDetail:
+    return DeliveryDetail(
+        id=d.id,
+        route=d.route,
+        state=d.state,
+        attempts=d.attempts,
+        flow_run_id=d.flow_run_id,
+        flow_run_url=d.flow_run_url,
+        error=d.last_error,
+        next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+        connection=d.connection,
+        idempotency_key=d.idempotency_key,
+        created_at=_when(d.created_at),
+        finished_at=_when(d.finished_at) if d.finished_at else None,
+        attempts_made=[
+            AttemptOut(
+                number=a.number,
+                started_at=_when(a.started_at),
+                duration_ms=a.duration_ms,
+                outcome=a.outcome,
+                status_code=a.status_code,
+                error=a.error,
+                response_excerpt=a.response_excerpt,
+                retry_in_seconds=a.retry_in,
+            )
+            for a in tried
+            if a.delivery_id == d.id
+        ],
+    )
+
+
+def _event_out(
+    event: EventRecord, found: list[DeliveryRecord], tried: list[AttemptRecord]
+) -> EventOut:
+    return EventOut(
+        id=event.id,
+        execution_id=event.execution_id,
+        received_at=_when(event.received_at),
+        job_id=event.job_id,
+        schema_name=event.schema_name,
+        table_name=event.table_name,
+        status=event.status,
+        state=_event_state(found),
+        reason=event.ignored_reason,
+        deliveries=[_delivery_detail(d, tried) for d in found],
+    )
+
+
+@admin.get("/events", response_model=EventPage, summary="List events, newest first")
+async def list_events(
+    bridge: BridgeDep,
+    state: Annotated[Literal["pending", "delivered", "dead", "ignored"] | None, Query()] = None,
+    job_id: Annotated[str | None, Query(max_length=64)] = None,
+    table_name: Annotated[str | None, Query(max_length=1024)] = None,
+    since: Annotated[datetime | None, Query(description="received at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="received before (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> EventPage:
+    before = _parse_cursor(cursor) if cursor else None
+    page = await bridge.store.list_events(
+        state=state,
+        job_id=job_id,
+        table_name=table_name,
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+        before=before,
+        limit=limit,
+    )
+    out = [_event_out(event, found, []) for event, found in page]
+    next_cursor = None
+    if len(page) == limit:
+        last = page[-1][0]
+        next_cursor = f"{last.received_at!r}_{last.id}"
+    return EventPage(events=out, next_cursor=next_cursor)
+
+
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    received_at, _, event_id = cursor.partition("_")
+    try:
+        return float(received_at), event_id
+    except ValueError:
+        raise ValidationFailed("invalid cursor") from None
+
+
+@admin.get(
+    "/events/{event_id}",
+    response_model=EventDetail,
+    summary="One event with its deliveries and every attempt",
+    responses=responses(NotFound),
+)
+async def get_event(event_id: str, bridge: BridgeDep) -> EventDetail:
+    found = await bridge.store.get_event(event_id)
+    if found is None:
+        raise NotFound(f"no event {event_id}")
+    event, found_deliveries = found
+    tried = await bridge.store.attempts_of([d.id for d in found_deliveries])
+    out = _event_out(event, found_deliveries, tried)
+    return EventDetail(**out.model_dump(), payload=event.payload)
+
+
+@admin.post(
+    "/deliveries/{delivery_id}/replay",
+    response_model=DeliveryOut,
+    status_code=202,
+    summary="Replay a dead or delivered delivery",
+    description=(
+        "The delivery becomes pending and due now, with a fresh attempt budget. It keeps "
+        "its idempotency key, so Prefect answers with the flow run it already made, if "
+        "any; with new_run=true it gets a new key and Prefect creates a new run."
+    ),
+    responses=responses(NotFound, Conflict),
+)
+async def replay_delivery(
+    delivery_id: str, bridge: BridgeDep, new_run: Annotated[bool, Query()] = False
+) -> DeliveryOut:
+    delivery = await bridge.store.get_delivery(delivery_id)
+    if delivery is None:
+        raise NotFound(f"no delivery {delivery_id}")
+    replayed = await _replay(bridge, delivery, new_run)
+    bridge.dispatcher.wake()
+    return replayed
+
+
+async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) -> DeliveryOut:
+    try:
+        d = await bridge.store.replay(delivery.id, new_run=new_run)
+    except LookupError:
+        raise NotFound(f"no delivery {delivery.id}") from None
+    except ValueError as exc:
+        raise Conflict(str(exc)) from None
+    return DeliveryOut(
+        id=d.id,
+        route=d.route,
+        state="pending",
+        attempts=d.attempts,
+        next_attempt_at=d.next_attempt_at,
+    )
+
+
+@admin.post(
+    "/events/{event_id}/replay",
+    response_model=list[DeliveryOut],
+    status_code=202,
+    summary="Replay every dead or delivered delivery of an event",
+    responses=responses(NotFound),
+)
+async def replay_event(
+    event_id: str, bridge: BridgeDep, new_run: Annotated[bool, Query()] = False
+) -> list[DeliveryOut]:
+    found = await bridge.store.get_event(event_id)
+    if found is None:
+        raise NotFound(f"no event {event_id}")
+    _, found_deliveries = found
+    replayed = [await _replay(bridge, d, new_run) for d in found_deliveries if d.state != "pending"]
+    bridge.dispatcher.wake()
+    return replayed

@@ -1,0 +1,335 @@
+"""The HTTP API: the Erathos webhook, liveness and readiness.
+
+A webhook travels: authenticated (constant-time token check) -> size-capped
+and parsed -> validated as an :class:`ErathosEvent` -> routed -> stored with its
+deliveries in one transaction -> delivered at once, waiting at most
+``BRIDGE_SYNC_WAIT`` for Prefect's answer before saying "queued".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from app.errors import (
+    InvalidBody,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+    fields_from_pydantic,
+    responses,
+)
+from app.event import ErathosEvent
+from app.prefect import Health
+from app.service import Bridge
+from app.store import DEAD, DELIVERED, Claim, DeliveryRecord, EventRecord, NewDelivery
+from app.store import StoreUnavailable as StoreDown
+
+log = logging.getLogger("erathos_prefect_bridge.api")
+
+HEALTH_CACHE_SECONDS = 15.0
+HEALTH_TIMEOUT_SECONDS = 3.0
+
+
+def get_bridge(request: Request) -> Bridge:
+    bridge: Bridge = request.state.bridge
+    return bridge
+
+
+BridgeDep = Annotated[Bridge, Depends(get_bridge)]
+
+
+def bearer_token(request: Request) -> bytes | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip().encode()
+
+
+def token_matches(presented: bytes | None, accepted: Sequence[SecretStr]) -> bool:
+    """Compare against every accepted token, always all of them, in constant time each."""
+    matched = False
+    for token in accepted:
+        expected = token.get_secret_value().encode()
+        matched |= hmac.compare_digest(presented or b"", expected)
+    return matched and presented is not None
+
+
+def require_webhook_token(request: Request, bridge: BridgeDep) -> None:
+    if not token_matches(bearer_token(request), bridge.settings.webhook_tokens):
+        raise Unauthorized()
+
+
+class DeliveryOut(BaseModel):
+    """One target of the event: a flow run, or why there is none (yet)."""
+
+    id: str
+    route: str
+    state: Literal["pending", "delivered", "dead"]
+    attempts: int
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    error: str | None = None
+    next_attempt_at: float | None = None
+
+
+class WebhookOut(BaseModel):
+    event_id: str
+    execution_id: str
+    duplicate: bool
+    status: Literal["delivered", "queued", "failed", "ignored"]
+    reason: str | None = None
+    deliveries: list[DeliveryOut]
+
+
+def describe(event: EventRecord, found: Sequence[DeliveryRecord], *, duplicate: bool) -> WebhookOut:
+    states = {d.state for d in found}
+    status: Literal["delivered", "queued", "failed", "ignored"]
+    if not found:
+        status = "ignored"
+    elif DEAD in states:
+        status = "failed"
+    elif states == {DELIVERED}:
+        status = "delivered"
+    else:
+        status = "queued"
+    return WebhookOut(
+        event_id=event.id,
+        execution_id=event.execution_id,
+        duplicate=duplicate,
+        status=status,
+        reason=event.ignored_reason,
+        deliveries=[
+            DeliveryOut(
+                id=d.id,
+                route=d.route,
+                state=d.state,
+                attempts=d.attempts,
+                flow_run_id=d.flow_run_id,
+                flow_run_url=d.flow_run_url,
+                error=d.last_error,
+                next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+            )
+            for d in found
+        ],
+    )
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The body as JSON: 415 unless JSON, 413 past ``limit`` bytes (declared or streamed)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    try:
+        return json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidBody(f"the body is not valid JSON: {_short(exc)}") from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        result[key] = value
+    return result
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split("\n")[0][:200]
+
+
+webhooks = APIRouter(tags=["webhooks"])
+
+
+@webhooks.post(
+    "/webhooks/erathos",
+    status_code=202,
+    response_model=WebhookOut,
+    summary="Receive an Erathos job-completion webhook",
+    description=(
+        "Stores the event durably, then creates one Prefect flow run per matching route. "
+        "202: stored (the deliveries say whether the flow run already exists). 200: this "
+        "execution_id was received before; the answer repeats its outcome and nothing new "
+        "is created."
+    ),
+    dependencies=[Depends(require_webhook_token)],
+    responses={
+        200: {"model": WebhookOut, "description": "A repeated execution_id"},
+        **responses(
+            InvalidBody,
+            Unauthorized,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            ValidationFailed,
+            ServiceUnavailable,
+        ),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ErathosEvent.model_json_schema()}},
+        }
+    },
+)
+async def receive_erathos_webhook(request: Request, bridge: BridgeDep) -> Any:
+    payload = await read_json_body(request, bridge.settings.max_body_bytes)
+    try:
+        event = ErathosEvent.model_validate(payload)
+    except ValidationError as exc:
+        fields = fields_from_pydantic(exc.errors())
+        raise ValidationFailed(
+            "invalid " + ", ".join(dict.fromkeys(f.field for f in fields)), fields=fields
+        ) from None
+    return await accept_event(bridge, event, payload)
+
+
+async def accept_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> Any:
+    """Route, store and start delivering one event; the webhook's answer."""
+    decision = bridge.router.decide(event)
+    new = [
+        NewDelivery(
+            route.name, route.connection, bridge.router.idempotency_key(event.execution_id, route)
+        )
+        for route in decision.routes
+    ]
+    try:
+        recorded = await bridge.store.record_event(
+            event.execution_id,
+            payload,
+            job_id=str(event.job_id) if event.job_id else None,
+            schema_name=event.schema_name,
+            table_name=event.table_name,
+            status=event.status,
+            new_deliveries=new,
+            ignored_reason=decision.reason,
+            claim_for=bridge.dispatcher.owner,
+            lease_seconds=bridge.dispatcher.lease,
+        )
+    except StoreDown as exc:
+        log.error(
+            "event not stored, answered 503: %s", exc, extra={"execution_id": event.execution_id}
+        )
+        raise ServiceUnavailable() from None
+    log.info(
+        "event accepted" if recorded.created else "duplicate event",
+        extra={
+            "execution_id": event.execution_id,
+            "job_id": recorded.event.job_id,
+            "table_name": event.table_name,
+            "routes": [d.route for d in recorded.deliveries],
+            "reason": decision.reason,
+        },
+    )
+    if not recorded.created:
+        return JSONResponse(
+            describe(recorded.event, recorded.deliveries, duplicate=True).model_dump(), 200
+        )
+    found = recorded.deliveries
+    if found:
+        tasks = bridge.dispatcher.submit(Claim(d, recorded.event) for d in found)
+        await asyncio.wait(tasks, timeout=bridge.settings.sync_wait.total_seconds())
+        found = [_finished_or(task, d) for task, d in zip(tasks, found, strict=True)]
+    return describe(recorded.event, found, duplicate=False)
+
+
+def _finished_or(task: asyncio.Task[DeliveryRecord], before: DeliveryRecord) -> DeliveryRecord:
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    return before
+
+
+health = APIRouter(tags=["health"])
+
+
+class StoreStatus(BaseModel):
+    writable: bool
+    error: str | None = None
+
+
+class PrefectStatus(BaseModel):
+    connection: str
+    api_url: str
+    reachable: bool
+    authorized: bool | None
+    detail: str
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    store: StoreStatus
+    prefect: list[PrefectStatus]
+
+
+@health.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get(
+    "/readyz",
+    response_model=ReadyOut,
+    summary="Readiness: events can be stored now",
+    description=(
+        "503 only when the store cannot commit. Prefect's reachability and whether it "
+        "accepts our credentials are reported but never make this fail: events are "
+        "accepted and queued while Prefect is down."
+    ),
+    responses={503: {"model": ReadyOut, "description": "The store cannot commit"}},
+)
+async def readyz(request: Request, bridge: BridgeDep) -> JSONResponse:
+    try:
+        await bridge.store.check_writable()
+        store = StoreStatus(writable=True)
+    except StoreDown as exc:
+        store = StoreStatus(writable=False, error=str(exc))
+    prefect = await _prefect_health(request, bridge)
+    body = ReadyOut(ready=store.writable, store=store, prefect=prefect)
+    return JSONResponse(body.model_dump(), status_code=200 if store.writable else 503)
+
+
+async def _prefect_health(request: Request, bridge: BridgeDep) -> list[PrefectStatus]:
+    cache: dict[str, tuple[float, Health]] = request.state.health_cache
+    flow_id = str(bridge.settings.prefect_flow_id)
+
+    async def one(name: str) -> PrefectStatus:
+        connection = bridge.connections[name]
+        cached = cache.get(name)
+        if cached is None or time.monotonic() - cached[0] > HEALTH_CACHE_SECONDS:
+            try:
+                result = await asyncio.wait_for(connection.health(flow_id), HEALTH_TIMEOUT_SECONDS)
+            except TimeoutError:
+                result = Health(False, None, f"no answer within {HEALTH_TIMEOUT_SECONDS:.0f} s")
+            cached = (time.monotonic(), result)
+            cache[name] = cached
+        status = cached[1]
+        return PrefectStatus(
+            connection=name,
+            api_url=connection.api_url,
+            reachable=status.reachable,
+            authorized=status.authorized,
+            detail=status.detail,
+        )
+
+    return list(await asyncio.gather(*(one(name) for name in bridge.connections)))

@@ -1,0 +1,215 @@
+"""The ``erathos-prefect-bridge`` command: serve, erathos-template, check, events, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from app import __version__
+from app.event import METADATA
+from app.logs import configure_logging
+from app.service import open_bridge
+from app.settings import ConfigurationError, Settings, load_settings
+from app.store import EVENT_STATES, StoreUnavailable
+
+WEBHOOK_PATH = "/webhooks/erathos"
+TOKEN_SECRET = "erathos_prefect_bridge_token"  # noqa: S105 (a secret's name, not its value)
+
+
+def erathos_template(
+    settings: Settings, url: str, secret_name: str = TOKEN_SECRET
+) -> dict[str, Any]:
+    """The webhook definition to create in Erathos, in Erathos's own JSON shape."""
+    url = url.rstrip("/")
+    if not url.endswith(WEBHOOK_PATH):
+        url += WEBHOOK_PATH
+    return {
+        "description": "erathos-prefect-bridge: start the Prefect flow of this load",
+        "is_active": True,
+        "method": "POST",
+        "url": url,
+        "header": {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer ${{{{secrets.{secret_name}}}}}",
+        },
+        "body": {name: f"${{{{erathos.{name}}}}}" for name in METADATA},
+        # No rules: a FAILED load is worth recording too; routing decides here.
+        "rules": [],
+        "jobs": list(settings.jobs) or ["<ERATHOS_JOB_ID>"],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"erathos-prefect-bridge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    command: str = args.command
+    if command == "serve":
+        return _serve(settings)
+    if command == "erathos-template":
+        url = args.url or settings.public_url
+        if not url:
+            parser.error("erathos-template needs --url (or BRIDGE_PUBLIC_URL)")
+        print(json.dumps(erathos_template(settings, url, args.secret_name), indent=2))
+        return 0
+    try:
+        if command == "check":
+            return asyncio.run(_check(settings))
+        if command == "events":
+            return asyncio.run(_events(settings, args))
+        if command == "replay":
+            return asyncio.run(_replay(settings, args))
+    except StoreUnavailable as exc:
+        print(f"erathos-prefect-bridge: the store cannot be used: {exc}", file=sys.stderr)
+        return 1
+    parser.error(f"unknown command {command}")  # pragma: no cover (argparse rejects it first)
+    return 2  # pragma: no cover
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="erathos-prefect-bridge",
+        description="Turns Erathos job-completion webhooks into Prefect flow runs.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the service on BRIDGE_HOST:BRIDGE_PORT")
+    template = sub.add_parser(
+        "erathos-template", help="print the webhook definition to paste into Erathos"
+    )
+    template.add_argument("--url", help="the service's public URL, e.g. https://bridge.example.com")
+    template.add_argument(
+        "--secret-name",
+        default=TOKEN_SECRET,
+        help="the Erathos secret that holds BRIDGE_WEBHOOK_TOKEN (default: %(default)s)",
+    )
+    sub.add_parser("check", help="validate the settings and contact Prefect")
+    events = sub.add_parser("events", help="list stored events, newest first")
+    events.add_argument("--state", choices=EVENT_STATES)
+    events.add_argument("--limit", type=int, default=20)
+    events.add_argument("--json", action="store_true", help="print JSON lines")
+    replay = sub.add_parser(
+        "replay", help="replay a dead or delivered delivery (or all of an event's)"
+    )
+    replay.add_argument("id", help="a delivery id, or an event id")
+    replay.add_argument(
+        "--new-run",
+        action="store_true",
+        help="use a new idempotency key: Prefect creates a new run",
+    )
+    return parser
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.shutdown_grace.total_seconds()) or 1,
+        server_header=False,
+    )
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    ok = True
+    async with open_bridge(settings, dispatch=False) as bridge:
+        print(f"store: ok ({settings.database_url})")
+        for name, connection in bridge.connections.items():
+            health = await connection.health(str(settings.prefect_flow_id))
+            good = health.reachable and health.authorized is True and health.detail == "ok"
+            ok &= good
+            print(f"prefect connection {name!r} ({connection.api_url}): {health.detail}")
+        for route in bridge.router.routes:
+            print(f"route {route.name!r}: flow {route.flow_id} on connection {route.connection!r}")
+    print("check passed" if ok else "check FAILED", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _events(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_bridge(settings, dispatch=False) as bridge:
+        page = await bridge.store.list_events(state=args.state, limit=args.limit)
+    for event, found in page:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "event_id": event.id,
+                        "execution_id": event.execution_id,
+                        "received_at": _when(event.received_at),
+                        "table_name": event.table_name,
+                        "status": event.status,
+                        "reason": event.ignored_reason,
+                        "deliveries": [
+                            {
+                                "id": d.id,
+                                "route": d.route,
+                                "state": d.state,
+                                "attempts": d.attempts,
+                                "flow_run_id": d.flow_run_id,
+                                "error": d.last_error,
+                            }
+                            for d in found
+                        ],
+                    }
+                )
+            )
+            continue
+        print(
+            f"{_when(event.received_at)}  event {event.id}  execution {event.execution_id}  "
+            f"table {event.table_name or '-'}  status {event.status or '-'}"
+        )
+        if not found:
+            print(f"    ignored: {event.ignored_reason}")
+        for d in found:
+            detail = d.flow_run_id or d.last_error or ""
+            print(f"    delivery {d.id}  {d.route}  {d.state}  attempts {d.attempts}  {detail}")
+    return 0
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_bridge(settings, dispatch=False) as bridge:
+        store = bridge.store
+        delivery = await store.get_delivery(args.id)
+        targets = [delivery] if delivery is not None else []
+        if delivery is None:
+            found = await store.get_event(args.id)
+            if found is None:
+                print(f"no delivery or event {args.id}", file=sys.stderr)
+                return 1
+            targets = [d for d in found[1] if d.state != "pending"]
+        for target in targets:
+            try:
+                await store.replay(target.id, new_run=args.new_run)
+            except ValueError as exc:
+                print(f"delivery {target.id}: {exc}", file=sys.stderr)
+                return 1
+            print(
+                f"delivery {target.id} ({target.route}) is pending again; "
+                "the service sends it at its next poll"
+            )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

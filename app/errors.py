@@ -1,0 +1,172 @@
+"""One error hierarchy, one handler, one JSON shape for every error the service answers.
+
+    BridgeError                     the base: a status code, a code and a message
+    ├── Unauthorized          401   no or wrong token (with WWW-Authenticate: Bearer)
+    ├── NotFound              404
+    ├── Conflict              409   e.g. replaying a delivery that is still pending
+    ├── PayloadTooLarge       413   body over BRIDGE_MAX_BODY_BYTES
+    ├── UnsupportedMediaType  415   not application/json
+    ├── InvalidBody           400   not parseable as JSON
+    ├── ValidationFailed      422   names every missing or invalid field
+    └── ServiceUnavailable    503   nothing was acknowledged; send it again
+
+Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.store import StoreUnavailable as StoreDown
+
+log = logging.getLogger("erathos_prefect_bridge.api")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: list[FieldError] = []
+
+
+class ErrorBody(BaseModel):
+    """The shape of every error answer."""
+
+    error: ErrorDetail
+
+
+class BridgeError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        fields: Sequence[FieldError] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = list(fields)
+        self.headers = headers
+
+
+class Unauthorized(BridgeError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(
+        self, message: str = "a valid 'Authorization: Bearer <token>' is required"
+    ) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(BridgeError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(BridgeError):
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidBody(BridgeError):
+    status_code = 400
+    code = "invalid_json"
+
+
+class PayloadTooLarge(BridgeError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(BridgeError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(BridgeError):
+    status_code = 422
+    code = "validation_failed"
+
+
+class ServiceUnavailable(BridgeError):
+    status_code = 503
+    code = "store_unavailable"
+
+    def __init__(
+        self, message: str = "the event could not be stored; nothing was acknowledged"
+    ) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+def error_response(
+    status: int, code: str, message: str, fields: Sequence[FieldError] = (), headers: Any = None
+) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, fields=list(fields)))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def responses(*errors: type[BridgeError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the errors a route can answer."""
+    return {
+        error.status_code: {"model": ErrorBody, "description": error.__doc__ or error.code}
+        for error in errors
+    }
+
+
+def fields_from_pydantic(errors: Sequence[Any], *, skip: int = 0) -> list[FieldError]:
+    """Name each invalid field (``rows``, ``query.limit``); never echo the value."""
+    out = []
+    for error in errors:
+        loc = [str(part) for part in error["loc"][skip:]]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required"
+        field = ".".join(loc) if loc else "body"
+        if not loc and ": " in message:
+            field, message = message.split(": ", 1)
+        out.append(FieldError(field=field, message=message))
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BridgeError)
+    async def _bridge(_: Request, exc: BridgeError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.fields, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = fields_from_pydantic(exc.errors())
+        message = "invalid " + ", ".join(f.field for f in fields)
+        return error_response(422, ValidationFailed.code, message, fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(StoreDown)
+    async def _store(_: Request, exc: StoreDown) -> JSONResponse:
+        log.error("store unavailable: %s", exc)
+        down = ServiceUnavailable("the store cannot be used right now; nothing was changed")
+        return error_response(down.status_code, down.code, down.message, headers=down.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error; see the service's log")

@@ -1,0 +1,235 @@
+"""The Prefect client: one ``httpx.AsyncClient`` per Prefect connection, and the
+classification of every answer as delivered, transient (retry) or permanent (stop).
+
+Permanent: 400, 401, 403, 404, 409, 411, 413, 422 and any other 4xx or redirect.
+Transient: 408, 429, every 5xx, connection errors and timeouts. ``Retry-After``
+is read in both of its forms (seconds and HTTP date).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from app import __version__
+
+USER_AGENT = f"erathos-prefect-bridge/{__version__}"
+EXCERPT_CHARS = 1000
+_CLOUD_API = re.compile(r"^/api/accounts/([^/]+)/workspaces/([^/]+)")
+_TRANSIENT_STATUSES = {408, 429}
+
+
+@dataclass(frozen=True)
+class PrefectRequest:
+    """One POST to a Prefect API, relative to the connection's base URL."""
+
+    path: str
+    body: dict[str, Any]
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one request to Prefect came to. Carries no secret."""
+
+    outcome: Outcome
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    flow_run_id: str | None = None
+    created: bool = False  # 201: a new run; 200: Prefect's idempotency returned an existing one
+    retry_after: float | None = None  # seconds, from the Retry-After header
+    response_excerpt: str | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    reachable: bool
+    authorized: bool | None  # None when it could not be told (server unreachable)
+    detail: str
+
+
+def classify_status(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if status in _TRANSIENT_STATUSES or status >= 500:
+        return Outcome.TRANSIENT
+    return Outcome.PERMANENT
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait, from ``Retry-After: 120`` or ``Retry-After: <HTTP date>``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class PrefectConnection:
+    """A Prefect API (Cloud workspace or self-hosted server) and how to authenticate to it."""
+
+    def __init__(
+        self,
+        name: str,
+        api_url: str,
+        *,
+        api_key: SecretStr | None = None,
+        auth_string: SecretStr | None = None,
+        api_version: str = "0.8.4",
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.api_url = api_url.rstrip("/")
+        headers = {"User-Agent": USER_AGENT, "x-prefect-api-version": api_version}
+        auth: httpx.Auth | None = None
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        elif auth_string is not None:
+            user, _, password = auth_string.get_secret_value().partition(":")
+            auth = httpx.BasicAuth(user, password)
+        self._secrets = [s.get_secret_value() for s in (api_key, auth_string) if s is not None]
+        self.client = httpx.AsyncClient(
+            base_url=self.api_url + "/",
+            headers=headers,
+            auth=auth,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def create_flow_run(self, request: PrefectRequest) -> AttemptResult:
+        """POST the request; never raises for anything Prefect or the network does."""
+        started = time.perf_counter()
+        try:
+            response = await self.client.post(request.path, json=request.body)
+        except httpx.TimeoutException as exc:
+            return self._failed(started, f"timed out ({type(exc).__name__})")
+        except httpx.TransportError as exc:
+            return self._failed(started, f"{type(exc).__name__}: {exc}")
+        duration_ms = (time.perf_counter() - started) * 1000
+        outcome = classify_status(response.status_code)
+        excerpt = self._redact(response.text[:EXCERPT_CHARS])
+        if outcome is Outcome.DELIVERED:
+            run_id = _json_field(response, "id")
+            if run_id is None:
+                return AttemptResult(
+                    Outcome.PERMANENT,
+                    duration_ms,
+                    response.status_code,
+                    "Prefect answered without a flow run id",
+                    response_excerpt=excerpt,
+                )
+            return AttemptResult(
+                outcome,
+                duration_ms,
+                response.status_code,
+                flow_run_id=str(run_id),
+                created=response.status_code == 201,
+                response_excerpt=excerpt,
+            )
+        return AttemptResult(
+            outcome,
+            duration_ms,
+            response.status_code,
+            error=f"HTTP {response.status_code}: {self._redact(_error_message(response))}",
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            response_excerpt=excerpt,
+        )
+
+    async def health(self, flow_id: str | None = None) -> Health:
+        """Whether the API answers, and whether it accepts our credentials."""
+        try:
+            response = await self.client.get("health")
+        except httpx.HTTPError as exc:
+            return Health(
+                False, None, f"unreachable: {type(exc).__name__}: {self._redact(str(exc))}"
+            )
+        if response.status_code >= 500:
+            return Health(False, None, f"health answered HTTP {response.status_code}")
+        try:
+            # An authenticated read: health itself needs no credentials.
+            probe = await self.client.post("flows/filter", json={"limit": 1})
+        except httpx.HTTPError as exc:
+            return Health(True, None, f"{type(exc).__name__}: {self._redact(str(exc))}")
+        if probe.status_code in (401, 403):
+            return Health(True, False, f"credentials refused (HTTP {probe.status_code})")
+        if probe.status_code >= 400:
+            return Health(True, None, f"HTTP {probe.status_code}: {_error_message(probe)}")
+        if flow_id is not None:
+            flow = await self.client.get(f"flows/{flow_id}")
+            if flow.status_code == 404:
+                return Health(True, True, f"flow {flow_id} does not exist")
+        return Health(True, True, "ok")
+
+    def flow_run_url(self, flow_run_id: str) -> str:
+        """The run's page in the Prefect UI."""
+        parts = urlsplit(self.api_url)
+        if parts.hostname == "api.prefect.cloud" and (match := _CLOUD_API.match(parts.path)):
+            account, workspace = match.groups()
+            return (
+                f"https://app.prefect.cloud/account/{account}/workspace/{workspace}"
+                f"/runs/flow-run/{flow_run_id}"
+            )
+        path = parts.path
+        if path.endswith("/api"):
+            path = path[: -len("/api")]
+        return f"{parts.scheme}://{parts.netloc}{path}/runs/flow-run/{flow_run_id}"
+
+    def _failed(self, started: float, error: str) -> AttemptResult:
+        duration_ms = (time.perf_counter() - started) * 1000
+        return AttemptResult(Outcome.TRANSIENT, duration_ms, error=self._redact(error))
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+
+def _json_field(response: httpx.Response, name: str) -> Any:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body.get(name) if isinstance(body, dict) else None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """Prefect's own words: ``detail``, or ``exception_message`` with its detail."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        if "detail" in body:
+            return str(body["detail"])[:500]
+        if "exception_message" in body:
+            detail = body.get("exception_detail")
+            suffix = f": {json.dumps(detail)[:400]}" if detail else ""
+            return f"{body['exception_message']}{suffix}"
+    return json.dumps(body)[:500]

@@ -1,0 +1,315 @@
+"""The service's configuration: one pydantic-settings model, validated at start-up.
+
+Values come from the environment, an optional ``.env`` file and files in a
+secrets directory (``/run/secrets`` as Docker and Kubernetes mount them, or
+``BRIDGE_SECRETS_DIR``). A bad value stops start-up with one message that names
+the variable (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from annotated_types import Ge, Gt
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.templates import Lookup
+
+PREFECT_CLOUD_API = "https://api.prefect.cloud/api"
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+MIN_TOKEN_LENGTH = 16
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_API_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class ConfigurationError(Exception):
+    """The settings cannot run the service; the message names the variable."""
+
+
+class Durability(StrEnum):
+    """How far an acknowledged event survives: a crash of the process, or a power loss."""
+
+    CRASH = "crash"
+    POWER = "power"
+
+
+def parse_duration(value: Any) -> Any:
+    """``"90"``, ``"90s"``, ``"500ms"``, ``"15m"``, ``"24h"``, ``"30d"``; else pydantic's forms."""
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        number, unit = match.groups()
+        return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    return value
+
+
+def split_list(value: Any) -> Any:
+    """Comma-separated environment values become lists; blanks are dropped."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Duration = Annotated[timedelta, NoDecode]
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Attribute names drop the variable's prefix."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # Prefect: the connection of the default route.
+    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
+    prefect_account_id: UUID | None = Field(None, validation_alias="PREFECT_ACCOUNT_ID")
+    prefect_workspace_id: UUID | None = Field(None, validation_alias="PREFECT_WORKSPACE_ID")
+    prefect_api_key: SecretStr | None = Field(None, validation_alias="PREFECT_API_KEY")
+    prefect_api_auth_string: SecretStr | None = Field(
+        None, validation_alias="PREFECT_API_AUTH_STRING"
+    )
+    prefect_api_version: str = Field("0.8.4", validation_alias="PREFECT_API_VERSION")
+    prefect_flow_id: UUID | None = Field(None, validation_alias="PREFECT_FLOW_ID")
+    prefect_timeout: Duration = Field(
+        timedelta(seconds=10), validation_alias="BRIDGE_PREFECT_TIMEOUT"
+    )
+
+    # The webhook and the HTTP server.
+    webhook_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="BRIDGE_WEBHOOK_TOKEN"
+    )
+    admin_token: SecretStr | None = Field(None, validation_alias="BRIDGE_ADMIN_TOKEN")
+    host: str = Field("127.0.0.1", validation_alias="BRIDGE_HOST")
+    port: Annotated[int, Ge(1)] = Field(8080, le=65535, validation_alias="BRIDGE_PORT")
+    max_body_bytes: Annotated[int, Ge(1024)] = Field(
+        65536, validation_alias="BRIDGE_MAX_BODY_BYTES"
+    )
+    jobs: CommaList = Field(default_factory=list, validation_alias="BRIDGE_JOBS")
+    flow_run_name: str = Field(
+        "erathos_run_${{erathos.table_name}}", validation_alias="BRIDGE_FLOW_RUN_NAME"
+    )
+    public_url: str | None = Field(None, validation_alias="BRIDGE_PUBLIC_URL")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", validation_alias="BRIDGE_LOG_FORMAT"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias="BRIDGE_LOG_LEVEL"
+    )
+
+    # The store.
+    database_url: str = Field("sqlite:///./data/bridge.db", validation_alias="BRIDGE_DATABASE_URL")
+    durability: Durability = Field(Durability.CRASH, validation_alias="BRIDGE_DURABILITY")
+    retention: Duration = Field(timedelta(days=30), validation_alias="BRIDGE_RETENTION")
+
+    # The dispatcher.
+    sync_wait: Duration = Field(timedelta(seconds=2), validation_alias="BRIDGE_SYNC_WAIT")
+    max_attempts: Annotated[int, Ge(1)] = Field(30, validation_alias="BRIDGE_MAX_ATTEMPTS")
+    max_age: Duration = Field(timedelta(hours=24), validation_alias="BRIDGE_MAX_AGE")
+    retry_base: Duration = Field(timedelta(seconds=5), validation_alias="BRIDGE_RETRY_BASE")
+    retry_cap: Duration = Field(timedelta(hours=1), validation_alias="BRIDGE_RETRY_CAP")
+    max_concurrency: Annotated[int, Ge(1)] = Field(4, validation_alias="BRIDGE_MAX_CONCURRENCY")
+    max_rate: Annotated[float, Gt(0)] | None = Field(None, validation_alias="BRIDGE_MAX_RATE")
+    lease: Duration = Field(timedelta(seconds=60), validation_alias="BRIDGE_LEASE")
+    poll_interval: Duration = Field(timedelta(seconds=1), validation_alias="BRIDGE_POLL_INTERVAL")
+    shutdown_grace: Duration = Field(
+        timedelta(seconds=10), validation_alias="BRIDGE_SHUTDOWN_GRACE"
+    )
+
+    @field_validator(
+        "prefect_timeout",
+        "retention",
+        "sync_wait",
+        "max_age",
+        "retry_base",
+        "retry_cap",
+        "lease",
+        "poll_interval",
+        "shutdown_grace",
+        mode="before",
+    )
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+    @field_validator("jobs", mode="before")
+    @classmethod
+    def _jobs(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("jobs")
+    @classmethod
+    def _job_ids(cls, jobs: list[str]) -> list[str]:
+        try:
+            return [str(UUID(job)) for job in jobs]
+        except ValueError:
+            raise ValueError("every job id must be an Erathos job UUID") from None
+
+    @field_validator("webhook_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return split_list(value)
+
+    @field_validator("webhook_tokens")
+    @classmethod
+    def _strong_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        if not tokens:
+            raise ValueError("is required: the token Erathos must send as 'Authorization: Bearer'")
+        for token in tokens:
+            if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+                raise ValueError(f"every token must be at least {MIN_TOKEN_LENGTH} characters long")
+        return tokens
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters long")
+        return token
+
+    @field_validator("prefect_api_url", "public_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("prefect_api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if "://" not in value:
+            # The seed's `prefect_api_url` variable holds a bare host name.
+            value = f"https://{value}/api"
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as http://prefect:4200/api")
+        return value
+
+    @field_validator("prefect_api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not _API_VERSION.match(value):
+            raise ValueError("must look like 0.8.4")
+        return value
+
+    @field_validator("prefect_api_auth_string")
+    @classmethod
+    def _auth_string(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("must be 'user:password'")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "sqlite+aiosqlite:")):
+            raise ValueError("must be a sqlite:/// URL (for example sqlite:///./data/bridge.db)")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        if (self.prefect_account_id is None) != (self.prefect_workspace_id is None):
+            missing = (
+                "PREFECT_WORKSPACE_ID"
+                if self.prefect_workspace_id is None
+                else "PREFECT_ACCOUNT_ID"
+            )
+            raise ValueError(f"{missing}: is required with the other Prefect Cloud id")
+        if self.prefect_api_url is None and self.prefect_account_id is None:
+            raise ValueError(
+                "PREFECT_API_URL: is required (or PREFECT_ACCOUNT_ID and PREFECT_WORKSPACE_ID "
+                "for Prefect Cloud)"
+            )
+        if self.prefect_flow_id is None:
+            raise ValueError("PREFECT_FLOW_ID: is required: the flow the default route runs")
+        if self.prefect_api_key is not None and self.prefect_api_auth_string is not None:
+            raise ValueError(
+                "PREFECT_API_AUTH_STRING: set either it (self-hosted Basic auth) or "
+                "PREFECT_API_KEY (Prefect Cloud), not both"
+            )
+        if self.lease <= self.prefect_timeout:
+            raise ValueError("BRIDGE_LEASE: must be longer than BRIDGE_PREFECT_TIMEOUT")
+        if self.retry_cap < self.retry_base:
+            raise ValueError("BRIDGE_RETRY_CAP: must not be shorter than BRIDGE_RETRY_BASE")
+        return self
+
+    @property
+    def api_url(self) -> str:
+        """The Prefect API base URL of the default connection."""
+        if self.prefect_api_url is not None:
+            return self.prefect_api_url
+        return (
+            f"{PREFECT_CLOUD_API}/accounts/{self.prefect_account_id}"
+            f"/workspaces/{self.prefect_workspace_id}"
+        )
+
+
+def template_lookup(settings: Settings) -> Lookup:
+    """What ``${{variables.X}}`` and ``${{secrets.X}}`` resolve to: the environment (and
+    ``.env``) by upper-case name; secrets also from the secret settings and secret files."""
+    variables = {k.upper(): v for k, v in dotenv_values(".env").items() if v is not None}
+    variables.update({k.upper(): v for k, v in os.environ.items()})
+    secrets = {k: SecretStr(v) for k, v in variables.items()}
+    directory = secrets_dir()
+    if directory is not None:
+        for path in directory.iterdir():
+            if path.is_file():
+                secrets[path.name.upper()] = SecretStr(path.read_text().strip())
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr) and isinstance(info.validation_alias, str):
+            secrets[info.validation_alias] = value
+    return Lookup(variables=variables, secrets=secrets)
+
+
+def secrets_dir() -> Path | None:
+    """Where mounted secret files live, when that directory exists."""
+    configured = os.environ.get("BRIDGE_SECRETS_DIR")
+    path = Path(configured) if configured else DEFAULT_SECRETS_DIR
+    if configured and not path.is_dir():
+        raise ConfigurationError(f"BRIDGE_SECRETS_DIR: {configured} is not a directory")
+    return path if path.is_dir() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, or raise one :class:`ConfigurationError`."""
+    try:
+        return Settings(_secrets_dir=secrets_dir(), **overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Turn pydantic's error list into lines that name the variable, never its value."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            lines.append(f"{_variable_name(str(error['loc'][0]))}: {message}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)
+
+
+def _variable_name(field_or_alias: str) -> str:
+    field = Settings.model_fields.get(field_or_alias)
+    if field is not None and isinstance(field.validation_alias, str):
+        return field.validation_alias
+    return field_or_alias.upper()

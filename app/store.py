@@ -1,0 +1,628 @@
+"""The durable store: events, their deliveries (one per event and route) and every attempt.
+
+SQLAlchemy 2 core on SQLite (WAL). An event and its deliveries are committed in
+one transaction before the webhook answers; a repeated ``execution_id`` is
+caught by a unique constraint (insert-or-ignore), never by check-then-insert.
+Deliveries are claimed with a lease, so a delivery held by a process that died
+is picked up again once the lease runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    event,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from app.settings import Durability
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+metadata = MetaData()
+
+meta = Table(
+    "bridge_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("execution_id", String(128), nullable=False, unique=True),
+    Column("received_at", Float, nullable=False, index=True),
+    Column("job_id", String(36), index=True),
+    Column("schema_name", Text),
+    Column("table_name", Text),
+    Column("status", String(64)),
+    Column("payload", Text, nullable=False),
+    Column("ignored_reason", Text),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("connection", String(200), nullable=False),
+    Column("idempotency_key", String(400), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("window_started_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", Float),
+    Column("flow_run_id", String(64)),
+    Column("flow_run_url", Text),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("finished_at", Float),
+    UniqueConstraint("event_id", "route"),
+    Index("deliveries_due", "state", "connection", "next_attempt_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(32), ForeignKey("deliveries.id", ondelete="CASCADE"), index=True),
+    Column("number", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("response_excerpt", Text),
+    Column("retry_in", Float),
+)
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+_REPLAY_SUFFIX = re.compile(r":replay-[0-9a-f]{8}$")
+EVENT_STATES = ("pending", "delivered", "dead", "ignored")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot read or commit right now (locked, read-only, disk full, gone)."""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: str
+    execution_id: str
+    received_at: float
+    job_id: str | None
+    schema_name: str | None
+    table_name: str | None
+    status: str | None
+    payload: dict[str, Any]
+    ignored_reason: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    event_id: str
+    route: str
+    connection: str
+    idempotency_key: str
+    state: str
+    attempts: int
+    created_at: float
+    window_started_at: float
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_expires_at: float | None
+    flow_run_id: str | None
+    flow_run_url: str | None
+    last_status_code: int | None
+    last_error: str | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: int
+    delivery_id: str
+    number: int
+    started_at: float
+    duration_ms: float
+    outcome: str
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    retry_in: float | None
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    route: str
+    connection: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The stored event and its deliveries; ``created`` is False for a repeated execution id."""
+
+    event: EventRecord
+    deliveries: list[DeliveryRecord]
+    created: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery this process holds the lease on, with the event it carries."""
+
+    delivery: DeliveryRecord
+    event: EventRecord
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Store:
+    """Every read and write the service makes. Errors surface as :class:`StoreUnavailable`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str, durability: Durability = Durability.CRASH) -> Store:
+        engine = _sqlite_engine(url, durability)
+        store = cls(engine)
+        try:
+            await store._migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as conn:
+            await conn.run_sync(lambda sync: meta.create(sync, checkfirst=True))
+            found = await conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+            version = int(found) if found is not None else 0
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"the database has schema version {version}, newer than this release "
+                    f"understands ({SCHEMA_VERSION}); run the newer release"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            # Version 0 is an empty database; later versions add their steps here.
+            await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
+            await conn.execute(delete(meta).where(meta.c.key == "schema_version"))
+            await conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    async def check_writable(self) -> None:
+        """Commit a real write, so readiness means 'an event can be stored now'."""
+        async with self._transaction() as conn:
+            await conn.execute(delete(meta).where(meta.c.key == "ready_probe"))
+            await conn.execute(insert(meta).values(key="ready_probe", value=str(time.time())))
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def record_event(
+        self,
+        execution_id: str,
+        payload: dict[str, Any],
+        *,
+        job_id: str | None,
+        schema_name: str | None,
+        table_name: str | None,
+        status: str | None,
+        new_deliveries: Sequence[NewDelivery],
+        ignored_reason: str | None,
+        claim_for: str | None = None,
+        lease_seconds: float = 0.0,
+    ) -> Recorded:
+        """Store the event and its deliveries in one transaction, or find the earlier one.
+
+        With ``claim_for``, new deliveries are born leased to that owner (their first
+        attempt counted), so the caller can try them at once without a second claim.
+        """
+        now = time.time()
+        event_id = new_id()
+        row = {
+            "id": event_id,
+            "execution_id": execution_id,
+            "received_at": now,
+            "job_id": job_id,
+            "schema_name": schema_name,
+            "table_name": table_name,
+            "status": status,
+            "payload": json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+            "ignored_reason": ignored_reason,
+        }
+        async with self._transaction() as conn:
+            inserted = await conn.scalar(
+                sqlite_insert(events)
+                .values(row)
+                .on_conflict_do_nothing(index_elements=["execution_id"])
+                .returning(events.c.id)
+            )
+            if inserted is None:
+                earlier = (
+                    await conn.execute(select(events).where(events.c.execution_id == execution_id))
+                ).one()
+                found = await conn.execute(
+                    select(deliveries)
+                    .where(deliveries.c.event_id == earlier.id)
+                    .order_by(deliveries.c.route)
+                )
+                return Recorded(
+                    _event(earlier._mapping), [_delivery(d._mapping) for d in found], created=False
+                )
+            rows = [
+                {
+                    "id": new_id(),
+                    "event_id": event_id,
+                    "route": new.route,
+                    "connection": new.connection,
+                    "idempotency_key": new.idempotency_key,
+                    "state": PENDING,
+                    "attempts": 1 if claim_for else 0,
+                    "created_at": now,
+                    "window_started_at": now,
+                    "next_attempt_at": now,
+                    "lease_owner": claim_for,
+                    "lease_expires_at": now + lease_seconds if claim_for else None,
+                    "flow_run_id": None,
+                    "flow_run_url": None,
+                    "last_status_code": None,
+                    "last_error": None,
+                    "finished_at": None,
+                }
+                for new in new_deliveries
+            ]
+            if rows:
+                await conn.execute(insert(deliveries), rows)
+        return Recorded(_event(row), [_delivery(r) for r in rows], created=True)
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    async def claim_due(
+        self, owner: str, connection: str, limit: int, lease_seconds: float
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due deliveries of one connection, oldest first."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        due = (
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.state == PENDING,
+                deliveries.c.connection == connection,
+                deliveries.c.next_attempt_at <= now,
+                or_(deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at < now),
+            )
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at)
+            .limit(limit)
+        )
+        async with self._transaction() as conn:
+            claimed = (
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(
+                        lease_owner=owner,
+                        lease_expires_at=now + lease_seconds,
+                        attempts=deliveries.c.attempts + 1,
+                    )
+                    .returning(*deliveries.c)
+                )
+            ).all()
+            if not claimed:
+                return []
+            event_ids = {row.event_id for row in claimed}
+            found = await conn.execute(select(events).where(events.c.id.in_(event_ids)))
+            by_id = {row.id: _event(row._mapping) for row in found}
+        claims = [Claim(_delivery(row._mapping), by_id[row.event_id]) for row in claimed]
+        claims.sort(key=lambda c: (c.delivery.next_attempt_at, c.delivery.created_at))
+        return claims
+
+    async def complete_attempt(
+        self,
+        delivery: DeliveryRecord,
+        owner: str,
+        *,
+        started_at: float,
+        duration_ms: float,
+        outcome: str,
+        status_code: int | None,
+        error: str | None,
+        response_excerpt: str | None,
+        retry_in: float | None,
+        changes: dict[str, Any],
+    ) -> bool:
+        """Record the attempt and apply ``changes`` if we still hold the lease.
+
+        Returns False when the lease was lost (another process took the delivery over):
+        the attempt is still recorded, the delivery's state is left to its new holder.
+        """
+        async with self._transaction() as conn:
+            await conn.execute(
+                insert(attempts).values(
+                    delivery_id=delivery.id,
+                    number=delivery.attempts,
+                    started_at=started_at,
+                    duration_ms=duration_ms,
+                    outcome=outcome,
+                    status_code=status_code,
+                    error=error,
+                    response_excerpt=response_excerpt,
+                    retry_in=retry_in,
+                )
+            )
+            result = await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery.id, deliveries.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None, **changes)
+            )
+        return bool(result.rowcount == 1)
+
+    async def release(self, owner: str, delivery_ids: Sequence[str]) -> None:
+        """Give leases back (on shutdown), so the next start resumes them at once."""
+        if not delivery_ids:
+            return
+        async with self._transaction() as conn:
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(delivery_ids), deliveries.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    # -- inspection and replay ------------------------------------------------------------
+
+    async def get_event(self, event_id: str) -> tuple[EventRecord, list[DeliveryRecord]] | None:
+        async with self._transaction() as conn:
+            row = (await conn.execute(select(events).where(events.c.id == event_id))).one_or_none()
+            if row is None:
+                return None
+            found = await conn.execute(
+                select(deliveries)
+                .where(deliveries.c.event_id == event_id)
+                .order_by(deliveries.c.route)
+            )
+            return _event(row._mapping), [_delivery(d._mapping) for d in found]
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
+            ).one_or_none()
+        return _delivery(row._mapping) if row is not None else None
+
+    async def attempts_of(self, delivery_ids: Sequence[str]) -> list[AttemptRecord]:
+        async with self._transaction() as conn:
+            found = await conn.execute(
+                select(attempts)
+                .where(attempts.c.delivery_id.in_(delivery_ids))
+                .order_by(attempts.c.delivery_id, attempts.c.id)
+            )
+        return [AttemptRecord(**row._mapping) for row in found]
+
+    async def list_events(
+        self,
+        *,
+        state: str | None = None,
+        job_id: str | None = None,
+        table_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
+        """Newest first; ``before`` is the (received_at, id) cursor of the previous page."""
+        query = select(events)
+        if job_id is not None:
+            query = query.where(events.c.job_id == job_id)
+        if table_name is not None:
+            query = query.where(events.c.table_name == table_name)
+        if since is not None:
+            query = query.where(events.c.received_at >= since)
+        if until is not None:
+            query = query.where(events.c.received_at < until)
+        if before is not None:
+            received_at, last_id = before
+            query = query.where(
+                or_(
+                    events.c.received_at < received_at,
+                    and_(events.c.received_at == received_at, events.c.id < last_id),
+                )
+            )
+        if state is not None:
+            query = query.where(_event_state_condition(state))
+        query = query.order_by(events.c.received_at.desc(), events.c.id.desc()).limit(limit)
+        async with self._transaction() as conn:
+            rows = (await conn.execute(query)).all()
+            ids = [row.id for row in rows]
+            found = await conn.execute(
+                select(deliveries)
+                .where(deliveries.c.event_id.in_(ids))
+                .order_by(deliveries.c.route)
+            )
+            by_event: dict[str, list[DeliveryRecord]] = {}
+            for d in found:
+                by_event.setdefault(d.event_id, []).append(_delivery(d._mapping))
+        return [(_event(row._mapping), by_event.get(row.id, [])) for row in rows]
+
+    async def replay(self, delivery_id: str, *, new_run: bool = False) -> DeliveryRecord:
+        """Make a delivered or dead delivery pending again, due now, with a fresh budget.
+
+        It keeps its idempotency key (Prefect answers with the run it already made, if
+        any) unless ``new_run`` asks for a new key, and so a new flow run.
+        Raises LookupError when it does not exist, ValueError when it is still pending.
+        """
+        now = time.time()
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
+            ).one_or_none()
+            if row is None:
+                raise LookupError(delivery_id)
+            if row.state == PENDING:
+                raise ValueError("the delivery is still pending: it is retried by itself")
+            changes: dict[str, Any] = {
+                "state": PENDING,
+                "attempts": 0,
+                "window_started_at": now,
+                "next_attempt_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "finished_at": None,
+            }
+            if new_run:
+                changes |= {
+                    "idempotency_key": replay_key(row.idempotency_key),
+                    "flow_run_id": None,
+                    "flow_run_url": None,
+                }
+            updated = (
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == delivery_id, deliveries.c.state != PENDING)
+                    .values(**changes)
+                    .returning(*deliveries.c)
+                )
+            ).one()
+        return _delivery(updated._mapping)
+
+    async def prune(self, older_than: float, batch: int = 500) -> int:
+        """Delete finished events received before ``older_than``; dead letters stay."""
+        unfinished = exists().where(
+            deliveries.c.event_id == events.c.id, deliveries.c.state.in_((PENDING, DEAD))
+        )
+        removed = 0
+        while True:
+            chosen = (
+                select(events.c.id)
+                .where(events.c.received_at < older_than, ~unfinished)
+                .limit(batch)
+                .scalar_subquery()
+            )
+            async with self._transaction() as conn:
+                result = await conn.execute(delete(events).where(events.c.id.in_(chosen)))
+            count = int(result.rowcount)
+            removed += count
+            if count < batch:
+                return removed
+
+
+def replay_key(key: str) -> str:
+    """A new idempotency key derived from the original: ``<key>:replay-<8 hex>``."""
+    return f"{_REPLAY_SUFFIX.sub('', key)}:replay-{uuid.uuid4().hex[:8]}"
+
+
+def _event_state_condition(state: str) -> Any:
+    def has(*states: str) -> Any:
+        return exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state.in_(states))
+
+    match state:
+        case "pending":
+            return has(PENDING)
+        case "dead":
+            return has(DEAD)
+        case "delivered":
+            return and_(has(DELIVERED), ~has(PENDING, DEAD))
+        case "ignored":
+            return ~has(PENDING, DELIVERED, DEAD)
+    raise ValueError(f"state must be one of {', '.join(EVENT_STATES)}")
+
+
+def _event(row: Any) -> EventRecord:
+    values = dict(row)
+    payload = values.pop("payload")
+    return EventRecord(
+        payload=json.loads(payload) if isinstance(payload, str) else payload, **values
+    )
+
+
+def _delivery(row: Any) -> DeliveryRecord:
+    return DeliveryRecord(**dict(row))
+
+
+def _describe(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return f"{type(original).__name__}: {original}"
+
+
+def _sqlite_engine(url: str, durability: Durability) -> AsyncEngine:
+    parsed = make_url(url).set(drivername="sqlite+aiosqlite")
+    database = parsed.database
+    if database and database != ":memory:":
+        try:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create the directory of {database}: {exc}") from exc
+    # One connection: SQLite has one writer anyway, and a single connection makes
+    # every transaction in this process strictly sequential (no SQLITE_BUSY inside it).
+    engine = create_async_engine(parsed, pool_size=1, max_overflow=0, pool_timeout=30)
+    synchronous = "FULL" if durability is Durability.POWER else "NORMAL"
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's BEGIN below control transactions instead of the driver.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL survives a crash of the process (kill -9); FULL also a power loss.
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: another process (the CLI) waits on
+        # busy_timeout instead of failing with a deadlock on lock upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

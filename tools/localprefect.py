@@ -1,0 +1,193 @@
+"""A real Prefect server for the tests and the local run, from its own virtual environment.
+
+``prefect`` is never a dependency of the service: it is installed once, from the
+hashed lock ``requirements/prefect-server.txt``, into a cached virtual
+environment (``$BRIDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/erathos-prefect-bridge``),
+and started as a separate process. Standard library only, so the set-up script
+can use it before any virtual environment exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / "requirements" / "prefect-server.txt"
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("BRIDGE_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "erathos-prefect-bridge"
+
+
+def prefect_executable() -> Path:
+    """The ``prefect`` command of the cached environment, created on first use."""
+    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
+    venv = cache_dir() / f"prefect-server-{digest}"
+    done = venv / ".complete"
+    executable = venv / "bin" / "prefect"
+    if done.exists():
+        return executable
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be building it
+        if done.exists():
+            return executable
+        shutil.rmtree(venv, ignore_errors=True)
+        print(f"creating the Prefect server's environment in {venv} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--require-hashes", "-r", str(LOCK)],
+            check=True,
+        )
+        done.touch()
+    return executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrefectError(Exception):
+    pass
+
+
+@dataclass
+class PrefectServer:
+    """One ``prefect server start`` process and a small REST client for setting it up."""
+
+    port: int
+    base_path: str = "/api"
+    auth_string: str | None = None
+    home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prefect-home-")))
+    ui: bool = False
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.base_path}"
+
+    @classmethod
+    def launch(
+        cls,
+        *,
+        port: int | None = None,
+        base_path: str = "/api",
+        auth_string: str | None = None,
+        home: Path | None = None,
+        ui: bool = False,
+        wait: float = 60.0,
+    ) -> PrefectServer:
+        server = cls(port or free_port(), base_path, auth_string, ui=ui)
+        if home is not None:
+            server.home = home
+        server.start(wait=wait)
+        return server
+
+    def start(self, *, wait: float = 60.0) -> None:
+        executable = prefect_executable()
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
+            "PREFECT_UI_ENABLED": "true" if self.ui else "false",
+            "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
+            "PREFECT_SERVER_API_BASE_PATH": self.base_path,
+        }
+        if self.auth_string:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
+        self.log_path = self.home / "server.log"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(executable), "server", "start", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--no-services"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_healthy(wait)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise PrefectError(f"the Prefect server exited; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise PrefectError(f"the Prefect server did not become healthy in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 (always our own local server)
+            f"{self.api_url}/{path.lstrip('/')}", data=data, method=method
+        )
+        request.add_header("Content-Type", "application/json")
+        if self.auth_string:
+            token = base64.b64encode(self.auth_string.encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise PrefectError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
+
+    def create_flow(self, name: str) -> str:
+        return str(self.request("POST", "flows/", {"name": name})["id"])
+
+    def create_deployment(self, flow_id: str, name: str, **fields: Any) -> str:
+        body = {"name": name, "flow_id": flow_id, **fields}
+        return str(self.request("POST", "deployments/", body)["id"])
+
+    def flow_runs(self, flow_id: str) -> list[dict[str, Any]]:
+        """Every flow run of one flow (paged through; Prefect caps a page at 200)."""
+        runs: list[dict[str, Any]] = []
+        while True:
+            page = self.request(
+                "POST",
+                "flow_runs/filter",
+                {"flows": {"id": {"any_": [flow_id]}}, "limit": 200, "offset": len(runs)},
+            )
+            runs.extend(page)
+            if len(page) < 200:
+                return runs
