@@ -208,6 +208,7 @@ async def receive_erathos_webhook(request: Request, bridge: BridgeDep) -> Any:
 async def accept_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> Any:
     """Route, store and start delivering one event; the webhook's answer."""
     decision = bridge.router.decide(event)
+    start_now = all(bridge.dispatcher.starts_now(route.connection) for route in decision.routes)
     new = [
         NewDelivery(
             route.name, route.connection, bridge.router.idempotency_key(event.execution_id, route)
@@ -224,7 +225,7 @@ async def accept_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, A
             status=event.status,
             new_deliveries=new,
             ignored_reason=decision.reason,
-            claim_for=bridge.dispatcher.owner,
+            claim_for=bridge.dispatcher.owner if start_now else None,
             lease_seconds=bridge.dispatcher.lease,
         )
     except StoreDown as exc:
@@ -247,7 +248,7 @@ async def accept_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, A
             describe(recorded.event, recorded.deliveries, duplicate=True).model_dump(), 200
         )
     found = recorded.deliveries
-    if found:
+    if found and start_now:
         tasks = bridge.dispatcher.submit(Claim(d, recorded.event) for d in found)
         await asyncio.wait(tasks, timeout=bridge.settings.sync_wait.total_seconds())
         found = [_finished_or(task, d) for task, d in zip(tasks, found, strict=True)]

@@ -5,7 +5,7 @@ the delivery) are plain functions; the :class:`Dispatcher` only schedules them:
 new deliveries at once, due retries from a polling loop, at most
 ``BRIDGE_MAX_CONCURRENCY`` requests per Prefect connection, optionally at most
 ``BRIDGE_MAX_RATE`` per second, and not at all while a connection asked us to
-wait (``Retry-After``) or keeps failing.
+wait (``Retry-After``) or is known to be down (see :mod:`app.gate`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
 from app.event import ErathosEvent
+from app.gate import ConnectionGate, GateClosed
 from app.prefect import AttemptResult, Outcome, PrefectConnection
 from app.routes import Router
 from app.settings import Settings
@@ -32,7 +33,7 @@ from app.templates import Lookup
 log = logging.getLogger("erathos_prefect_bridge.dispatcher")
 
 PRUNE_EVERY_SECONDS = 3600.0
-CONNECTION_PAUSE_CAP = 30.0
+QUEUE_DEPTH_PER_SLOT = 8  # new deliveries started from the webhook, per concurrency slot
 
 
 @dataclass(frozen=True)
@@ -109,51 +110,6 @@ def _config_error(message: str) -> AttemptResult:
     return AttemptResult(Outcome.PERMANENT, 0.0, error=message)
 
 
-class ConnectionGate:
-    """Admission to one Prefect connection: a concurrency cap, an optional rate cap,
-    and a pause while the connection asked us to wait or keeps failing."""
-
-    def __init__(self, max_concurrency: int, max_rate: float | None) -> None:
-        self.max_concurrency = max_concurrency
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._interval = 1.0 / max_rate if max_rate else 0.0
-        self._next_start = 0.0
-        self.load = 0  # deliveries assigned to this connection: waiting or in flight
-        self.paused_until = 0.0
-        self._failures = 0
-
-    @property
-    def free(self) -> int:
-        return max(0, self.max_concurrency - self.load) if not self.paused else 0
-
-    @property
-    def paused(self) -> bool:
-        return time.monotonic() < self.paused_until
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._semaphore:
-            while True:
-                now = time.monotonic()
-                wait = max(self.paused_until, self._next_start) - now
-                if wait <= 0:
-                    break
-                await asyncio.sleep(wait)
-            self._next_start = max(now, self._next_start) + self._interval
-            yield
-
-    def observe(self, result: AttemptResult) -> None:
-        if result.outcome is not Outcome.TRANSIENT:
-            self._failures = 0
-            return
-        self._failures += 1
-        if result.retry_after is not None:
-            pause = result.retry_after
-        else:
-            pause = min(CONNECTION_PAUSE_CAP, 0.25 * 2 ** min(self._failures - 1, 10))
-        self.paused_until = max(self.paused_until, time.monotonic() + pause)
-
-
 class Dispatcher:
     """Owns every delivery task of this process; started and stopped by the app's lifespan."""
 
@@ -194,13 +150,14 @@ class Dispatcher:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        pending = list(self._tasks.values())
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
-            await asyncio.gather(*still, return_exceptions=True)
-        unfinished = list(self._tasks)
+        running = dict(self._tasks)
+        if not running:
+            return
+        _, still = await asyncio.wait(running.values(), timeout=grace)
+        unfinished = [key for key, task in running.items() if task in still]
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
         if unfinished:
             try:
                 await self.store.release(self.owner, unfinished)
@@ -208,6 +165,14 @@ class Dispatcher:
                 log.warning(
                     "could not release leases on shutdown (they expire by themselves): %s", exc
                 )
+
+    def starts_now(self, connection: str) -> bool:
+        """Whether a new delivery on this connection should be tried from the webhook
+        at once (else the webhook answers "queued" and the polling loop sends it)."""
+        gate = self.gates.get(connection)
+        if gate is None:
+            return False
+        return gate.admits and gate.load < gate.max_concurrency * QUEUE_DEPTH_PER_SLOT
 
     def wake(self) -> None:
         """Look for due deliveries now (after a replay, say) instead of at the next poll."""
@@ -252,8 +217,19 @@ class Dispatcher:
                 )
             gate.observe(result)
             return await self._record(claim, started, result, connection)
+        except GateClosed:
+            # Not tried: the connection went down while it waited. Give it back
+            # untouched; it is resumed with the others when the connection recovers.
+            await self._release_untried(delivery)
+            return delivery
         finally:
             gate.load -= 1
+
+    async def _release_untried(self, delivery: DeliveryRecord) -> None:
+        try:
+            await self.store.release(self.owner, [delivery.id], untried=True)
+        except StoreUnavailable as exc:
+            log.error("could not release delivery %s (its lease runs out): %s", delivery.id, exc)
 
     async def _record(
         self,
@@ -305,6 +281,12 @@ class Dispatcher:
 
     async def _claim_due(self) -> None:
         for name, gate in self.gates.items():
+            if gate.needs_probe():
+                await gate.probe(self.connections[name])
+            if gate.recovered:
+                gate.recovered = False
+                resumed = await self.store.resume(name)
+                log.info("connection %s is back; %d pending deliveries resumed", name, resumed)
             free = gate.free
             if free <= 0:
                 continue

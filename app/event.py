@@ -8,7 +8,7 @@ case. Both are normalised here, once, into typed metadata.
 from __future__ import annotations
 
 import re
-from datetime import date, time
+from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
@@ -119,6 +119,16 @@ class ErathosEvent(BaseModel):
             return str(UUID(value))
         except ValueError:
             return value
+
+    @field_validator("finished_at_time")
+    @classmethod
+    def _naive_utc(cls, value: time | None) -> time | None:
+        # Erathos sends HH:MM in UTC; an explicit offset is folded into UTC so that
+        # comparisons with rule times (naive, UTC) never mix aware and naive values.
+        offset = value.utcoffset() if value is not None else None
+        if value is None or offset is None:
+            return value
+        return (datetime.combine(date(2000, 1, 1), value) - offset).time()
 
     def value(self, name: str) -> Any:
         """The typed value of a metadata field, by case-insensitive name."""

@@ -7,7 +7,7 @@ compared as the metadata's documented type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, time
 from enum import StrEnum
 from typing import Any
@@ -48,7 +48,7 @@ class Rule:
     variable: str  # lower-case metadata name
     operation: Operation
     operands: tuple[Any, ...]  # typed, one for every operation but IN/NOT_IN
-    text: str  # the rule as written, for explanations
+    text: str = field(compare=False)  # the rule as written, for explanations
 
     @classmethod
     def parse(cls, raw: Any, *, where: str = "rule") -> Rule:
@@ -87,6 +87,8 @@ class Rule:
                 raise RuleError(f"{where}.value: {operation.value} takes one string, not a list")
             items = [value]
         operands = tuple(_typed(kind, item, where=f"{where}.value") for item in items)
+        if name.lower() == "status":  # incoming statuses are upper-cased; so are these
+            operands = tuple(str(o).upper() for o in operands)
         return cls(name.lower(), operation, operands, _describe(name, operation, value))
 
     def holds(self, event: ErathosEvent) -> bool:
@@ -94,8 +96,14 @@ class Rule:
         actual = event.value(self.variable)
         if actual is None:
             return False
-        if METADATA[self.variable] is MetadataType.STRING:
+        kind = METADATA[self.variable]
+        if kind is MetadataType.STRING:
             actual = str(actual)
+        elif kind is MetadataType.UUID and not isinstance(actual, UUID):
+            try:  # execution ids are kept as text; compare them as UUIDs when they are
+                actual = UUID(str(actual))
+            except ValueError:
+                return self.operation in (Operation.NOT_EQUAL, Operation.NOT_IN)
         match self.operation:
             case Operation.EQUAL:
                 return bool(actual == self.operands[0])
@@ -132,13 +140,21 @@ def first_failing(rules: tuple[Rule, ...], event: ErathosEvent) -> Rule | None:
 
 def to_erathos(rule: Rule) -> dict[str, Any]:
     """The rule in the JSON shape Erathos's webhook definition takes."""
-    values = [format_value(v) if not isinstance(v, str) else v for v in rule.operands]
+    values = [_as_text(v) for v in rule.operands]
     value: Any = values if rule.operation in _MEMBERSHIP else values[0]
     return {
         "variable_name": rule.variable.upper(),
         "operation": rule.operation.value,
         "value": value,
     }
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, time) and (value.second or value.microsecond):
+        return value.isoformat()
+    return format_value(value)
 
 
 def _typed(kind: MetadataType, value: Any, *, where: str) -> Any:

@@ -49,7 +49,11 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
     lookup = template_lookup(settings)
     router = default_router(settings, lookup)
     async with AsyncExitStack() as stack:
-        store = await Store.open(settings.database_url, settings.durability)
+        store = await Store.open(
+            settings.database_url,
+            settings.durability,
+            lock_timeout=settings.db_lock_timeout.total_seconds(),
+        )
         stack.push_async_callback(store.close)
         connections = {DEFAULT_CONNECTION: default_connection(settings)}
         for connection in connections.values():

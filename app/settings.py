@@ -20,7 +20,12 @@ from uuid import UUID
 from annotated_types import Ge, Gt
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from app.templates import Lookup
 
@@ -75,6 +80,22 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments may use attribute names (tests, the CLI), but the environment,
+        # .env and secret files are read by the documented variable names only: a
+        # platform's own PORT, HOST or DATABASE_URL must not reconfigure the service.
+        for source in (env_settings, dotenv_settings, file_secret_settings):
+            source.config = {**source.config, "populate_by_name": False, "validate_by_name": False}
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
     # Prefect: the connection of the default route.
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
     prefect_account_id: UUID | None = Field(None, validation_alias="PREFECT_ACCOUNT_ID")
@@ -115,6 +136,9 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///./data/bridge.db", validation_alias="BRIDGE_DATABASE_URL")
     durability: Durability = Field(Durability.CRASH, validation_alias="BRIDGE_DURABILITY")
     retention: Duration = Field(timedelta(days=30), validation_alias="BRIDGE_RETENTION")
+    db_lock_timeout: Duration = Field(
+        timedelta(seconds=5), validation_alias="BRIDGE_DB_LOCK_TIMEOUT"
+    )
 
     # The dispatcher.
     sync_wait: Duration = Field(timedelta(seconds=2), validation_alias="BRIDGE_SYNC_WAIT")
@@ -133,6 +157,7 @@ class Settings(BaseSettings):
     @field_validator(
         "prefect_timeout",
         "retention",
+        "db_lock_timeout",
         "sync_wait",
         "max_age",
         "retry_base",
@@ -193,10 +218,11 @@ class Settings(BaseSettings):
     def _api_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.strip().rstrip("/")
+        value = value.strip()
         if "://" not in value:
             # The seed's `prefect_api_url` variable holds a bare host name.
-            value = f"https://{value}/api"
+            value = f"https://{value.rstrip('/')}/api"
+        value = value.rstrip("/")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL such as http://prefect:4200/api")
@@ -273,10 +299,19 @@ def template_lookup(settings: Settings) -> Lookup:
             if path.is_file():
                 secrets[path.name.upper()] = SecretStr(path.read_text().strip())
     for name, info in Settings.model_fields.items():
+        if not isinstance(info.validation_alias, str):
+            continue
         value = getattr(settings, name)
-        if isinstance(value, SecretStr) and isinstance(info.validation_alias, str):
+        if isinstance(value, SecretStr):
             secrets[info.validation_alias] = value
+        if _is_secret_field(info.annotation):
+            # A secret setting is never readable as plain ${{variables.X}} text.
+            variables.pop(info.validation_alias, None)
     return Lookup(variables=variables, secrets=secrets)
+
+
+def _is_secret_field(annotation: Any) -> bool:
+    return "SecretStr" in repr(annotation)
 
 
 def secrets_dir() -> Path | None:

@@ -47,7 +47,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from app.settings import Durability
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 5000
 
 metadata = MetaData()
 
@@ -203,8 +202,10 @@ class Store:
         self.engine = engine
 
     @classmethod
-    async def open(cls, url: str, durability: Durability = Durability.CRASH) -> Store:
-        engine = _sqlite_engine(url, durability)
+    async def open(
+        cls, url: str, durability: Durability = Durability.CRASH, *, lock_timeout: float = 5.0
+    ) -> Store:
+        engine = _sqlite_engine(url, durability, lock_timeout)
         store = cls(engine)
         try:
             await store._migrate()
@@ -408,16 +409,38 @@ class Store:
             )
         return bool(result.rowcount == 1)
 
-    async def release(self, owner: str, delivery_ids: Sequence[str]) -> None:
-        """Give leases back (on shutdown), so the next start resumes them at once."""
+    async def release(
+        self, owner: str, delivery_ids: Sequence[str], *, untried: bool = False
+    ) -> None:
+        """Give leases back (on shutdown, or when a delivery was not tried after all) so
+        they are picked up at once; ``untried`` also returns the attempt its claim counted."""
         if not delivery_ids:
             return
+        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if untried:
+            values["attempts"] = deliveries.c.attempts - 1
         async with self._transaction() as conn:
             await conn.execute(
                 update(deliveries)
                 .where(deliveries.c.id.in_(delivery_ids), deliveries.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(**values)
             )
+
+    async def resume(self, connection: str) -> int:
+        """Make every pending delivery of a connection due now (it has recovered);
+        the claim order then drains them oldest first."""
+        now = time.time()
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.state == PENDING,
+                    deliveries.c.connection == connection,
+                    deliveries.c.next_attempt_at > now,
+                )
+                .values(next_attempt_at=now)
+            )
+        return int(result.rowcount)
 
     # -- inspection and replay ------------------------------------------------------------
 
@@ -594,7 +617,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(original).__name__}: {original}"
 
 
-def _sqlite_engine(url: str, durability: Durability) -> AsyncEngine:
+def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> AsyncEngine:
     parsed = make_url(url).set(drivername="sqlite+aiosqlite")
     database = parsed.database
     if database and database != ":memory:":
@@ -605,6 +628,7 @@ def _sqlite_engine(url: str, durability: Durability) -> AsyncEngine:
     # One connection: SQLite has one writer anyway, and a single connection makes
     # every transaction in this process strictly sequential (no SQLITE_BUSY inside it).
     engine = create_async_engine(parsed, pool_size=1, max_overflow=0, pool_timeout=30)
+    busy_timeout_ms = int(lock_timeout * 1000)
     synchronous = "FULL" if durability is Durability.POWER else "NORMAL"
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -612,7 +636,8 @@ def _sqlite_engine(url: str, durability: Durability) -> AsyncEngine:
         # Let SQLAlchemy's BEGIN below control transactions instead of the driver.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # How long a write waits for another process's lock before we answer 503.
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
         # WAL + NORMAL survives a crash of the process (kill -9); FULL also a power loss.
         cursor.execute(f"PRAGMA synchronous = {synchronous}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, time
 from typing import Any
 from uuid import UUID
@@ -32,8 +32,8 @@ class TemplateError(ValueError):
 class Lookup:
     """What ``variables.*`` and ``secrets.*`` resolve to (names are case-insensitive)."""
 
-    variables: Mapping[str, str]
-    secrets: Mapping[str, SecretStr]
+    variables: Mapping[str, str] = field(repr=False)
+    secrets: Mapping[str, SecretStr] = field(repr=False)
 
     def variable(self, name: str) -> str | None:
         return self.variables.get(name.upper())

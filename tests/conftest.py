@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ def settings(make_settings: SettingsFactory, prefect: PrefectServer, flow_id: st
     return make_settings(prefect_api_url=prefect.api_url, prefect_flow_id=flow_id)
 
 
+@asynccontextmanager
 async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, and a client that talks to it in-process."""
     app = create_app(settings)
     async with (
         LifespanManager(app) as manager,
@@ -80,7 +83,7 @@ async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in open_client(settings):
+    async with open_client(settings) as c:
         yield c
 
 

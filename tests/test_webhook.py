@@ -62,7 +62,9 @@ async def test_the_same_execution_again_answers_200_and_creates_nothing(
 
     assert again.status_code == 200
     assert again.json()["duplicate"] is True
-    assert again.json()["deliveries"][0]["flow_run_id"] == first.json()["deliveries"][0]["flow_run_id"]
+    assert (
+        again.json()["deliveries"][0]["flow_run_id"] == first.json()["deliveries"][0]["flow_run_id"]
+    )
     assert len(prefect.flow_runs(flow_id)) == 1
 
 
@@ -89,7 +91,7 @@ async def test_the_printed_template_rendered_as_erathos_renders_it_creates_one_r
     )
     assert all(isinstance(v, str) for v in json.loads(body).values())
 
-    async for client in open_client(settings):
+    async with open_client(settings) as client:
         first = await client.post(url, headers=headers, content=body)
         again = await client.post(url, headers=headers, content=body)
         wrong = await client.post(
@@ -128,9 +130,13 @@ async def test_every_rotated_token_is_accepted(
         prefect_api_url=prefect.api_url,
         prefect_flow_id=flow_id,
     )
-    async for client in open_client(settings):
-        old = await client.post("/webhooks/erathos", json=erathos_body(), headers=auth("old-token-0123456789abc"))
-        new = await client.post("/webhooks/erathos", json=erathos_body(), headers=auth("new-token-0123456789abc"))
+    async with open_client(settings) as client:
+        old = await client.post(
+            "/webhooks/erathos", json=erathos_body(), headers=auth("old-token-0123456789abc")
+        )
+        new = await client.post(
+            "/webhooks/erathos", json=erathos_body(), headers=auth("new-token-0123456789abc")
+        )
 
     assert (old.status_code, new.status_code) == (202, 202)
 
@@ -146,7 +152,9 @@ async def test_a_body_over_the_cap_is_refused_with_413(client: httpx.AsyncClient
 
 async def test_a_body_that_is_not_json_is_refused_with_415(client: httpx.AsyncClient) -> None:
     response = await client.post(
-        "/webhooks/erathos", content=b"execution_id=1", headers={**auth(), "Content-Type": "text/plain"}
+        "/webhooks/erathos",
+        content=b"execution_id=1",
+        headers={**auth(), "Content-Type": "text/plain"},
     )
 
     assert response.status_code == 415
@@ -168,7 +176,9 @@ async def test_invalid_fields_are_all_named_in_one_422(
 
 async def test_malformed_json_is_a_400(client: httpx.AsyncClient) -> None:
     response = await client.post(
-        "/webhooks/erathos", content=b'{"execution_id": ', headers={**auth(), "Content-Type": "application/json"}
+        "/webhooks/erathos",
+        content=b'{"execution_id": ',
+        headers={**auth(), "Content-Type": "application/json"},
     )
 
     assert response.status_code == 400

@@ -56,8 +56,17 @@ def prefect_executable() -> Path:
         print(f"creating the Prefect server's environment in {venv} (once)", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--require-hashes", "-r", str(LOCK)],
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--require-hashes",
+                "-r",
+                str(LOCK),
+            ],
             check=True,
         )
         done.touch()
@@ -124,8 +133,16 @@ class PrefectServer:
         self.log_path = self.home / "server.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [str(executable), "server", "start", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--no-services"],
+                [
+                    str(executable),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--no-services",
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -139,7 +156,7 @@ class PrefectServer:
             if self.process is not None and self.process.poll() is not None:
                 raise PrefectError(f"the Prefect server exited; see {self.log_path}")
             try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
                         return
             except (OSError, urllib.error.URLError):
@@ -159,7 +176,7 @@ class PrefectServer:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(  # noqa: S310 (always our own local server)
+        request = urllib.request.Request(
             f"{self.api_url}/{path.lstrip('/')}", data=data, method=method
         )
         request.add_header("Content-Type", "application/json")
@@ -167,7 +184,7 @@ class PrefectServer:
             token = base64.b64encode(self.auth_string.encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise PrefectError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None

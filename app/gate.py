@@ -1,0 +1,134 @@
+"""Admission to one Prefect connection: a concurrency cap, an optional rate cap and a
+circuit breaker, so a failing Prefect is probed instead of hammered.
+
+    closed     requests flow (at most ``max_concurrency`` at once, ``max_rate`` per s)
+    open       the connection is known down (consecutive failures) or asked us to
+               wait (Retry-After): no delivery is tried; its health endpoint is probed
+               on a short, growing, capped interval
+    half-open  the probe succeeded (or Retry-After ran out): one trial delivery goes;
+               success closes the circuit, failure opens it again
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from enum import StrEnum
+
+from app.prefect import AttemptResult, Outcome, PrefectConnection
+
+FAILURES_TO_OPEN = 3
+PROBE_FIRST = 0.5
+PROBE_CAP = 5.0
+
+
+class Circuit(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+class GateClosed(Exception):
+    """The circuit opened while a delivery waited for its turn: it was not tried."""
+
+
+class ConnectionGate:
+    def __init__(self, max_concurrency: int, max_rate: float | None = None) -> None:
+        self.max_concurrency = max_concurrency
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._interval = 1.0 / max_rate if max_rate else 0.0
+        self._next_start = 0.0
+        self.load = 0  # deliveries assigned to this connection: waiting or in flight
+        self.circuit = Circuit.CLOSED
+        self._failures = 0
+        self._open_until: float | None = None  # Retry-After: half-open at this time
+        self._next_probe = 0.0
+        self._probe_interval = PROBE_FIRST
+        self._trial_running = False
+        self.recovered = False  # set when the circuit closes again; the dispatcher clears it
+
+    @property
+    def admits(self) -> bool:
+        """Whether a new delivery may be started now."""
+        self._tick()
+        if self.circuit is Circuit.CLOSED:
+            return True
+        return self.circuit is Circuit.HALF_OPEN and not self._trial_running
+
+    @property
+    def free(self) -> int:
+        """How many more deliveries the dispatcher may claim for this connection."""
+        if not self.admits:
+            return 0
+        if self.circuit is Circuit.HALF_OPEN:
+            return 1 if self.load == 0 else 0
+        return max(0, self.max_concurrency - self.load)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for a turn; raises :class:`GateClosed` if the circuit is not admitting then."""
+        async with self._semaphore:
+            if not self.admits:
+                raise GateClosed()
+            trial = self.circuit is Circuit.HALF_OPEN
+            self._trial_running |= trial
+            try:
+                # Reserve the next start time at once, then wait for it (rate cap).
+                now = time.monotonic()
+                start = max(now, self._next_start)
+                self._next_start = start + self._interval
+                if start > now:
+                    await asyncio.sleep(start - now)
+                yield
+            finally:
+                if trial:
+                    self._trial_running = False
+
+    def observe(self, result: AttemptResult) -> None:
+        """Learn from one answer: only transient failures count against the connection."""
+        if result.outcome is not Outcome.TRANSIENT:
+            if self.circuit is not Circuit.CLOSED:
+                self.recovered = True
+            self.circuit = Circuit.CLOSED
+            self._failures = 0
+            self._probe_interval = PROBE_FIRST
+            return
+        self._failures += 1
+        now = time.monotonic()
+        if result.retry_after is not None:
+            self._open(until=now + result.retry_after)
+        elif self.circuit is Circuit.HALF_OPEN or self._failures >= FAILURES_TO_OPEN:
+            self._open(until=None)
+
+    def needs_probe(self) -> bool:
+        self._tick()
+        return (
+            self.circuit is Circuit.OPEN
+            and self._open_until is None
+            and time.monotonic() >= self._next_probe
+        )
+
+    async def probe(self, connection: PrefectConnection) -> None:
+        """Ask the connection's health endpoint whether it is back."""
+        health = await connection.health()
+        if health.reachable:
+            self.circuit = Circuit.HALF_OPEN
+            return
+        self._next_probe = time.monotonic() + self._probe_interval
+        self._probe_interval = min(PROBE_CAP, self._probe_interval * 2)
+
+    def _open(self, until: float | None) -> None:
+        self.circuit = Circuit.OPEN
+        self._open_until = until
+        self._next_probe = time.monotonic() + self._probe_interval
+
+    def _tick(self) -> None:
+        if (
+            self.circuit is Circuit.OPEN
+            and self._open_until is not None
+            and time.monotonic() >= self._open_until
+        ):
+            self.circuit = Circuit.HALF_OPEN
+            self._open_until = None

@@ -1,0 +1,228 @@
+"""At-least-once delivery against the real Prefect server behind a misbehaving front:
+every event ends as exactly one flow run, and the backoff shows in the attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from app.settings import Settings
+from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
+from tests.erathos import execution
+from tests.faults import FaultProxy
+from tools.localprefect import PrefectServer
+
+pytestmark = pytest.mark.anyio
+
+
+def event_body(**metadata: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in execution(**metadata).items()}
+
+
+async def eventually(
+    check: Callable[[httpx.AsyncClient], Awaitable[bool]],
+    client: httpx.AsyncClient,
+    within: float = 30.0,
+) -> None:
+    """Wait until ``check(client)`` holds, polling what the service exposes."""
+    deadline = time.monotonic() + within
+    while not await check(client):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {within} s")
+        await asyncio.sleep(0.1)
+
+
+async def pending_count(client: httpx.AsyncClient) -> int:
+    response = await client.get(
+        "/events", params={"state": "pending", "limit": 500}, headers=auth(ADMIN_TOKEN)
+    )
+    assert response.status_code == 200, response.text
+    return len(response.json()["events"])
+
+
+async def all_delivered(client: httpx.AsyncClient) -> bool:
+    return await pending_count(client) == 0
+
+
+def fast_retries(
+    make_settings: SettingsFactory, api_url: str, flow_id: str, **more: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "prefect_api_url": api_url,
+        "prefect_flow_id": flow_id,
+        "admin_token": ADMIN_TOKEN,
+        "prefect_timeout": "1s",
+        "lease": "3s",
+        "retry_base": "100ms",
+        "retry_cap": "1s",
+        "sync_wait": "3s",
+    }
+    return make_settings(**(values | more))
+
+
+async def test_every_fault_ends_in_exactly_one_flow_run_with_the_backoff_recorded(
+    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+) -> None:
+    script = ["503", "429-seconds", "reset", "500", "stall", "429-date", "stall-after", "503"]
+    proxy = FaultProxy(f"http://127.0.0.1:{prefect.port}", script, stall=1.5)
+    await proxy.start()
+    settings = fast_retries(make_settings, f"{proxy.url}/api", flow_id, max_concurrency=1)
+    bodies = [event_body(table_name=f"t{i}") for i in range(6)]
+    try:
+        async with open_client(settings) as client:
+            answers = [
+                await client.post("/webhooks/erathos", json=b, headers=auth()) for b in bodies
+            ]
+            assert {a.status_code for a in answers} == {202}
+            await eventually(all_delivered, client, within=60)
+            details = [
+                (
+                    await client.get(f"/events/{a.json()['event_id']}", headers=auth(ADMIN_TOKEN))
+                ).json()
+                for a in answers
+            ]
+    finally:
+        await proxy.stop()
+
+    assert proxy.applied[: len(script)] == script
+    runs = prefect.flow_runs(flow_id)
+    keys = Counter(run["idempotency_key"] for run in runs)
+    assert sorted(keys) == sorted(b["execution_id"] for b in bodies)
+    assert set(keys.values()) == {1}
+    attempts = [a for d in details for a in d["deliveries"][0]["attempts_made"]]
+    statuses = Counter(a["status_code"] for a in attempts)
+    assert statuses[503] == 2
+    assert statuses[429] == 2
+    assert statuses[500] == 1
+    errors = " ".join(a["error"] or "" for a in attempts)
+    assert "timed out" in errors
+    assert "Error" in errors
+    by_retry_after = [a["retry_in_seconds"] for a in attempts if a["status_code"] == 429]
+    assert all(0.5 <= r <= 2.5 for r in by_retry_after), by_retry_after
+    first_event = details[0]["deliveries"][0]
+    assert first_event["state"] == "delivered"
+    assert len(first_event["attempts_made"]) > 1
+
+
+async def test_prefect_down_while_100_events_arrive_then_exactly_100_flow_runs(
+    make_settings: SettingsFactory, tmp_path: Any
+) -> None:
+    prefect = PrefectServer.launch(home=tmp_path / "prefect")
+    flow_id = prefect.create_flow("dbt-outage")
+    prefect.stop()  # nothing listens on its port now
+    settings = fast_retries(make_settings, prefect.api_url, flow_id, sync_wait="200ms")
+    bodies = [event_body(table_name=f"table_{i}") for i in range(100)]
+    try:
+        async with open_client(settings) as client:
+            answers = await asyncio.gather(
+                *(client.post("/webhooks/erathos", json=b, headers=auth()) for b in bodies)
+            )
+            assert [a.status_code for a in answers] == [202] * 100
+            assert {a.json()["status"] for a in answers} == {"queued"}
+            assert await pending_count(client) == 100
+
+            prefect.start()
+            await eventually(all_delivered, client, within=60)
+        runs = prefect.flow_runs(flow_id)
+    finally:
+        prefect.stop()
+
+    keys = Counter(run["idempotency_key"] for run in runs)
+    assert len(runs) == 100
+    assert set(keys) == {b["execution_id"] for b in bodies}
+
+
+async def test_an_unknown_flow_is_dead_lettered_with_prefects_reason_and_replays_once_fixed(
+    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+) -> None:
+    wrong = fast_retries(make_settings, prefect.api_url, "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de")
+    body = event_body()
+    async with open_client(wrong) as client:
+        answer = (await client.post("/webhooks/erathos", json=body, headers=auth())).json()
+        [dead] = answer["deliveries"]
+    assert answer["status"] == "failed"
+    assert dead["state"] == "dead"
+    assert dead["attempts"] == 1
+    assert "HTTP 409" in dead["error"]
+    assert "Data integrity conflict" in dead["error"]
+
+    fixed = fast_retries(make_settings, prefect.api_url, flow_id)
+    async with open_client(fixed) as client:
+        dead_list = await client.get("/events", params={"state": "dead"}, headers=auth(ADMIN_TOKEN))
+        assert [e["id"] for e in dead_list.json()["events"]] == [answer["event_id"]]
+        replay = await client.post(f"/deliveries/{dead['id']}/replay", headers=auth(ADMIN_TOKEN))
+        assert replay.status_code == 202
+        await eventually(all_delivered, client)
+        detail = (
+            await client.get(f"/events/{answer['event_id']}", headers=auth(ADMIN_TOKEN))
+        ).json()
+
+    [delivery] = detail["deliveries"]
+    assert delivery["state"] == "delivered"
+    [run] = prefect.flow_runs(flow_id)
+    assert run["id"] == delivery["flow_run_id"]
+    assert [a["status_code"] for a in delivery["attempts_made"]] == [409, 201]
+
+
+async def test_a_replay_keeps_the_flow_run_unless_a_new_run_is_asked_for(
+    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+) -> None:
+    settings = fast_retries(make_settings, prefect.api_url, flow_id)
+    async with open_client(settings) as client:
+        answer = (await client.post("/webhooks/erathos", json=event_body(), headers=auth())).json()
+        delivery_id = answer["deliveries"][0]["id"]
+        await client.post(f"/deliveries/{delivery_id}/replay", headers=auth(ADMIN_TOKEN))
+        await eventually(all_delivered, client)
+        assert len(prefect.flow_runs(flow_id)) == 1
+
+        await client.post(
+            f"/events/{answer['event_id']}/replay?new_run=true", headers=auth(ADMIN_TOKEN)
+        )
+        await eventually(all_delivered, client)
+        still_pending = await client.post(
+            f"/deliveries/{delivery_id}/replay", headers=auth(ADMIN_TOKEN)
+        )
+
+    runs = prefect.flow_runs(flow_id)
+    assert len(runs) == 2
+    assert (
+        sorted(r["idempotency_key"].split(":replay-")[0] for r in runs)
+        == [answer["execution_id"]] * 2
+    )
+    assert still_pending.status_code == 202  # delivered again, so it could be replayed again
+
+
+async def test_shutdown_gives_in_flight_deliveries_back_and_the_next_start_sends_them(
+    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+) -> None:
+    proxy = FaultProxy(f"http://127.0.0.1:{prefect.port}", ["stall"], stall=5)
+    await proxy.start()
+    settings = fast_retries(
+        make_settings,
+        f"{proxy.url}/api",
+        flow_id,
+        prefect_timeout="4s",
+        lease="30s",
+        sync_wait="100ms",
+        shutdown_grace="200ms",
+    )
+    try:
+        async with open_client(settings) as client:
+            answer = (
+                await client.post("/webhooks/erathos", json=event_body(), headers=auth())
+            ).json()
+            assert answer["status"] == "queued"
+        # The lease (30 s) would still hold it; shutdown released it, so it goes at once.
+        async with open_client(settings) as client:
+            await eventually(all_delivered, client, within=10)
+    finally:
+        await proxy.stop()
+
+    [run] = prefect.flow_runs(flow_id)
+    assert run["idempotency_key"] == answer["execution_id"]
