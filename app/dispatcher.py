@@ -194,6 +194,7 @@ class Dispatcher:
 
     def _forget(self, task: asyncio.Task[DeliveryRecord]) -> None:
         self._tasks.pop(task.get_name().removeprefix("delivery-"), None)
+        self._wake.set()  # a slot is free: claim the next due delivery now, not at the next poll
 
     @property
     def in_flight(self) -> int:

@@ -1,5 +1,10 @@
-"""Admission to one Prefect connection: a concurrency cap, an optional rate cap and a
-circuit breaker, so a failing Prefect is probed instead of hammered.
+"""Admission to one Prefect connection: an adaptive concurrency window, an optional rate
+cap and a circuit breaker, so a struggling Prefect is neither stormed nor hammered.
+
+The window starts at one request in flight, grows by one per ``GROWTH_SUCCESSES``
+successes and halves on 503, 429 or a timeout (additive increase, multiplicative decrease),
+never above ``BRIDGE_MAX_CONCURRENCY``: a self-hosted Prefect on SQLite answers
+503 to most concurrent writes, Prefect Cloud takes many.
 
     closed     requests flow (at most ``max_concurrency`` at once, ``max_rate`` per s)
     open       the connection is known down (consecutive failures) or asked us to
@@ -20,6 +25,9 @@ from enum import StrEnum
 from app.prefect import AttemptResult, Outcome, PrefectConnection
 
 FAILURES_TO_OPEN = 3
+# Slow growth keeps a saturated server's 503s to a few percent: after a halving the
+# window probes one request higher only every this many successes.
+GROWTH_SUCCESSES = 20
 PROBE_FIRST = 0.5
 PROBE_CAP = 5.0
 
@@ -37,7 +45,9 @@ class GateClosed(Exception):
 class ConnectionGate:
     def __init__(self, max_concurrency: int, max_rate: float | None = None) -> None:
         self.max_concurrency = max_concurrency
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self.window = 1.0  # how many requests may be in flight now (AIMD)
+        self.in_flight = 0
+        self._turn = asyncio.Condition()
         self._interval = 1.0 / max_rate if max_rate else 0.0
         self._next_start = 0.0
         self.load = 0  # deliveries assigned to this connection: waiting or in flight
@@ -64,30 +74,44 @@ class ConnectionGate:
             return 0
         if self.circuit is Circuit.HALF_OPEN:
             return 1 if self.load == 0 else 0
-        return max(0, self.max_concurrency - self.load)
+        return max(0, self.limit - self.load)
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self.window))
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Wait for a turn; raises :class:`GateClosed` if the circuit is not admitting then."""
-        async with self._semaphore:
+        async with self._turn:
+            await self._turn.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+        trial = False
+        try:
             if not self.admits:
                 raise GateClosed()
             trial = self.circuit is Circuit.HALF_OPEN
             self._trial_running |= trial
-            try:
-                # Reserve the next start time at once, then wait for it (rate cap).
-                now = time.monotonic()
-                start = max(now, self._next_start)
-                self._next_start = start + self._interval
-                if start > now:
-                    await asyncio.sleep(start - now)
-                yield
-            finally:
-                if trial:
-                    self._trial_running = False
+            # Reserve the next start time at once, then wait for it (rate cap).
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            self._next_start = start + self._interval
+            if start > now:
+                await asyncio.sleep(start - now)
+            yield
+        finally:
+            if trial:
+                self._trial_running = False
+            async with self._turn:
+                self.in_flight -= 1
+                self._turn.notify_all()
 
     def observe(self, result: AttemptResult) -> None:
         """Learn from one answer: only transient failures count against the connection."""
+        if result.status_code in (429, 503) or (result.status_code is None and result.timed_out):
+            self.window = max(1.0, self.window / 2)  # Prefect is saturated: back off
+        elif result.outcome is Outcome.DELIVERED:
+            self.window = min(float(self.max_concurrency), self.window + 1 / GROWTH_SUCCESSES)
         if result.outcome is not Outcome.TRANSIENT:
             if self.circuit is not Circuit.CLOSED:
                 self.recovered = True

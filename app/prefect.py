@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -55,6 +55,7 @@ class AttemptResult:
     created: bool = False  # 201: a new run; 200: Prefect's idempotency returned an existing one
     retry_after: float | None = None  # seconds, from the Retry-After header
     response_excerpt: str | None = None
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ class PrefectConnection:
         try:
             response = await self.client.post(request.path, json=request.body)
         except httpx.TimeoutException as exc:
-            return self._failed(started, f"timed out ({type(exc).__name__})")
+            return replace(
+                self._failed(started, f"timed out ({type(exc).__name__})"), timed_out=True
+            )
         except httpx.TransportError as exc:
             return self._failed(started, f"{type(exc).__name__}: {exc}")
         duration_ms = (time.perf_counter() - started) * 1000

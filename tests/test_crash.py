@@ -1,0 +1,99 @@
+"""Crash safety with real processes: ``kill -9`` of the service during a burst sent by a
+separate client process loses no acknowledged event and doubles none."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ADMIN_TOKEN, TOKEN
+from tests.processes import ROOT, ServiceProcess, clean_environment
+from tools.localprefect import PrefectServer, free_port
+
+
+def acknowledged(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def wait_for(condition: object, within: float, what: str) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {within} s")
+        time.sleep(0.1)
+
+
+def pending(service: ServiceProcess) -> int:
+    response = httpx.get(
+        f"{service.url}/events",
+        params={"state": "pending", "limit": 500},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return len(response.json()["events"])
+
+
+def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
+    tmp_path: Path, prefect: PrefectServer, flow_id: str
+) -> None:
+    env = clean_environment(
+        PREFECT_API_URL=prefect.api_url,
+        PREFECT_FLOW_ID=flow_id,
+        BRIDGE_WEBHOOK_TOKEN=TOKEN,
+        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
+        BRIDGE_PORT=str(free_port()),
+        BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'bridge.db'}",
+        BRIDGE_PREFECT_TIMEOUT="2s",
+        BRIDGE_LEASE="3s",
+        BRIDGE_POLL_INTERVAL="200ms",
+        BRIDGE_RETRY_BASE="200ms",
+        BRIDGE_RETRY_CAP="2s",
+        BRIDGE_LOG_FORMAT="json",
+    )
+    service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
+    acked = tmp_path / "acked.txt"
+    service.start()
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.burst_client",
+            "--url",
+            service.url,
+            "--token",
+            TOKEN,
+            "--count",
+            "500",
+            "--concurrency",
+            "16",
+            "--acked",
+            str(acked),
+        ],
+        cwd=ROOT,
+        env=clean_environment(),
+    )
+    try:
+        wait_for(lambda: len(acknowledged(acked)) >= 150, within=120, what="150 acknowledgements")
+        service.signal(signal.SIGKILL)
+        service.wait()
+        assert client.wait(120) == 0
+        before_restart = acknowledged(acked)
+
+        service.start()
+        wait_for(lambda: pending(service) == 0, within=120, what="every delivery settled")
+    finally:
+        client.kill()
+        service.stop()
+
+    assert 150 <= len(before_restart) < 500  # the kill really cut the burst
+    runs = Counter(run["idempotency_key"] for run in prefect.flow_runs(flow_id))
+    assert all(runs[execution_id] == 1 for execution_id in before_restart)
+    assert set(runs.values()) == {1}
