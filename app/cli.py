@@ -14,7 +14,7 @@ from app import __version__
 from app.event import METADATA
 from app.logs import configure_logging
 from app.service import open_bridge
-from app.settings import ConfigurationError, Settings, load_settings
+from app.settings import ConfigurationError, PublicSettings, Settings, load_settings
 from app.store import EVENT_STATES, StoreUnavailable
 
 WEBHOOK_PATH = "/webhooks/erathos"
@@ -22,7 +22,7 @@ TOKEN_SECRET = "erathos_prefect_bridge_token"  # noqa: S105 (a secret's name, no
 
 
 def erathos_template(
-    settings: Settings, url: str, secret_name: str = TOKEN_SECRET
+    settings: PublicSettings, url: str, secret_name: str = TOKEN_SECRET
 ) -> dict[str, Any]:
     """The webhook definition to create in Erathos, in Erathos's own JSON shape."""
     url = url.rstrip("/")
@@ -47,21 +47,23 @@ def erathos_template(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    command: str = args.command
     try:
+        if command == "erathos-template":
+            # Needs only what Erathos is told: works before Prefect is configured.
+            public = load_settings(PublicSettings)
+            url = args.url or public.public_url
+            if not url:
+                parser.error("erathos-template needs --url (or BRIDGE_PUBLIC_URL)")
+            print(json.dumps(erathos_template(public, url, args.secret_name), indent=2))
+            return 0
         settings = load_settings()
     except ConfigurationError as exc:
         print(f"erathos-prefect-bridge: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    command: str = args.command
     if command == "serve":
         return _serve(settings)
-    if command == "erathos-template":
-        url = args.url or settings.public_url
-        if not url:
-            parser.error("erathos-template needs --url (or BRIDGE_PUBLIC_URL)")
-        print(json.dumps(erathos_template(settings, url, args.secret_name), indent=2))
-        return 0
     try:
         if command == "check":
             return asyncio.run(_check(settings))

@@ -13,7 +13,7 @@ import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar, overload
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -32,6 +32,7 @@ from app.templates import Lookup
 PREFECT_CLOUD_API = "https://api.prefect.cloud/api"
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
 MIN_TOKEN_LENGTH = 16
+MAX_SECRET_BYTES = 64 * 1024
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -66,15 +67,18 @@ def split_list(value: Any) -> Any:
 
 Duration = Annotated[timedelta, NoDecode]
 CommaList = Annotated[list[str], NoDecode]
+S = TypeVar("S", bound="PublicSettings")
 
 
-class Settings(BaseSettings):
-    """Every setting of the service. Attribute names drop the variable's prefix."""
+class PublicSettings(BaseSettings):
+    """The settings that describe the service to Erathos (``erathos-template`` needs
+    only these), and how every setting is read."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,  # VAR= (compose's ${VAR:-}, a half-filled .env) means unset
         case_sensitive=False,
         populate_by_name=True,
         frozen=True,
@@ -95,6 +99,31 @@ class Settings(BaseSettings):
         for source in (env_settings, dotenv_settings, file_secret_settings):
             source.config = {**source.config, "populate_by_name": False, "validate_by_name": False}
         return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+    jobs: CommaList = Field(default_factory=list, validation_alias="BRIDGE_JOBS")
+    public_url: str | None = Field(None, validation_alias="BRIDGE_PUBLIC_URL")
+
+    @field_validator("jobs", mode="before")
+    @classmethod
+    def _jobs(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("jobs")
+    @classmethod
+    def _job_ids(cls, jobs: list[str]) -> list[str]:
+        try:
+            return [str(UUID(job)) for job in jobs]
+        except ValueError:
+            raise ValueError("every job id must be an Erathos job UUID") from None
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _blank_url(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+class Settings(PublicSettings):
+    """Every setting of the service. Attribute names drop the variable's prefix."""
 
     # Prefect: the connection of the default route.
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
@@ -120,11 +149,9 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Ge(1024)] = Field(
         65536, validation_alias="BRIDGE_MAX_BODY_BYTES"
     )
-    jobs: CommaList = Field(default_factory=list, validation_alias="BRIDGE_JOBS")
     flow_run_name: str = Field(
         "erathos_run_${{erathos.table_name}}", validation_alias="BRIDGE_FLOW_RUN_NAME"
     )
-    public_url: str | None = Field(None, validation_alias="BRIDGE_PUBLIC_URL")
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", validation_alias="BRIDGE_LOG_FORMAT"
     )
@@ -171,19 +198,6 @@ class Settings(BaseSettings):
     def _durations(cls, value: Any) -> Any:
         return parse_duration(value)
 
-    @field_validator("jobs", mode="before")
-    @classmethod
-    def _jobs(cls, value: Any) -> Any:
-        return split_list(value)
-
-    @field_validator("jobs")
-    @classmethod
-    def _job_ids(cls, jobs: list[str]) -> list[str]:
-        try:
-            return [str(UUID(job)) for job in jobs]
-        except ValueError:
-            raise ValueError("every job id must be an Erathos job UUID") from None
-
     @field_validator("webhook_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> Any:
@@ -208,7 +222,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters long")
         return token
 
-    @field_validator("prefect_api_url", "public_url", mode="before")
+    @field_validator("prefect_api_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -296,8 +310,9 @@ def template_lookup(settings: Settings) -> Lookup:
     directory = secrets_dir()
     if directory is not None:
         for path in directory.iterdir():
-            if path.is_file():
-                secrets[path.name.upper()] = SecretStr(path.read_text().strip())
+            secret = _secret_file(path)
+            if secret is not None:
+                secrets[path.name.upper()] = secret
     for name, info in Settings.model_fields.items():
         if not isinstance(info.validation_alias, str):
             continue
@@ -308,6 +323,16 @@ def template_lookup(settings: Settings) -> Lookup:
             # A secret setting is never readable as plain ${{variables.X}} text.
             variables.pop(info.validation_alias, None)
     return Lookup(variables=variables, secrets=secrets)
+
+
+def _secret_file(path: Path) -> SecretStr | None:
+    """A mounted secret: a small text file; anything else in the directory is skipped."""
+    if path.name.startswith(".") or not path.is_file() or path.stat().st_size > MAX_SECRET_BYTES:
+        return None
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _is_secret_field(annotation: Any) -> bool:
@@ -323,10 +348,14 @@ def secrets_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_settings(**overrides: Any) -> Settings:
+@overload
+def load_settings() -> Settings: ...
+@overload
+def load_settings(model: type[S]) -> S: ...
+def load_settings(model: type[PublicSettings] = Settings) -> PublicSettings:
     """Read and validate the settings, or raise one :class:`ConfigurationError`."""
     try:
-        return Settings(_secrets_dir=secrets_dir(), **overrides)
+        return model(_secrets_dir=secrets_dir())
     except ValidationError as exc:
         raise ConfigurationError(describe_validation_error(exc)) from None
 

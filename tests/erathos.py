@@ -53,7 +53,9 @@ def render(
     }
 
     def substitute(match: re.Match[str]) -> str:
-        return namespaces[match.group(1)][match.group(2).lower() if match.group(1) == "erathos" else match.group(2)]
+        return namespaces[match.group(1)][
+            match.group(2).lower() if match.group(1) == "erathos" else match.group(2)
+        ]
 
     if isinstance(template, str):
         return PLACEHOLDER.sub(substitute, template)

@@ -1,0 +1,44 @@
+# erathos-prefect-bridge: a slim, non-root image of the service.
+#
+#   docker build -t erathos-prefect-bridge .
+#   docker run -p 8080:8080 -v bridge-data:/data \
+#     -e BRIDGE_WEBHOOK_TOKEN=... -e PREFECT_API_URL=... -e PREFECT_FLOW_ID=... erathos-prefect-bridge
+#
+# Secrets may also be files in /run/secrets (Docker and Kubernetes secrets).
+ARG PYTHON_VERSION=3.12
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+# The locked dependencies first: this layer is rebuilt only when the lock changes.
+COPY requirements/runtime.txt requirements/
+RUN /opt/venv/bin/pip install --require-hashes -r requirements/runtime.txt
+COPY pyproject.toml README.md ./
+COPY app/ app/
+RUN /opt/venv/bin/pip install --no-deps .
+
+FROM python:${PYTHON_VERSION}-slim
+COPY --from=build /opt/venv /opt/venv
+RUN groupadd --gid 10001 bridge \
+    && useradd --uid 10001 --gid bridge --no-create-home --home-dir /data \
+       --shell /usr/sbin/nologin bridge \
+    && mkdir /data \
+    && chown bridge:bridge /data
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    BRIDGE_HOST=0.0.0.0 \
+    BRIDGE_PORT=8080 \
+    BRIDGE_DATABASE_URL=sqlite:////data/bridge.db
+# The SQLite store (and an optional .env) live here; keep it on a volume.
+WORKDIR /data
+VOLUME /data
+EXPOSE 8080
+USER bridge
+# Liveness only (the process answers); slim images have no curl.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('BRIDGE_PORT', '8080'), timeout=4)"]
+STOPSIGNAL SIGTERM
+CMD ["erathos-prefect-bridge", "serve"]

@@ -1,0 +1,176 @@
+"""The command line: the Erathos template, ``check`` against a real Prefect, events, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.event import METADATA
+from app.settings import load_settings
+from app.store import Store
+from tests.conftest import TOKEN, auth, open_client
+from tools.localprefect import PrefectServer
+
+JOB = "6b0f4a52-8d3e-4f5a-9c1b-2e7d8f9a0b1c"
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """Only what each test sets: no developer environment, no .env, no secrets dir."""
+    for name in list(os.environ):
+        if name.startswith(("PREFECT_", "BRIDGE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secrets").mkdir()
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "secrets"))
+    monkeypatch.setenv("BRIDGE_WEBHOOK_TOKEN", TOKEN)
+    monkeypatch.setenv("BRIDGE_DATABASE_URL", f"sqlite:///{tmp_path / 'bridge.db'}")
+    monkeypatch.setenv("BRIDGE_LOG_FORMAT", "json")
+    monkeypatch.setenv("BRIDGE_POLL_INTERVAL", "100ms")
+    return monkeypatch
+
+
+def test_the_erathos_template_has_erathos_shape_and_every_metadata_field(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environment.delenv("BRIDGE_WEBHOOK_TOKEN")  # nothing about Prefect or tokens is needed
+    environment.setenv("BRIDGE_JOBS", JOB)
+
+    code = main(["erathos-template", "--url", "https://bridge.example.com/"])
+
+    definition = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(definition) == {
+        "description",
+        "is_active",
+        "method",
+        "url",
+        "header",
+        "body",
+        "rules",
+        "jobs",
+    }
+    assert definition["method"] == "POST"
+    assert definition["url"] == "https://bridge.example.com/webhooks/erathos"
+    assert (
+        definition["header"]["Authorization"] == "Bearer ${{secrets.erathos_prefect_bridge_token}}"
+    )
+    assert definition["body"] == {name: f"${{{{erathos.{name}}}}}" for name in METADATA}
+    assert definition["jobs"] == [JOB]
+
+
+def test_the_erathos_template_refuses_a_job_id_that_is_not_a_uuid(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environment.setenv("BRIDGE_JOBS", "orders")
+
+    code = main(["erathos-template", "--url", "https://bridge.example.com"])
+
+    assert code == 2
+    assert "BRIDGE_JOBS" in capsys.readouterr().err
+
+
+def test_a_configuration_error_exits_2_naming_the_variable(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environment.setenv("PREFECT_API_URL", "http://prefect:4200/api")
+    environment.setenv("PREFECT_FLOW_ID", "not-a-uuid")
+
+    code = main(["check"])
+
+    assert code == 2
+    assert "PREFECT_FLOW_ID" in capsys.readouterr().err
+
+
+def test_check_passes_against_a_real_prefect_with_the_flow(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    flow_id: str,
+) -> None:
+    environment.setenv("PREFECT_API_URL", prefect.api_url)
+    environment.setenv("PREFECT_FLOW_ID", flow_id)
+
+    code = main(["check"])
+
+    assert code == 0, capsys.readouterr()
+    assert "check passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("api_url", "expected"),
+    [
+        (None, "does not exist"),
+        ("http://127.0.0.1:9/api", "unreachable"),
+    ],
+)
+def test_check_fails_clearly_when_prefect_or_the_flow_is_missing(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    api_url: str | None,
+    expected: str,
+) -> None:
+    environment.setenv("PREFECT_API_URL", api_url or prefect.api_url)
+    environment.setenv("PREFECT_FLOW_ID", str(uuid.uuid4()))
+
+    code = main(["check"])
+
+    out = capsys.readouterr()
+    assert code == 1
+    assert expected in out.out
+    assert "check FAILED" in out.err
+
+
+def test_events_lists_dead_letters_and_replay_sends_them_again(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    flow_id: str,
+) -> None:
+    environment.setenv("PREFECT_API_URL", prefect.api_url)
+    environment.setenv("PREFECT_FLOW_ID", str(uuid.uuid4()))  # unknown to Prefect: 409
+    execution_id = str(uuid.uuid4())
+    asyncio.run(_send(execution_id))
+    capsys.readouterr()
+
+    assert main(["events", "--state", "dead", "--json"]) == 0
+    [dead] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert dead["execution_id"] == execution_id
+    assert "HTTP 409" in dead["deliveries"][0]["error"]
+
+    environment.setenv("PREFECT_FLOW_ID", flow_id)  # the fix
+    assert main(["replay", dead["event_id"]]) == 0
+    assert "pending again" in capsys.readouterr().out
+    asyncio.run(_settle())
+
+    [run] = prefect.flow_runs(flow_id)
+    assert run["idempotency_key"] == execution_id
+
+
+async def _send(execution_id: str) -> None:
+    async with open_client(load_settings()) as client:
+        body = {"execution_id": execution_id, "status": "FINISHED", "table_name": "orders"}
+        response = await client.post("/webhooks/erathos", json=body, headers=auth())
+        assert response.json()["status"] == "failed"
+
+
+async def _settle() -> None:
+    """Run the service until nothing is pending (what a running service does by itself)."""
+    settings = load_settings()
+    async with open_client(settings):
+        store = await Store.open(settings.database_url)
+        try:
+            for _ in range(100):
+                if not await store.list_events(state="pending"):
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            await store.close()
+    raise AssertionError("deliveries still pending")
