@@ -14,12 +14,14 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from app.dispatcher import Delivered
 from app.errors import (
     InvalidBody,
     PayloadTooLarge,
@@ -33,7 +35,7 @@ from app.errors import (
 from app.event import ErathosEvent
 from app.prefect import Health
 from app.service import Bridge
-from app.store import DEAD, DELIVERED, Claim, DeliveryRecord, EventRecord, NewDelivery
+from app.store import DEAD, DELIVERED, Claim, DeliveryRecord, EventRecord, NewDelivery, Recorded
 from app.store import StoreUnavailable as StoreDown
 
 log = logging.getLogger("erathos_prefect_bridge.api")
@@ -208,57 +210,93 @@ async def receive_erathos_webhook(request: Request, bridge: BridgeDep) -> Any:
 async def accept_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> Any:
     """Route, store and start delivering one event; the webhook's answer."""
     decision = bridge.router.decide(event)
-    start_now = all(bridge.dispatcher.starts_now(route.connection) for route in decision.routes)
     new = [
         NewDelivery(
             route.name, route.connection, bridge.router.idempotency_key(event.execution_id, route)
         )
         for route in decision.routes
     ]
-    try:
-        recorded = await bridge.store.record_event(
-            event.execution_id,
-            payload,
+    recorded, outcomes = await store_and_deliver(
+        bridge,
+        Incoming(
+            execution_id=event.execution_id,
+            payload=payload,
             job_id=str(event.job_id) if event.job_id else None,
             schema_name=event.schema_name,
             table_name=event.table_name,
             status=event.status,
-            new_deliveries=new,
             ignored_reason=decision.reason,
-            claim_for=bridge.dispatcher.owner if start_now else None,
-            lease_seconds=bridge.dispatcher.lease,
-        )
-    except StoreDown as exc:
-        log.error(
-            "event not stored, answered 503: %s", exc, extra={"execution_id": event.execution_id}
-        )
-        raise ServiceUnavailable() from None
-    log.info(
-        "event accepted" if recorded.created else "duplicate event",
-        extra={
-            "execution_id": event.execution_id,
-            "job_id": recorded.event.job_id,
-            "table_name": event.table_name,
-            "routes": [d.route for d in recorded.deliveries],
-            "reason": decision.reason,
-        },
+        ),
+        new,
     )
     if not recorded.created:
         return JSONResponse(
             describe(recorded.event, recorded.deliveries, duplicate=True).model_dump(), 200
         )
-    found = recorded.deliveries
-    if found and start_now:
-        tasks = bridge.dispatcher.submit(Claim(d, recorded.event) for d in found)
-        await asyncio.wait(tasks, timeout=bridge.settings.sync_wait.total_seconds())
-        found = [_finished_or(task, d) for task, d in zip(tasks, found, strict=True)]
+    found = [o.delivery if o else d for o, d in zip(outcomes, recorded.deliveries, strict=True)]
     return describe(recorded.event, found, duplicate=False)
 
 
-def _finished_or(task: asyncio.Task[DeliveryRecord], before: DeliveryRecord) -> DeliveryRecord:
+@dataclass(frozen=True)
+class Incoming:
+    """What is stored of one incoming request (an Erathos event, or a Prefect-shaped one)."""
+
+    execution_id: str
+    payload: dict[str, Any]
+    job_id: str | None = None
+    schema_name: str | None = None
+    table_name: str | None = None
+    status: str | None = None
+    ignored_reason: str | None = None
+
+
+async def store_and_deliver(
+    bridge: Bridge, incoming: Incoming, new: list[NewDelivery]
+) -> tuple[Recorded, list[Delivered | None]]:
+    """Commit the event and its deliveries (503 if that fails: nothing is acknowledged),
+    then try the new deliveries at once, waiting up to BRIDGE_SYNC_WAIT for Prefect.
+    The outcomes are None for deliveries not finished (or not started) within the wait."""
+    start_now = all(bridge.dispatcher.starts_now(d.connection) for d in new)
+    try:
+        recorded = await bridge.store.record_event(
+            incoming.execution_id,
+            incoming.payload,
+            job_id=incoming.job_id,
+            schema_name=incoming.schema_name,
+            table_name=incoming.table_name,
+            status=incoming.status,
+            new_deliveries=new,
+            ignored_reason=incoming.ignored_reason,
+            claim_for=bridge.dispatcher.owner if start_now else None,
+            lease_seconds=bridge.dispatcher.lease,
+        )
+    except StoreDown as exc:
+        log.error(
+            "event not stored, answered 503: %s", exc, extra={"execution_id": incoming.execution_id}
+        )
+        raise ServiceUnavailable() from None
+    log.info(
+        "event accepted" if recorded.created else "duplicate event",
+        extra={
+            "execution_id": incoming.execution_id,
+            "job_id": incoming.job_id,
+            "table_name": incoming.table_name,
+            "routes": [d.route for d in recorded.deliveries],
+            "reason": incoming.ignored_reason,
+        },
+    )
+    outcomes: list[Delivered | None] = [None] * len(recorded.deliveries)
+    if recorded.created and recorded.deliveries and start_now:
+        tasks = bridge.dispatcher.submit(Claim(d, recorded.event) for d in recorded.deliveries)
+        await asyncio.wait(tasks, timeout=bridge.settings.sync_wait.total_seconds())
+        outcomes = [_finished(task) for task in tasks]
+    return recorded, outcomes
+
+
+def _finished(task: asyncio.Task[Delivered]) -> Delivered | None:
     if task.done() and not task.cancelled() and task.exception() is None:
         return task.result()
-    return before
+    return None
 
 
 health = APIRouter(tags=["health"])
@@ -312,14 +350,13 @@ async def readyz(request: Request, bridge: BridgeDep) -> JSONResponse:
 
 async def _prefect_health(request: Request, bridge: BridgeDep) -> list[PrefectStatus]:
     cache: dict[str, tuple[float, Health]] = request.state.health_cache
-    flow_id = str(bridge.settings.prefect_flow_id)
 
     async def one(name: str) -> PrefectStatus:
         connection = bridge.connections[name]
         cached = cache.get(name)
         if cached is None or time.monotonic() - cached[0] > HEALTH_CACHE_SECONDS:
             try:
-                result = await asyncio.wait_for(connection.health(flow_id), HEALTH_TIMEOUT_SECONDS)
+                result = await asyncio.wait_for(connection.health(), HEALTH_TIMEOUT_SECONDS)
             except TimeoutError:
                 result = Health(False, None, f"no answer within {HEALTH_TIMEOUT_SECONDS:.0f} s")
             cached = (time.monotonic(), result)

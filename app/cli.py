@@ -8,14 +8,18 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.event import METADATA
+from app.diagnose import check_route, simulate
+from app.event import METADATA, ErathosEvent
 from app.logs import configure_logging
-from app.service import open_bridge
+from app.routes_file import erathos_filters, read_routes_file
+from app.service import configure, open_bridge
 from app.settings import ConfigurationError, PublicSettings, Settings, load_settings
 from app.store import EVENT_STATES, StoreUnavailable
+from app.templates import TemplateError
 
 WEBHOOK_PATH = "/webhooks/erathos"
 TOKEN_SECRET = "erathos_prefect_bridge_token"  # noqa: S105 (a secret's name, not its value)
@@ -28,6 +32,11 @@ def erathos_template(
     url = url.rstrip("/")
     if not url.endswith(WEBHOOK_PATH):
         url += WEBHOOK_PATH
+    jobs: list[str] = list(settings.jobs)
+    rules: list[dict[str, Any]] = []
+    if settings.routes_file is not None:
+        route_jobs, rules = erathos_filters(read_routes_file(settings.routes_file))
+        jobs = jobs or route_jobs
     return {
         "description": "erathos-prefect-bridge: start the Prefect flow of this load",
         "is_active": True,
@@ -38,9 +47,10 @@ def erathos_template(
             "Authorization": f"Bearer ${{{{secrets.{secret_name}}}}}",
         },
         "body": {name: f"${{{{erathos.{name}}}}}" for name in METADATA},
-        # No rules: a FAILED load is worth recording too; routing decides here.
-        "rules": [],
-        "jobs": list(settings.jobs) or ["<ERATHOS_JOB_ID>"],
+        # Only rules every route has: a FAILED load is worth recording when some
+        # route wants it, and routing decides the rest here.
+        "rules": rules,
+        "jobs": jobs or ["<ERATHOS_JOB_ID>"],
     }
 
 
@@ -58,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(erathos_template(public, url, args.secret_name), indent=2))
             return 0
         settings = load_settings()
-    except ConfigurationError as exc:
+        configure(settings)  # the routes and connections, checked before anything opens
+    except (ConfigurationError, TemplateError) as exc:
         print(f"erathos-prefect-bridge: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
@@ -67,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "check":
             return asyncio.run(_check(settings))
+        if command == "simulate":
+            try:
+                event = ErathosEvent.model_validate(json.loads(args.event.read_text("utf-8")))
+            except (OSError, ValueError) as exc:
+                print(f"erathos-prefect-bridge: {args.event}: {exc}", file=sys.stderr)
+                return 2
+            return asyncio.run(_simulate(settings, event))
         if command == "events":
             return asyncio.run(_events(settings, args))
         if command == "replay":
@@ -95,7 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         default=TOKEN_SECRET,
         help="the Erathos secret that holds BRIDGE_WEBHOOK_TOKEN (default: %(default)s)",
     )
-    sub.add_parser("check", help="validate the settings and contact Prefect")
+    sub.add_parser(
+        "check", help="validate the settings and routes, and check every target in Prefect"
+    )
+    simulate = sub.add_parser(
+        "simulate", help="show which routes an event matches and the requests it would send"
+    )
+    simulate.add_argument("event", type=Path, help="a JSON file with an Erathos event body")
     events = sub.add_parser("events", help="list stored events, newest first")
     events.add_argument("--state", choices=EVENT_STATES)
     events.add_argument("--limit", type=int, default=20)
@@ -133,15 +157,30 @@ async def _check(settings: Settings) -> int:
     ok = True
     async with open_bridge(settings, dispatch=False) as bridge:
         print(f"store: ok ({settings.database_url})")
+        usable = set()
         for name, connection in bridge.connections.items():
-            health = await connection.health(str(settings.prefect_flow_id))
-            good = health.reachable and health.authorized is True and health.detail == "ok"
-            ok &= good
+            health = await connection.health()
+            if health.reachable and health.authorized is True:
+                usable.add(name)
+            else:
+                ok = False
             print(f"prefect connection {name!r} ({connection.api_url}): {health.detail}")
         for route in bridge.router.routes:
-            print(f"route {route.name!r}: flow {route.flow_id} on connection {route.connection!r}")
+            if route.connection not in usable:
+                print(f"route {route.name!r}: not checked (connection {route.connection!r})")
+                continue
+            result = await check_route(route, bridge.connections[route.connection], bridge.lookup)
+            ok &= result.ok
+            print(f"route {route.name!r}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
     print("check passed" if ok else "check FAILED", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+async def _simulate(settings: Settings, event: ErathosEvent) -> int:
+    async with open_bridge(settings, dispatch=False) as bridge:
+        report = simulate(event, bridge.router, bridge.connections, bridge.lookup)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
 
 
 def _when(epoch: float) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 
 from app.event import ErathosEvent
 from app.gate import ConnectionGate, GateClosed
-from app.prefect import AttemptResult, Outcome, PrefectConnection
-from app.routes import Router
+from app.prefect import AttemptResult, Outcome, PrefectConnection, PrefectRequest
+from app.routes import DROP_IN_ROUTE, DeploymentTarget, Router
 from app.settings import Settings
 from app.store import DEAD, DELIVERED, PENDING, Claim, DeliveryRecord, Store, StoreUnavailable
 from app.templates import Lookup
@@ -94,7 +94,14 @@ def plan_next(
 async def attempt_delivery(
     claim: Claim, router: Router, connections: dict[str, PrefectConnection], lookup: Lookup
 ) -> tuple[AttemptResult, PrefectConnection | None]:
-    """Send one delivery's flow run request, built from the current route configuration."""
+    """Send one delivery's flow run request, built from the current route configuration
+    (so a fixed setting takes effect on the next retry or replay)."""
+    if claim.delivery.route == DROP_IN_ROUTE:
+        connection = connections.get(claim.delivery.connection)
+        if connection is None:
+            return _config_error(f"connection {claim.delivery.connection!r} is gone"), None
+        request = PrefectRequest(**claim.event.payload[DROP_IN_ROUTE])
+        return await connection.create_flow_run(request), connection
     route = router.route(claim.delivery.route)
     if route is None:
         return _config_error(f"route {claim.delivery.route!r} is no longer configured"), None
@@ -102,12 +109,26 @@ async def attempt_delivery(
     if connection is None:
         return _config_error(f"connection {route.connection!r} is not configured"), None
     event = ErathosEvent.model_validate(claim.event.payload)
-    request = route.flow_run_request(event, claim.delivery.idempotency_key, lookup)
-    return await connection.create_flow_run(request), connection
+    body = route.flow_run_body(event, claim.delivery.idempotency_key, lookup)
+    deployment_id = None
+    if isinstance(route.target, DeploymentTarget) and route.target.name is not None:
+        deployment_id, failure = await connection.resolve_deployment(route.target.name_path)
+        if failure is not None:
+            return failure, connection
+    return await connection.create_flow_run(route.request(body, deployment_id)), connection
 
 
 def _config_error(message: str) -> AttemptResult:
     return AttemptResult(Outcome.PERMANENT, 0.0, error=message)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A delivery after one turn of the dispatcher, with the answer it got (None when it
+    was not tried after all: the connection went down while it waited)."""
+
+    delivery: DeliveryRecord
+    result: AttemptResult | None
 
 
 class Dispatcher:
@@ -134,7 +155,7 @@ class Dispatcher:
             name: ConnectionGate(settings.max_concurrency, settings.max_rate)
             for name in connections
         }
-        self._tasks: dict[str, asyncio.Task[DeliveryRecord]] = {}
+        self._tasks: dict[str, asyncio.Task[Delivered]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -178,7 +199,7 @@ class Dispatcher:
         """Look for due deliveries now (after a replay, say) instead of at the next poll."""
         self._wake.set()
 
-    def submit(self, claims: Iterable[Claim]) -> list[asyncio.Task[DeliveryRecord]]:
+    def submit(self, claims: Iterable[Claim]) -> list[asyncio.Task[Delivered]]:
         """Start delivering claimed deliveries; returns one task per delivery."""
         tasks = []
         for claim in claims:
@@ -192,7 +213,7 @@ class Dispatcher:
             tasks.append(task)
         return tasks
 
-    def _forget(self, task: asyncio.Task[DeliveryRecord]) -> None:
+    def _forget(self, task: asyncio.Task[Delivered]) -> None:
         self._tasks.pop(task.get_name().removeprefix("delivery-"), None)
         self._wake.set()  # a slot is free: claim the next due delivery now, not at the next poll
 
@@ -200,7 +221,7 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def _deliver(self, claim: Claim) -> DeliveryRecord:
+    async def _deliver(self, claim: Claim) -> Delivered:
         delivery = claim.delivery
         route = self.router.route(delivery.route)
         gate = self.gates.get(route.connection if route else delivery.connection)
@@ -208,7 +229,7 @@ class Dispatcher:
             result, connection = await attempt_delivery(
                 claim, self.router, self.connections, self.lookup
             )
-            return await self._record(claim, time.time(), result, connection)
+            return Delivered(await self._record(claim, time.time(), result, connection), result)
         gate.load += 1
         try:
             async with gate.slot():
@@ -217,12 +238,12 @@ class Dispatcher:
                     claim, self.router, self.connections, self.lookup
                 )
             gate.observe(result)
-            return await self._record(claim, started, result, connection)
+            return Delivered(await self._record(claim, started, result, connection), result)
         except GateClosed:
             # Not tried: the connection went down while it waited. Give it back
             # untouched; it is resumed with the others when the connection recovers.
             await self._release_untried(delivery)
-            return delivery
+            return Delivered(delivery, None)
         finally:
             gate.load -= 1
 

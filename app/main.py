@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.admin import admin
 from app.api import health, webhooks
+from app.dropin import dropin
 from app.errors import install_error_handlers
 from app.prefect import Health
 from app.service import Bridge, open_bridge
@@ -38,6 +39,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(webhooks)
     app.include_router(health)
+    if settings.api_url is not None:
+        # Prefect-shaped endpoints forward to the environment's connection.
+        app.include_router(dropin)
     if settings.admin_token is not None:
         # Without an admin token the admin endpoints do not exist at all.
         app.include_router(admin)

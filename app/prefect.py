@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -56,6 +56,7 @@ class AttemptResult:
     retry_after: float | None = None  # seconds, from the Retry-After header
     response_excerpt: str | None = None
     timed_out: bool = False
+    response_body: str | None = field(default=None, repr=False)  # in memory only, never stored
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -113,6 +114,7 @@ class PrefectConnection:
             user, _, password = auth_string.get_secret_value().partition(":")
             auth = httpx.BasicAuth(user, password)
         self._secrets = [s.get_secret_value() for s in (api_key, auth_string) if s is not None]
+        self._deployments: dict[str, str] = {}  # name path -> id; ids never change
         self.client = httpx.AsyncClient(
             base_url=self.api_url + "/",
             headers=headers,
@@ -137,7 +139,8 @@ class PrefectConnection:
             return self._failed(started, f"{type(exc).__name__}: {exc}")
         duration_ms = (time.perf_counter() - started) * 1000
         outcome = classify_status(response.status_code)
-        excerpt = self._redact(response.text[:EXCERPT_CHARS])
+        text = self._redact(response.text)
+        excerpt = text[:EXCERPT_CHARS]
         if outcome is Outcome.DELIVERED:
             run_id = _json_field(response, "id")
             if run_id is None:
@@ -155,6 +158,7 @@ class PrefectConnection:
                 flow_run_id=str(run_id),
                 created=response.status_code == 201,
                 response_excerpt=excerpt,
+                response_body=text,
             )
         return AttemptResult(
             outcome,
@@ -165,7 +169,40 @@ class PrefectConnection:
             response_excerpt=excerpt,
         )
 
-    async def health(self, flow_id: str | None = None) -> Health:
+    async def resolve_deployment(self, name_path: str) -> tuple[str | None, AttemptResult | None]:
+        """A deployment's id from ``deployments/name/<flow>/<deployment>`` (cached), or the
+        failed lookup as an attempt result (404 is permanent: the name is wrong)."""
+        cached = self._deployments.get(name_path)
+        if cached is not None:
+            return cached, None
+        started = time.perf_counter()
+        try:
+            response = await self.client.get(name_path)
+        except httpx.TimeoutException as exc:
+            return None, replace(
+                self._failed(started, f"timed out ({type(exc).__name__})"), timed_out=True
+            )
+        except httpx.TransportError as exc:
+            return None, self._failed(started, f"{type(exc).__name__}: {exc}")
+        deployment_id = _json_field(response, "id") if response.is_success else None
+        if deployment_id is None:
+            duration_ms = (time.perf_counter() - started) * 1000
+            outcome = classify_status(response.status_code)
+            if outcome is Outcome.DELIVERED:
+                outcome = Outcome.PERMANENT
+            message = _error_message(response)
+            return None, AttemptResult(
+                outcome,
+                duration_ms,
+                response.status_code,
+                error=f"looking up {name_path}: HTTP {response.status_code}: "
+                f"{self._redact(message)}",
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        self._deployments[name_path] = str(deployment_id)
+        return str(deployment_id), None
+
+    async def health(self) -> Health:
         """Whether the API answers, and whether it accepts our credentials."""
         try:
             response = await self.client.get("health")
@@ -184,10 +221,6 @@ class PrefectConnection:
             return Health(True, False, f"credentials refused (HTTP {probe.status_code})")
         if probe.status_code >= 400:
             return Health(True, None, f"HTTP {probe.status_code}: {_error_message(probe)}")
-        if flow_id is not None:
-            flow = await self.client.get(f"flows/{flow_id}")
-            if flow.status_code == 404:
-                return Health(True, True, f"flow {flow_id} does not exist")
         return Health(True, True, "ok")
 
     def flow_run_url(self, flow_run_id: str) -> str:

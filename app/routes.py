@@ -2,30 +2,67 @@
 
 Without a routes file there is one route, ``default``: the seed template's
 behaviour (a FINISHED event creates a flow run of ``PREFECT_FLOW_ID`` named
-``erathos_run_<table_name>`` with the execution id as idempotency key).
+``erathos_run_<table_name>`` with the execution id as idempotency key). A routes
+file (:mod:`app.routes_file`) gives many routes, to deployments, with parameters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 from app.event import ErathosEvent
 from app.prefect import PrefectRequest
 from app.rules import Rule, first_failing, parse_rules
 from app.settings import Settings
-from app.templates import Lookup, Text, compile_text
+from app.templates import Lookup, compile_text, render_json
 
 DEFAULT_ROUTE = "default"
 DEFAULT_CONNECTION = "default"
+DROP_IN_ROUTE = "drop-in"  # requests in Prefect's own shape, forwarded as they came
+
+# The flow run fields a route may template, as Prefect's create endpoints name them.
+FLOW_RUN_FIELDS = ("name", "parameters", "tags", "work_queue_name", "job_variables")
+
+
+@dataclass(frozen=True)
+class FlowTarget:
+    """A bare flow run by flow id (the seed's): Prefect records it, no worker runs it."""
+
+    flow_id: UUID
+
+    def describe(self) -> str:
+        return f"flow {self.flow_id}"
+
+
+@dataclass(frozen=True)
+class DeploymentTarget:
+    """A deployment, by id or by ``flow-name/deployment-name`` (resolved when sending)."""
+
+    deployment_id: UUID | None = None
+    name: str | None = None
+
+    def describe(self) -> str:
+        return f"deployment {self.name or self.deployment_id}"
+
+    @property
+    def name_path(self) -> str:
+        assert self.name is not None
+        flow, _, deployment = self.name.partition("/")
+        return f"deployments/name/{quote(flow, safe='')}/{quote(deployment, safe='')}"
+
+
+Target = FlowTarget | DeploymentTarget
 
 
 @dataclass(frozen=True)
 class Route:
     name: str
     connection: str
-    flow_id: UUID
-    flow_run_name: Text
+    target: Target
+    flow_run: dict[str, Any]  # compiled templates, keys from FLOW_RUN_FIELDS
     jobs: frozenset[str] = frozenset()
     rules: tuple[Rule, ...] = ()
 
@@ -36,16 +73,25 @@ class Route:
         failing = first_failing(self.rules, event)
         return None if failing is None else failing.explain_failure(event)
 
-    def flow_run_request(
-        self, event: ErathosEvent, idempotency_key: str, lookup: Lookup
-    ) -> PrefectRequest:
-        """The request that creates this route's flow run for the event."""
+    def flow_run_body(
+        self, event: ErathosEvent, idempotency_key: str, lookup: Lookup, *, mask: bool = False
+    ) -> dict[str, Any]:
+        """The JSON body of the create request (without the deployment, resolved later)."""
         body = {
-            "name": self.flow_run_name.render(event, lookup),
-            "flow_id": str(self.flow_id),
-            "idempotency_key": idempotency_key,
+            key: render_json(template, event, lookup, mask=mask)
+            for key, template in self.flow_run.items()
         }
-        return PrefectRequest("flow_runs/", body)
+        if isinstance(self.target, FlowTarget):
+            body["flow_id"] = str(self.target.flow_id)
+        body["idempotency_key"] = idempotency_key
+        return body
+
+    def request(self, body: dict[str, Any], deployment_id: str | None = None) -> PrefectRequest:
+        """The create request: ``flow_runs/``, or the deployment's ``create_flow_run``."""
+        if isinstance(self.target, FlowTarget):
+            return PrefectRequest("flow_runs/", body)
+        target = deployment_id or str(self.target.deployment_id)
+        return PrefectRequest(f"deployments/{target}/create_flow_run", body)
 
 
 @dataclass(frozen=True)
@@ -69,6 +115,9 @@ class Decision:
 class Router:
     routes: tuple[Route, ...]
     jobs: frozenset[str] = frozenset()  # BRIDGE_JOBS: empty means every job
+    # Prefect's idempotency is per flow: with a routes file, keys are namespaced per
+    # route so that two deployments of one flow each get their run.
+    namespaced_keys: bool = False
 
     def decide(self, event: ErathosEvent) -> Decision:
         if self.jobs and str(event.job_id) not in self.jobs:
@@ -86,11 +135,9 @@ class Router:
         return next((route for route in self.routes if route.name == name), None)
 
     def idempotency_key(self, execution_id: str, route: Route) -> str:
-        """The plain execution id for a lone route (as the seed sends it); namespaced
-        per route when several exist, because Prefect's idempotency is per flow."""
-        if len(self.routes) == 1:
-            return execution_id
-        return f"{execution_id}:{route.name}"
+        """The plain execution id for the default route (as the seed sends it);
+        ``<execution_id>:<route>`` for the routes of a routes file."""
+        return f"{execution_id}:{route.name}" if self.namespaced_keys else execution_id
 
 
 def default_router(settings: Settings, lookup: Lookup) -> Router:
@@ -99,15 +146,10 @@ def default_router(settings: Settings, lookup: Lookup) -> Router:
     route = Route(
         name=DEFAULT_ROUTE,
         connection=DEFAULT_CONNECTION,
-        flow_id=settings.prefect_flow_id,
-        flow_run_name=compile_text(settings.flow_run_name, lookup, where="BRIDGE_FLOW_RUN_NAME"),
+        target=FlowTarget(settings.prefect_flow_id),
+        flow_run={
+            "name": compile_text(settings.flow_run_name, lookup, where="BRIDGE_FLOW_RUN_NAME")
+        },
         rules=parse_rules([{"variable_name": "STATUS", "operation": "EQUAL", "value": "FINISHED"}]),
     )
-    return Router(routes=(route,), jobs=frozenset(_canonical_job(j) for j in settings.jobs))
-
-
-def _canonical_job(job: str) -> str:
-    try:
-        return str(UUID(job))
-    except ValueError:
-        return job
+    return Router(routes=(route,), jobs=frozenset(settings.jobs))

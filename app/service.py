@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from app.dispatcher import Dispatcher
 from app.prefect import PrefectConnection
 from app.routes import DEFAULT_CONNECTION, Router, default_router
+from app.routes_file import ConnectionSpec, Routing, default_connection_spec, load_routes_file
 from app.settings import Settings, template_lookup
 from app.store import Store
 from app.templates import Lookup
@@ -32,13 +33,24 @@ class Bridge:
     dispatcher: Dispatcher
 
 
-def default_connection(settings: Settings) -> PrefectConnection:
+def configure(settings: Settings) -> tuple[Routing, Lookup]:
+    """The routes and connections the settings describe; raises ConfigurationError or
+    TemplateError (both name the setting) before anything is opened."""
+    lookup = template_lookup(settings)
+    if settings.routes_file is not None:
+        return load_routes_file(settings.routes_file, settings, lookup), lookup
+    spec = default_connection_spec(settings)
+    assert spec is not None  # guaranteed by Settings validation without a routes file
+    return Routing(default_router(settings, lookup), {DEFAULT_CONNECTION: spec}), lookup
+
+
+def connect(spec: ConnectionSpec, settings: Settings) -> PrefectConnection:
     return PrefectConnection(
-        DEFAULT_CONNECTION,
-        settings.api_url,
-        api_key=settings.prefect_api_key,
-        auth_string=settings.prefect_api_auth_string,
-        api_version=settings.prefect_api_version,
+        spec.name,
+        spec.api_url,
+        api_key=spec.api_key,
+        auth_string=spec.auth_string,
+        api_version=spec.api_version,
         timeout=settings.prefect_timeout.total_seconds(),
     )
 
@@ -46,8 +58,8 @@ def default_connection(settings: Settings) -> PrefectConnection:
 @asynccontextmanager
 async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIterator[Bridge]:
     """Open every resource; with ``dispatch`` the dispatcher runs until the block exits."""
-    lookup = template_lookup(settings)
-    router = default_router(settings, lookup)
+    routing, lookup = configure(settings)
+    router = routing.router
     async with AsyncExitStack() as stack:
         store = await Store.open(
             settings.database_url,
@@ -55,7 +67,7 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
             lock_timeout=settings.db_lock_timeout.total_seconds(),
         )
         stack.push_async_callback(store.close)
-        connections = {DEFAULT_CONNECTION: default_connection(settings)}
+        connections = {name: connect(spec, settings) for name, spec in routing.connections.items()}
         for connection in connections.values():
             stack.push_async_callback(connection.aclose)
         dispatcher = Dispatcher(store, router, connections, lookup, settings)

@@ -102,6 +102,7 @@ class PublicSettings(BaseSettings):
 
     jobs: CommaList = Field(default_factory=list, validation_alias="BRIDGE_JOBS")
     public_url: str | None = Field(None, validation_alias="BRIDGE_PUBLIC_URL")
+    routes_file: Path | None = Field(None, validation_alias="BRIDGE_ROUTES_FILE")
 
     @field_validator("jobs", mode="before")
     @classmethod
@@ -272,13 +273,20 @@ class Settings(PublicSettings):
                 else "PREFECT_ACCOUNT_ID"
             )
             raise ValueError(f"{missing}: is required with the other Prefect Cloud id")
-        if self.prefect_api_url is None and self.prefect_account_id is None:
-            raise ValueError(
-                "PREFECT_API_URL: is required (or PREFECT_ACCOUNT_ID and PREFECT_WORKSPACE_ID "
-                "for Prefect Cloud)"
-            )
-        if self.prefect_flow_id is None:
-            raise ValueError("PREFECT_FLOW_ID: is required: the flow the default route runs")
+        # With a routes file, connections and targets may all come from the file.
+        if self.routes_file is None:
+            if self.prefect_api_url is None and self.prefect_account_id is None:
+                raise ValueError(
+                    "PREFECT_API_URL: is required (or PREFECT_ACCOUNT_ID and "
+                    "PREFECT_WORKSPACE_ID for Prefect Cloud, or a BRIDGE_ROUTES_FILE)"
+                )
+            if self.prefect_flow_id is None:
+                raise ValueError(
+                    "PREFECT_FLOW_ID: is required: the flow the default route runs "
+                    "(or a BRIDGE_ROUTES_FILE)"
+                )
+        elif not self.routes_file.is_file():
+            raise ValueError(f"BRIDGE_ROUTES_FILE: {self.routes_file} is not a file")
         if self.prefect_api_key is not None and self.prefect_api_auth_string is not None:
             raise ValueError(
                 "PREFECT_API_AUTH_STRING: set either it (self-hosted Basic auth) or "
@@ -291,10 +299,12 @@ class Settings(PublicSettings):
         return self
 
     @property
-    def api_url(self) -> str:
-        """The Prefect API base URL of the default connection."""
+    def api_url(self) -> str | None:
+        """The Prefect API base URL of the default connection, if the environment has one."""
         if self.prefect_api_url is not None:
             return self.prefect_api_url
+        if self.prefect_account_id is None:
+            return None
         return (
             f"{PREFECT_CLOUD_API}/accounts/{self.prefect_account_id}"
             f"/workspaces/{self.prefect_workspace_id}"

@@ -279,8 +279,8 @@ def test_a_flow_run_name_may_use_the_environment_dotenv_and_secret_files(
 
     route = default_router(settings, lookup).routes[0]
 
-    assert route.flow_run_name.render(None, lookup, mask=True) == "analytics-sa-east-1--********"
-    assert route.flow_run_name.render(None, lookup).endswith("-dbt-TOPSECRET-value")
+    assert route.flow_run["name"].render(None, lookup, mask=True) == "analytics-sa-east-1--********"
+    assert route.flow_run["name"].render(None, lookup).endswith("-dbt-TOPSECRET-value")
 
 
 def test_a_secret_setting_is_not_readable_as_a_plain_variable(
@@ -346,6 +346,7 @@ def test_cloud_ids_are_canonical_uuids() -> None:
         prefect_workspace_id=WORKSPACE_ID.upper(),
     )
 
+    assert settings.api_url is not None
     assert settings.api_url.endswith(f"/accounts/{ACCOUNT_ID}/workspaces/{WORKSPACE_ID}")
 
 

@@ -1,0 +1,130 @@
+"""Diagnostics for operators: ``check`` (does every route's target exist in Prefect and
+accept the parameters it would get?) and ``simulate`` (what would this event do?)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from app.event import ErathosEvent
+from app.prefect import PrefectConnection
+from app.routes import DeploymentTarget, FlowTarget, Route, Router
+from app.templates import MASK, Lookup
+
+# A representative successful load, used to render each route's parameters for `check`.
+SAMPLE_EVENT = ErathosEvent.model_validate(
+    {
+        "job_id": "00000000-0000-4000-8000-000000000001",
+        "connection_id": "00000000-0000-4000-8000-000000000002",
+        "connection_name": "sample connection",
+        "schema_name": "raw",
+        "table_name": "orders",
+        "execution_id": "00000000-0000-4000-8000-000000000003",
+        "status": "FINISHED",
+        "rows": "1520",
+        "columns": "12",
+        "total_duration": "42",
+        "triggered_by": "Erathos Schedule",
+        "is_orchestration": "false",
+        "force_history": "false",
+        "nested_table": "false",
+        "finished_at_date": "2026-01-05",
+        "finished_at_time": "06:15",
+        "finished_at_weekday": "1",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RouteCheck:
+    route: str
+    ok: bool
+    detail: str
+
+
+async def check_route(route: Route, connection: PrefectConnection, lookup: Lookup) -> RouteCheck:
+    """The route's target exists, and the parameters rendered from a sample event pass the
+    deployment's parameter schema (as Prefect checks it with enforce_parameter_schema)."""
+    target = route.target
+    if isinstance(target, FlowTarget):
+        response = await connection.client.get(f"flows/{target.flow_id}")
+        if response.status_code == 404:
+            return RouteCheck(route.name, False, f"flow {target.flow_id} does not exist")
+        if not response.is_success:
+            return RouteCheck(route.name, False, f"flow lookup: HTTP {response.status_code}")
+        return RouteCheck(route.name, True, f"flow {response.json().get('name')!r} exists")
+    path = target.name_path if target.name else f"deployments/{target.deployment_id}"
+    response = await connection.client.get(path)
+    if response.status_code == 404:
+        return RouteCheck(route.name, False, f"{target.describe()} does not exist")
+    if not response.is_success:
+        return RouteCheck(route.name, False, f"deployment lookup: HTTP {response.status_code}")
+    deployment = response.json()
+    body = route.flow_run_body(SAMPLE_EVENT, "check", lookup)
+    problems = parameter_problems(
+        deployment.get("parameter_openapi_schema"), body.get("parameters")
+    )
+    if problems:
+        return RouteCheck(route.name, False, "flow_run.parameters: " + "; ".join(problems))
+    return RouteCheck(route.name, True, f"{target.describe()} exists ({deployment.get('id')})")
+
+
+def parameter_problems(schema: Any, parameters: Any) -> list[str]:
+    """Why ``parameters`` would fail the deployment's parameter schema (empty: they pass)."""
+    if not isinstance(schema, dict) or not schema:
+        return []
+    try:
+        validator = Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(parameters or {}), key=lambda e: list(e.path))
+    except SchemaError as exc:
+        return [f"the deployment's parameter schema is invalid: {exc.message}"]
+    return [f"{'.'.join(map(str, e.path)) or 'parameters'}: {e.message}" for e in errors]
+
+
+def simulate(
+    event: ErathosEvent, router: Router, connections: dict[str, PrefectConnection], lookup: Lookup
+) -> dict[str, Any]:
+    """Which routes match the event, which do not and why, and the exact requests that
+    would be sent (secrets masked). Nothing is stored or sent."""
+    decision = router.decide(event)
+    matched = {route.name for route in decision.routes}
+    out: list[dict[str, Any]] = []
+    for route in router.routes:
+        if route.name not in matched:
+            reason = decision.ignored or decision.skipped.get(route.name)
+            out.append({"route": route.name, "matches": False, "reason": reason})
+            continue
+        connection = connections[route.connection]
+        key = router.idempotency_key(event.execution_id, route)
+        body = route.flow_run_body(event, key, lookup, mask=True)
+        if isinstance(route.target, DeploymentTarget) and route.target.name:
+            request = route.request(body, f"<id of {route.target.name}>")
+        else:
+            request = route.request(body)
+        out.append(
+            {
+                "route": route.name,
+                "matches": True,
+                "target": route.target.describe(),
+                "request": {
+                    "method": "POST",
+                    "url": f"{connection.api_url}/{request.path}",
+                    "headers": masked_headers(connection),
+                    "body": request.body,
+                },
+            }
+        )
+    return {"execution_id": event.execution_id, "ignored": decision.ignored, "routes": out}
+
+
+def masked_headers(connection: PrefectConnection) -> dict[str, str]:
+    headers = {k: v for k, v in connection.client.headers.items() if k.lower() != "authorization"}
+    if "authorization" in connection.client.headers:
+        headers["authorization"] = "Bearer " + MASK
+    elif connection.client.auth is not None:
+        headers["authorization"] = "Basic " + MASK
+    headers["content-type"] = "application/json"
+    return headers
