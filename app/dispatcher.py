@@ -233,6 +233,8 @@ class Dispatcher:
         gate.load += 1
         try:
             async with gate.slot():
+                if not await self._still_ours(delivery):
+                    return Delivered(delivery, None)
                 started = time.time()
                 result, connection = await attempt_delivery(
                     claim, self.router, self.connections, self.lookup
@@ -246,6 +248,21 @@ class Dispatcher:
             return Delivered(delivery, None)
         finally:
             gate.load -= 1
+
+    async def _still_ours(self, delivery: DeliveryRecord) -> bool:
+        """After waiting for a turn, renew the lease if half of it is gone, so a slow
+        queue never lets another process send the same delivery at the same time."""
+        expires = delivery.lease_expires_at or 0.0
+        if expires - time.time() > self.lease / 2:
+            return True
+        try:
+            if await self.store.renew(delivery.id, self.owner, self.lease):
+                return True
+        except StoreUnavailable as exc:
+            log.error("could not renew the lease of delivery %s: %s", delivery.id, exc)
+            return False
+        log.warning("delivery %s was taken over while it waited; not sending it", delivery.id)
+        return False
 
     async def _release_untried(self, delivery: DeliveryRecord) -> None:
         try:
@@ -312,8 +329,10 @@ class Dispatcher:
             free = gate.free
             if free <= 0:
                 continue
-            claims = await self.store.claim_due(self.owner, name, free, self.lease)
-            self.submit(claim for claim in claims if claim.delivery.id not in self._tasks)
+            claims = await self.store.claim_due(
+                self.owner, name, free, self.lease, exclude=list(self._tasks)
+            )
+            self.submit(claims)
 
     async def _prune_if_due(self) -> None:
         now = time.time()

@@ -330,9 +330,15 @@ class Store:
     # -- dispatch -------------------------------------------------------------------------
 
     async def claim_due(
-        self, owner: str, connection: str, limit: int, lease_seconds: float
+        self,
+        owner: str,
+        connection: str,
+        limit: int,
+        lease_seconds: float,
+        exclude: Sequence[str] = (),
     ) -> list[Claim]:
-        """Lease up to ``limit`` due deliveries of one connection, oldest first."""
+        """Lease up to ``limit`` due deliveries of one connection, oldest first, leaving
+        out ``exclude`` (the deliveries this process is working on already)."""
         if limit <= 0:
             return []
         now = time.time()
@@ -343,6 +349,7 @@ class Store:
                 deliveries.c.connection == connection,
                 deliveries.c.next_attempt_at <= now,
                 or_(deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at < now),
+                deliveries.c.id.not_in(exclude),
             )
             .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at)
             .limit(limit)
@@ -406,6 +413,21 @@ class Store:
                 update(deliveries)
                 .where(deliveries.c.id == delivery.id, deliveries.c.lease_owner == owner)
                 .values(lease_owner=None, lease_expires_at=None, **changes)
+            )
+        return bool(result.rowcount == 1)
+
+    async def renew(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend our lease before sending (a delivery may wait for its turn); False when
+        the lease is no longer ours: then another process has it and we must not send."""
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id == delivery_id,
+                    deliveries.c.lease_owner == owner,
+                    deliveries.c.state == PENDING,
+                )
+                .values(lease_expires_at=time.time() + lease_seconds)
             )
         return bool(result.rowcount == 1)
 
