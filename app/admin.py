@@ -4,12 +4,13 @@ and attempts, and replay dead or delivered deliveries."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from app.api import BridgeDep, DeliveryOut, bearer_token, token_matches
+from app.api import BridgeDep, DeliveryOut, bearer_token, read_json_body, token_matches
+from app.diagnose import simulate
 from app.errors import (
     Conflict,
     NotFound,
@@ -17,7 +18,9 @@ from app.errors import (
     Unauthorized,
     ValidationFailed,
     responses,
+    validated,
 )
+from app.event import ErathosEvent
 from app.store import AttemptRecord, DeliveryRecord, EventRecord
 
 
@@ -247,3 +250,24 @@ async def replay_event(
     replayed = [await _replay(bridge, d, new_run) for d in found_deliveries if d.state != "pending"]
     bridge.dispatcher.wake()
     return replayed
+
+
+@admin.post(
+    "/simulate",
+    summary="Dry run: which routes an event matches, and the exact requests it would send",
+    description=(
+        "Nothing is stored or sent. For every route: whether it matches the event, or the "
+        "first rule that does not hold; for matches, the request (secrets masked)."
+    ),
+    responses=responses(ValidationFailed),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ErathosEvent.model_json_schema()}},
+        }
+    },
+)
+async def simulate_event(request: Request, bridge: BridgeDep) -> dict[str, Any]:
+    payload = await read_json_body(request, bridge.settings.max_body_bytes)
+    event = validated(ErathosEvent, payload)
+    return simulate(event, bridge.router, bridge.connections, bridge.lookup)

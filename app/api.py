@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from app.dispatcher import Delivered
 from app.errors import (
@@ -29,8 +29,8 @@ from app.errors import (
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
-    fields_from_pydantic,
     responses,
+    validated,
 )
 from app.event import ErathosEvent
 from app.prefect import Health
@@ -197,14 +197,7 @@ webhooks = APIRouter(tags=["webhooks"])
 )
 async def receive_erathos_webhook(request: Request, bridge: BridgeDep) -> Any:
     payload = await read_json_body(request, bridge.settings.max_body_bytes)
-    try:
-        event = ErathosEvent.model_validate(payload)
-    except ValidationError as exc:
-        fields = fields_from_pydantic(exc.errors())
-        raise ValidationFailed(
-            "invalid " + ", ".join(dict.fromkeys(f.field for f in fields)), fields=fields
-        ) from None
-    return await accept_event(bridge, event, payload)
+    return await accept_event(bridge, validated(ErathosEvent, payload), payload)
 
 
 async def accept_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api import (
     BridgeDep,
@@ -35,8 +35,8 @@ from app.errors import (
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
-    fields_from_pydantic,
     responses,
+    validated,
 )
 from app.routes import DEFAULT_CONNECTION, DROP_IN_ROUTE
 from app.service import Bridge
@@ -132,14 +132,7 @@ for _prefix in PREFIXES:
 
 async def _validated(request: Request, bridge: Bridge, model: type[_PrefectBody]) -> dict[str, Any]:
     payload = await read_json_body(request, bridge.settings.max_body_bytes)
-    try:
-        parsed = model.model_validate(payload)
-    except ValidationError as exc:
-        fields = fields_from_pydantic(exc.errors())
-        raise ValidationFailed(
-            "invalid " + ", ".join(dict.fromkeys(f.field for f in fields)), fields=fields
-        ) from None
-    return parsed.model_dump(mode="json", exclude_none=True)
+    return validated(model, payload).model_dump(mode="json", exclude_none=True)
 
 
 async def _forward(bridge: Bridge, path: str, body: dict[str, Any]) -> Response:

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.store import StoreUnavailable as StoreDown
 
 log = logging.getLogger("erathos_prefect_bridge.api")
+M = TypeVar("M", bound=BaseModel)
 
 
 class FieldError(BaseModel):
@@ -142,6 +143,17 @@ def fields_from_pydantic(errors: Sequence[Any], *, skip: int = 0) -> list[FieldE
             field, message = message.split(": ", 1)
         out.append(FieldError(field=field, message=message))
     return out
+
+
+def validated(model: type[M], payload: Any) -> M:
+    """``model`` from an incoming JSON payload, or a 422 naming every invalid field."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        fields = fields_from_pydantic(exc.errors())
+        raise ValidationFailed(
+            "invalid " + ", ".join(dict.fromkeys(f.field for f in fields)), fields=fields
+        ) from None
 
 
 def install_error_handlers(app: FastAPI) -> None:
