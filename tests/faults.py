@@ -14,6 +14,7 @@ import asyncio
 import socket
 import struct
 import time
+from collections import Counter
 from email.utils import formatdate
 
 import httpx
@@ -27,6 +28,8 @@ class FaultProxy:
         self.script = list(script or [])
         self.stall = stall
         self.applied: list[str] = []  # the fault each flow run creation got, in order
+        self.down = False  # while True, every connection is reset: the server is "down"
+        self.creations: Counter[int] = Counter()  # status of each creation passed through
         self.port = 0
         self._server: asyncio.Server | None = None
         self._client = httpx.AsyncClient(base_url=self.upstream, timeout=30)
@@ -63,6 +66,9 @@ class FaultProxy:
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         head = await reader.readuntil(b"\r\n\r\n")
+        if self.down:
+            _reset(writer)
+            return False
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
         method, path, _ = request_line.split(" ", 2)
         headers = {}
@@ -86,9 +92,7 @@ class FaultProxy:
                 when = formatdate(time.time() + 2, usegmt=True)
                 await _answer(writer, 429, b'{"detail": "slow down"}', {"Retry-After": when})
             case "reset":
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                writer.transport.abort()
+                _reset(writer)
                 return False
             case "stall":
                 await asyncio.sleep(self.stall)
@@ -97,7 +101,15 @@ class FaultProxy:
                 forwarded = {
                     k: v for k, v in headers.items() if k not in ("host", "content-length")
                 }
-                response = await self._client.request(method, path, headers=forwarded, content=body)
+                try:
+                    response = await self._client.request(
+                        method, path, headers=forwarded, content=body
+                    )
+                except httpx.TransportError:
+                    _reset(writer)  # the real server is not there: neither are we
+                    return False
+                if creates:
+                    self.creations[response.status_code] += 1
                 if fault == "stall-after":
                     await asyncio.sleep(self.stall)
                     return False
@@ -108,6 +120,13 @@ class FaultProxy:
                     {"Content-Type": response.headers.get("content-type", "application/json")},
                 )
         return True
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset, as a crashed or unreachable server looks to a client."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 async def _answer(
