@@ -1,10 +1,16 @@
 # erathos-prefect-bridge: a slim, non-root image of the service.
 #
 #   docker build -t erathos-prefect-bridge .
-#   docker run -p 8080:8080 -v bridge-data:/data \
+#   docker run -p 8080:8080 -v bridge-data:/data --read-only --tmpfs /tmp \
 #     -e BRIDGE_WEBHOOK_TOKEN=... -e PREFECT_API_URL=... -e PREFECT_FLOW_ID=... erathos-prefect-bridge
 #
 # Secrets may also be files in /run/secrets (Docker and Kubernetes secrets).
+# At run time the service writes only to /data (the SQLite file and its WAL) and /tmp
+# (SQLite's temporary files): the root filesystem may be read-only. Python's bytecode is
+# compiled at build time (pip does it) and never written at run time.
+# SIGTERM: requests in flight are answered, deliveries in flight get the rest of
+# BRIDGE_SHUTDOWN_GRACE (8 s by default, under Docker's 10 s stop timeout) and the
+# unfinished are given back for the next start; then the process exits 0.
 ARG PYTHON_VERSION=3.12
 
 FROM python:${PYTHON_VERSION}-slim AS build
@@ -20,6 +26,10 @@ COPY app/ app/
 RUN /opt/venv/bin/pip install --no-deps .
 
 FROM python:${PYTHON_VERSION}-slim
+LABEL org.opencontainers.image.title="erathos-prefect-bridge" \
+      org.opencontainers.image.description="Erathos job-completion webhooks in, Prefect flow runs out" \
+      org.opencontainers.image.licenses="MIT"
+# Only the virtual environment crosses over: no compiler, no build cache, no sources.
 COPY --from=build /opt/venv /opt/venv
 RUN groupadd --gid 10001 bridge \
     && useradd --uid 10001 --gid bridge --no-create-home --home-dir /data \

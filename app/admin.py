@@ -150,7 +150,9 @@ async def list_events(
     since: Annotated[datetime | None, Query(description="received at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="received before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=100, pattern=r"^\d+(\.\d+)?(e[+-]?\d+)?_[0-9a-f]{32}$")
+    ] = None,
 ) -> EventPage:
     before = _parse_cursor(cursor) if cursor else None
     page = await bridge.store.list_events(
@@ -268,6 +270,6 @@ async def replay_event(
     },
 )
 async def simulate_event(request: Request, bridge: BridgeDep) -> dict[str, Any]:
-    payload = await read_json_body(request, bridge.settings.max_body_bytes)
+    payload = await read_json_body(request, bridge.settings)
     event = validated(ErathosEvent, payload)
     return simulate(event, bridge.router, bridge.connections, bridge.lookup)

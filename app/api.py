@@ -1,4 +1,4 @@
-"""The HTTP API: the Erathos webhook, liveness and readiness.
+"""The HTTP API: the Erathos webhook, liveness, readiness and metrics.
 
 A webhook travels: authenticated (constant-time token check) -> size-capped
 and parsed -> validated as an :class:`ErathosEvent` -> routed -> stored with its
@@ -9,23 +9,27 @@ deliveries in one transaction -> delivered at once, waiting at most
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
-import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
 
 from app.dispatcher import Delivered
 from app.errors import (
+    BridgeError,
     InvalidBody,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
@@ -33,12 +37,14 @@ from app.errors import (
     validated,
 )
 from app.event import ErathosEvent
+from app.metrics import CONTENT_TYPE, DUPLICATE, NO_ROUTE
 from app.prefect import Health
 from app.service import Bridge
+from app.settings import Settings
 from app.store import DEAD, DELIVERED, Claim, DeliveryRecord, EventRecord, NewDelivery, Recorded
 from app.store import StoreUnavailable as StoreDown
 
-log = logging.getLogger("erathos_prefect_bridge.api")
+log = structlog.stdlib.get_logger("erathos_prefect_bridge.api")
 
 HEALTH_CACHE_SECONDS = 15.0
 HEALTH_TIMEOUT_SECONDS = 3.0
@@ -59,18 +65,44 @@ def bearer_token(request: Request) -> bytes | None:
     return token.strip().encode()
 
 
+def matching_token(presented: bytes | None, accepted: Sequence[SecretStr]) -> int | None:
+    """The index of the accepted token presented, or None. Every token is compared, each
+    as a SHA-256 digest in constant time, so neither content nor length leaks in timing."""
+    offered = hashlib.sha256(presented or b"").digest()
+    found = None
+    for index, token in enumerate(accepted):
+        expected = hashlib.sha256(token.get_secret_value().encode()).digest()
+        if hmac.compare_digest(offered, expected) and presented is not None:
+            found = index
+    return found
+
+
 def token_matches(presented: bytes | None, accepted: Sequence[SecretStr]) -> bool:
-    """Compare against every accepted token, always all of them, in constant time each."""
-    matched = False
-    for token in accepted:
-        expected = token.get_secret_value().encode()
-        matched |= hmac.compare_digest(presented or b"", expected)
-    return matched and presented is not None
+    return matching_token(presented, accepted) is not None
 
 
 def require_webhook_token(request: Request, bridge: BridgeDep) -> None:
-    if not token_matches(bearer_token(request), bridge.settings.webhook_tokens):
+    """401 without one of the webhook tokens; 429 past BRIDGE_RATE_LIMIT for that token,
+    before anything is read or stored."""
+    index = matching_token(bearer_token(request), bridge.settings.webhook_tokens)
+    if index is None:
         raise Unauthorized()
+    if bridge.limiter is not None and (wait := bridge.limiter.retry_after(index)) is not None:
+        raise TooManyRequests(
+            f"more than {bridge.limiter.rate:g} requests per second for this token",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+async def count_event(bridge: BridgeDep) -> AsyncIterator[None]:
+    """Count a webhook request as received, and as rejected by the error it is answered
+    with (listed before the token check, so a refused token is counted too)."""
+    bridge.metrics.received.inc()
+    try:
+        yield
+    except BridgeError as exc:
+        bridge.metrics.reject(exc.code)
+        raise
 
 
 class DeliveryOut(BaseModel):
@@ -128,8 +160,10 @@ def describe(event: EventRecord, found: Sequence[DeliveryRecord], *, duplicate: 
     )
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The body as JSON: 415 unless JSON, 413 past ``limit`` bytes (declared or streamed)."""
+async def read_json_body(request: Request, settings: Settings) -> Any:
+    """The body as JSON: 415 unless JSON, 413 past BRIDGE_MAX_BODY_BYTES (declared or
+    streamed), 408 when it does not arrive within BRIDGE_BODY_TIMEOUT (slow clients)."""
+    limit = settings.max_body_bytes
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
@@ -137,10 +171,14 @@ async def read_json_body(request: Request, limit: int) -> Any:
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(settings.body_timeout.total_seconds()):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout("the body did not arrive in time") from None
     try:
         return json.loads(body, object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -176,12 +214,14 @@ webhooks = APIRouter(tags=["webhooks"])
         "execution_id was received before; the answer repeats its outcome and nothing new "
         "is created."
     ),
-    dependencies=[Depends(require_webhook_token)],
+    dependencies=[Depends(count_event), Depends(require_webhook_token)],
     responses={
         200: {"model": WebhookOut, "description": "A repeated execution_id"},
         **responses(
             InvalidBody,
             Unauthorized,
+            RequestTimeout,
+            TooManyRequests,
             PayloadTooLarge,
             UnsupportedMediaType,
             ValidationFailed,
@@ -196,7 +236,7 @@ webhooks = APIRouter(tags=["webhooks"])
     },
 )
 async def receive_erathos_webhook(request: Request, bridge: BridgeDep) -> Any:
-    payload = await read_json_body(request, bridge.settings.max_body_bytes)
+    payload = await read_json_body(request, bridge.settings)
     return await accept_event(bridge, validated(ErathosEvent, payload), payload)
 
 
@@ -265,18 +305,28 @@ async def store_and_deliver(
         )
     except StoreDown as exc:
         log.error(
-            "event not stored, answered 503: %s", exc, extra={"execution_id": incoming.execution_id}
+            "event not stored, answered 503", execution_id=incoming.execution_id, error=str(exc)
         )
         raise ServiceUnavailable() from None
+    if not recorded.created:
+        message = "duplicate event"
+        bridge.metrics.reject(DUPLICATE)
+    elif not recorded.deliveries:
+        message = "event ignored"
+        bridge.metrics.reject(NO_ROUTE)
+    else:
+        message = "event accepted"
+        bridge.metrics.accepted.inc()
     log.info(
-        "event accepted" if recorded.created else "duplicate event",
-        extra={
-            "execution_id": incoming.execution_id,
-            "job_id": incoming.job_id,
-            "table_name": incoming.table_name,
-            "routes": [d.route for d in recorded.deliveries],
-            "reason": incoming.ignored_reason,
-        },
+        message,
+        execution_id=incoming.execution_id,
+        event_id=recorded.event.id,
+        job_id=incoming.job_id,
+        table_name=incoming.table_name,
+        status=incoming.status,
+        routes=[d.route for d in recorded.deliveries],
+        connections=sorted({d.connection for d in recorded.deliveries}),
+        reason=recorded.event.ignored_reason,
     )
     outcomes: list[Delivered | None] = [None] * len(recorded.deliveries)
     if recorded.created and recorded.deliveries and start_now:
@@ -364,3 +414,32 @@ async def _prefect_health(request: Request, bridge: BridgeDep) -> list[PrefectSt
         )
 
     return list(await asyncio.gather(*(one(name) for name in bridge.connections)))
+
+
+def require_metrics_token(request: Request, bridge: BridgeDep) -> None:
+    token = bridge.settings.metrics_token
+    if token is not None and not token_matches(bearer_token(request), [token]):
+        raise Unauthorized("a valid 'Authorization: Bearer <metrics token>' is required")
+
+
+@health.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics",
+    description=(
+        "Prometheus text format, every name prefixed erathos_bridge_. With "
+        "BRIDGE_METRICS_TOKEN set, 'Authorization: Bearer <token>' is required."
+    ),
+    dependencies=[Depends(require_metrics_token)],
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **responses(Unauthorized),
+    },
+)
+async def metrics(bridge: BridgeDep) -> Response:
+    try:
+        await bridge.metrics.refresh(bridge.store, bridge.dispatcher.gates)
+    except StoreDown as exc:
+        # The queue gauges keep their last values: a scrape never fails for the store.
+        log.warning("queue gauges not refreshed", error=str(exc))
+    return Response(bridge.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -5,20 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from app import __version__
 from app.diagnose import check_route, simulate
 from app.event import METADATA, ErathosEvent
-from app.logs import configure_logging
+from app.logs import configure_logging, configured_secrets
 from app.routes_file import erathos_filters, read_routes_file
-from app.service import configure, open_bridge
+from app.service import configure, open_bridge, shutdown_budget
 from app.settings import ConfigurationError, PublicSettings, Settings, load_settings
-from app.store import EVENT_STATES, StoreUnavailable
+from app.store import EVENT_STATES, StoreUnavailable, display_url
 from app.templates import TemplateError
 
 WEBHOOK_PATH = "/webhooks/erathos"
@@ -68,11 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(erathos_template(public, url, args.secret_name), indent=2))
             return 0
         settings = load_settings()
-        configure(settings)  # the routes and connections, checked before anything opens
+        # The routes and connections, checked before anything opens.
+        routing, _ = configure(settings)
     except (ConfigurationError, TemplateError) as exc:
         print(f"erathos-prefect-bridge: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
+    secrets = configured_secrets(settings, routing.connections.values())
+    configure_logging(settings.log_format, settings.log_level, secrets)
     if command == "serve":
         return _serve(settings)
     try:
@@ -141,22 +145,33 @@ def _serve(settings: Settings) -> int:
 
     from app.main import create_app
 
+    # Once uvicorn has shut down gracefully it raises the signal that stopped it again;
+    # the stop was clean, so the process exits 0 (and a SIGTERM before uvicorn listens,
+    # during start-up, exits 0 at once).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    requests_grace, _ = shutdown_budget(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=False,  # app.logs.RequestContext logs each request, with its request id
         proxy_headers=True,
-        timeout_graceful_shutdown=int(settings.shutdown_grace.total_seconds()) or 1,
+        # Annotated int, but handed to asyncio.wait_for, which takes any float.
+        timeout_graceful_shutdown=requests_grace,  # type: ignore[arg-type]
         server_header=False,
     )
     return 0
 
 
+def _exit_cleanly(_signal: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 async def _check(settings: Settings) -> int:
     ok = True
     async with open_bridge(settings, dispatch=False) as bridge:
-        print(f"store: ok ({settings.database_url})")
+        print(f"store: ok ({display_url(settings.database_url)})")
         usable = set()
         for name, connection in bridge.connections.items():
             health = await connection.health()

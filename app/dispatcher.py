@@ -22,15 +22,18 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
+import structlog
+
 from app.event import ErathosEvent
 from app.gate import ConnectionGate, GateClosed
+from app.metrics import Metrics
 from app.prefect import AttemptResult, Outcome, PrefectConnection, PrefectRequest
 from app.routes import DROP_IN_ROUTE, DeploymentTarget, Router
 from app.settings import Settings
 from app.store import DEAD, DELIVERED, PENDING, Claim, DeliveryRecord, Store, StoreUnavailable
 from app.templates import Lookup
 
-log = logging.getLogger("erathos_prefect_bridge.dispatcher")
+log = structlog.stdlib.get_logger("erathos_prefect_bridge.dispatcher")
 
 PRUNE_EVERY_SECONDS = 3600.0
 QUEUE_DEPTH_PER_SLOT = 8  # new deliveries started from the webhook, per concurrency slot
@@ -141,11 +144,13 @@ class Dispatcher:
         connections: dict[str, PrefectConnection],
         lookup: Lookup,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.router = router
         self.connections = connections
         self.lookup = lookup
+        self.metrics = metrics if metrics is not None else Metrics(connections)
         self.policy = RetryPolicy.from_settings(settings)
         self.lease = settings.lease.total_seconds()
         self.poll_interval = settings.poll_interval.total_seconds()
@@ -180,11 +185,12 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*still, return_exceptions=True)
         if unfinished:
+            log.info("shutdown: deliveries in flight given back", deliveries=len(unfinished))
             try:
                 await self.store.release(self.owner, unfinished)
             except StoreUnavailable as exc:
                 log.warning(
-                    "could not release leases on shutdown (they expire by themselves): %s", exc
+                    "leases not released on shutdown; they expire by themselves", error=str(exc)
                 )
 
     def starts_now(self, connection: str) -> bool:
@@ -259,16 +265,18 @@ class Dispatcher:
             if await self.store.renew(delivery.id, self.owner, self.lease):
                 return True
         except StoreUnavailable as exc:
-            log.error("could not renew the lease of delivery %s: %s", delivery.id, exc)
+            log.error("lease not renewed", delivery_id=delivery.id, error=str(exc))
             return False
-        log.warning("delivery %s was taken over while it waited; not sending it", delivery.id)
+        log.warning("delivery taken over while it waited; not sent", delivery_id=delivery.id)
         return False
 
     async def _release_untried(self, delivery: DeliveryRecord) -> None:
         try:
             await self.store.release(self.owner, [delivery.id], untried=True)
         except StoreUnavailable as exc:
-            log.error("could not release delivery %s (its lease runs out): %s", delivery.id, exc)
+            log.error(
+                "delivery not released; its lease runs out", delivery_id=delivery.id, error=str(exc)
+            )
 
     async def _record(
         self,
@@ -282,7 +290,9 @@ class Dispatcher:
         changes, retry_in = plan_next(delivery, result, self.policy, now)
         if result.flow_run_id is not None and connection is not None:
             changes["flow_run_url"] = connection.flow_run_url(result.flow_run_id)
-        _log_attempt(claim, result, changes, retry_in)
+        connection_name = connection.name if connection is not None else delivery.connection
+        _log_attempt(claim, connection_name, result, changes, retry_in)
+        self.metrics.attempted(connection_name, result, sent=connection is not None)
         try:
             held = await self.store.complete_attempt(
                 delivery,
@@ -299,10 +309,13 @@ class Dispatcher:
         except StoreUnavailable as exc:
             # The lease runs out and the delivery is tried again; Prefect's
             # idempotency key turns that retry into the same flow run.
-            log.error("could not record attempt of delivery %s: %s", delivery.id, exc)
+            log.error("attempt not recorded", delivery_id=delivery.id, error=str(exc))
             return delivery
         if not held:
-            log.warning("lease of delivery %s was lost; its new holder records it", delivery.id)
+            log.warning("lease lost; its new holder records the delivery", delivery_id=delivery.id)
+        elif changes["state"] != PENDING:
+            waited = now - delivery.window_started_at
+            self.metrics.finished(connection_name, result, state=changes["state"], waited=waited)
         return replace(delivery, lease_owner=None, lease_expires_at=None, **changes)
 
     async def _run(self) -> None:
@@ -311,7 +324,7 @@ class Dispatcher:
                 await self._claim_due()
                 await self._prune_if_due()
             except StoreUnavailable as exc:
-                log.error("store unavailable, retrying at the next poll: %s", exc)
+                log.error("store unavailable; retrying at the next poll", error=str(exc))
             except Exception:
                 log.exception("dispatcher loop failed; it goes on at the next poll")
             with suppress(TimeoutError):
@@ -323,9 +336,13 @@ class Dispatcher:
             if gate.needs_probe():
                 await gate.probe(self.connections[name])
             if gate.recovered:
+                resumed = await self.store.resume(name)  # on StoreUnavailable: next poll
                 gate.recovered = False
-                resumed = await self.store.resume(name)
-                log.info("connection %s is back; %d pending deliveries resumed", name, resumed)
+                log.info(
+                    "connection is back; pending deliveries resumed",
+                    connection=name,
+                    resumed=resumed,
+                )
             free = gate.free
             if free <= 0:
                 continue
@@ -341,26 +358,35 @@ class Dispatcher:
         self._last_prune = now
         removed = await self.store.prune(now - self.retention)
         if removed:
-            log.info("pruned %d finished events older than the retention period", removed)
+            log.info("finished events past the retention period pruned", removed=removed)
 
 
 def _log_attempt(
-    claim: Claim, result: AttemptResult, changes: dict[str, Any], retry_in: float | None
+    claim: Claim,
+    connection: str,
+    result: AttemptResult,
+    changes: dict[str, Any],
+    retry_in: float | None,
 ) -> None:
-    log.info(
+    """One line per attempt: info when delivered, warning when retried, error when dead."""
+    state = changes.get("state")
+    level = {DELIVERED: logging.INFO, PENDING: logging.WARNING}.get(str(state), logging.ERROR)
+    log.log(
+        level,
         "delivery attempt",
-        extra={
-            "execution_id": claim.event.execution_id,
-            "job_id": claim.event.job_id,
-            "table_name": claim.event.table_name,
-            "route": claim.delivery.route,
-            "attempt": claim.delivery.attempts,
-            "outcome": result.outcome.value,
-            "status_code": result.status_code,
-            "state": changes.get("state"),
-            "flow_run_id": result.flow_run_id,
-            "duration_ms": round(result.duration_ms, 1),
-            "retry_in": retry_in,
-            "error": result.error,
-        },
+        execution_id=claim.event.execution_id,
+        event_id=claim.event.id,
+        delivery_id=claim.delivery.id,
+        job_id=claim.event.job_id,
+        table_name=claim.event.table_name,
+        route=claim.delivery.route,
+        connection=connection,
+        attempt=claim.delivery.attempts,
+        outcome=result.outcome.value,
+        status_code=result.status_code,
+        state=state,
+        flow_run_id=result.flow_run_id,
+        duration_ms=round(result.duration_ms, 1),
+        retry_in=round(retry_in, 3) if retry_in is not None else None,
+        error=result.error,
     )

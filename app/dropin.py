@@ -23,6 +23,7 @@ from app.api import (
     BridgeDep,
     Incoming,
     WebhookOut,
+    count_event,
     describe,
     read_json_body,
     require_webhook_token,
@@ -79,7 +80,7 @@ PREFIXES = ("/api", "/api/accounts/{account_id}/workspaces/{workspace_id}")
 
 dropin = APIRouter(
     tags=["prefect-compatible"],
-    dependencies=[Depends(require_webhook_token)],
+    dependencies=[Depends(count_event), Depends(require_webhook_token)],
     responses={
         200: {"description": "Prefect's flow run (this idempotency key was seen before)"},
         201: {"description": "Prefect's flow run, created now"},
@@ -131,7 +132,7 @@ for _prefix in PREFIXES:
 
 
 async def _validated(request: Request, bridge: Bridge, model: type[_PrefectBody]) -> dict[str, Any]:
-    payload = await read_json_body(request, bridge.settings.max_body_bytes)
+    payload = await read_json_body(request, bridge.settings)
     return validated(model, payload).model_dump(mode="json", exclude_none=True)
 
 
@@ -146,22 +147,23 @@ async def _forward(bridge: Bridge, path: str, body: dict[str, Any]) -> Response:
         ),
         [NewDelivery(DROP_IN_ROUTE, DEFAULT_CONNECTION, key)],
     )
-    [delivery] = recorded.deliveries
-    [outcome] = outcomes
+    if not recorded.created:
+        # The key was seen before (here, or as an Erathos event's execution id).
+        delivered = [d for d in recorded.deliveries if d.state == DELIVERED and d.flow_run_id]
+        if len(delivered) == 1 and (found := await _flow_run(bridge, delivered[0].flow_run_id)):
+            return Response(found, 200, media_type="application/json")
+        answer = describe(recorded.event, recorded.deliveries, duplicate=True)
+        return JSONResponse(answer.model_dump(), 200)
+    [delivery], [outcome] = recorded.deliveries, outcomes
     answered = outcome.result if outcome is not None else None
     if outcome and answered and answered.response_body and outcome.delivery.state == DELIVERED:
         status = 201 if answered.created else 200
         return Response(answered.response_body, status, media_type="application/json")
-    if not recorded.created and delivery.state == DELIVERED and delivery.flow_run_id:
-        found = await _flow_run(bridge, delivery.flow_run_id)
-        if found is not None:
-            return Response(found, 200, media_type="application/json")
     current = outcome.delivery if outcome is not None else delivery
-    answer = describe(recorded.event, [current], duplicate=not recorded.created)
-    return JSONResponse(answer.model_dump(), 200 if not recorded.created else 202)
+    return JSONResponse(describe(recorded.event, [current], duplicate=False).model_dump(), 202)
 
 
-async def _flow_run(bridge: Bridge, flow_run_id: str) -> str | None:
+async def _flow_run(bridge: Bridge, flow_run_id: str | None) -> str | None:
     """Prefect's current JSON of a run we made before (a repeated request gets it too)."""
     connection = bridge.connections[DEFAULT_CONNECTION]
     try:

@@ -7,6 +7,8 @@
     ├── PayloadTooLarge       413   body over BRIDGE_MAX_BODY_BYTES
     ├── UnsupportedMediaType  415   not application/json
     ├── InvalidBody           400   not parseable as JSON
+    ├── RequestTimeout        408   the body did not arrive within BRIDGE_BODY_TIMEOUT
+    ├── TooManyRequests       429   over BRIDGE_RATE_LIMIT for this token (Retry-After)
     ├── ValidationFailed      422   names every missing or invalid field
     └── ServiceUnavailable    503   nothing was acknowledged; send it again
 
@@ -15,10 +17,10 @@ Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}`
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.store import StoreUnavailable as StoreDown
 
-log = logging.getLogger("erathos_prefect_bridge.api")
+log = structlog.stdlib.get_logger("erathos_prefect_bridge.api")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -88,6 +90,16 @@ class Conflict(BridgeError):
 class InvalidBody(BridgeError):
     status_code = 400
     code = "invalid_json"
+
+
+class RequestTimeout(BridgeError):
+    status_code = 408
+    code = "request_timeout"
+
+
+class TooManyRequests(BridgeError):
+    status_code = 429
+    code = "rate_limited"
 
 
 class PayloadTooLarge(BridgeError):
@@ -174,7 +186,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreDown)
     async def _store(_: Request, exc: StoreDown) -> JSONResponse:
-        log.error("store unavailable: %s", exc)
+        log.error("store unavailable", error=str(exc))
         down = ServiceUnavailable("the store cannot be used right now; nothing was changed")
         return error_response(down.status_code, down.code, down.message, headers=down.headers)
 

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 
 class MetadataType(StrEnum):
@@ -59,9 +60,10 @@ METADATA: dict[str, MetadataType] = {
 # an unexpected format is still delivered rather than refused and lost.
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _EMPTY = {"", "null", "none"}
+MAX_EXTRA_FIELDS = 100  # unknown fields are kept with the event, but not without bound
 
 Text = Annotated[str, StringConstraints(max_length=1024)]
-Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Count = Annotated[int, Field(ge=0, le=2**53 - 1)]  # the largest integer JSON carries exactly
 
 
 class ErathosEvent(BaseModel):
@@ -69,7 +71,7 @@ class ErathosEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True)
 
-    execution_id: str
+    execution_id: Annotated[str, StringConstraints(pattern=_EXECUTION_ID.pattern)]
     job_id: UUID | None = None
     connection_id: UUID | None = None
     connection_name: Text | None = None
@@ -86,7 +88,8 @@ class ErathosEvent(BaseModel):
     finished_at_date: date | None = None
     finished_at_time: time | None = None
     finished_at_weekday: Annotated[int, Field(ge=0, le=6)] | None = None
-    extra: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    # Unknown fields of the body: kept with the event, never part of its published shape.
+    extra: SkipJsonSchema[dict[str, Any]] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -95,6 +98,10 @@ class ErathosEvent(BaseModel):
             raise ValueError("the body must be a JSON object")
         known: dict[str, Any] = {}
         extra: dict[str, Any] = {}
+        if len(data) > len(METADATA) + MAX_EXTRA_FIELDS:
+            raise ValueError(
+                f"body: {len(data)} fields; at most {MAX_EXTRA_FIELDS} beyond Erathos's own"
+            )
         for key, value in data.items():
             name = str(key).lower()
             if name not in METADATA:

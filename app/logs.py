@@ -1,60 +1,211 @@
-"""Logging: one line per record, JSON objects by default, ``key=value`` text on a terminal.
+"""Logging: one structlog pipeline for the service's and uvicorn's loggers, JSON objects
+(one per line) by default, ``key=value`` text on a terminal; a request id on every line.
 
-Records carry the event's identity (``execution_id``, route, ``flow_run_id``) as
-``extra`` fields; this formatter puts them on the line. Secrets never reach a
-record: settings hold them as ``SecretStr`` and errors are redacted at source.
+The service logs with ``structlog.stdlib.get_logger`` and keyword fields (the event's
+``execution_id``, route, connection, ``flow_run_id``); stdlib records (uvicorn, httpx)
+go through the same processors. Secrets never reach a record (settings hold them as
+``SecretStr``, errors are redacted at source); as a last guard every configured secret
+value is masked in the rendered line.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import sys
-from datetime import UTC, datetime
+import time
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
+import structlog
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from app.routes_file import ConnectionSpec
+from app.settings import Settings
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MASK = "********"
+MIN_SECRET_CHARS = 6  # shorter fragments would mask ordinary words
+# Probes and scrapes arrive every few seconds: logged at DEBUG unless they fail.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+NOISY_LIBRARIES = ("httpx", "httpcore", "aiosqlite", "asyncio")
+LEADING_KEYS = ("ts", "level", "logger", "msg", "request_id")
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
-
-def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None}
+log = structlog.stdlib.get_logger("erathos_prefect_bridge.http")
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_extras(record),
-        }
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+def configured_secrets(settings: Settings, connections: Iterable[ConnectionSpec] = ()) -> set[str]:
+    """Every secret value the service holds: tokens, Prefect credentials (also as the
+    Basic auth header carries them), and the database password."""
+    found: list[SecretStr] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        values = value if isinstance(value, list) else [value]
+        found += [v for v in values if isinstance(v, SecretStr)]
+    for spec in connections:
+        found += [s for s in (spec.api_key, spec.auth_string) if s is not None]
+    secrets: set[str] = set()
+    for secret in found:
+        text = secret.get_secret_value()
+        secrets.add(text)
+        if ":" in text:  # user:password, as Basic auth
+            secrets.add(text.partition(":")[2])
+            secrets.add(base64.b64encode(text.encode()).decode())
+    try:
+        password = make_url(settings.database_url).password
+    except ArgumentError:
+        password = None
+    if password:
+        secrets.add(str(password))
+    return {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
 
 
-class ConsoleFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
-        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
-        text = f"{when} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
+class _Masker:
+    """The last processor: masks every configured secret in the rendered line, raw and
+    as JSON escapes it."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms = {form for s in secrets for form in (s, json.dumps(s)[1:-1])}
+        self._forms = sorted(forms, key=len, reverse=True)  # longest first: no partial masks
+
+    def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
+        if isinstance(line, str):
+            for form in self._forms:
+                line = line.replace(form, MASK)
+        return line
 
 
-def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
-    """Route the service's and uvicorn's loggers through one handler on stderr."""
+def _record_extras(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """A stdlib record's ``extra=`` fields, as structlog calls pass keywords."""
+    record = event_dict.get("_record")
+    if record is not None:
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                event_dict.setdefault(key, value)
+    return event_dict
+
+
+def _leading_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """When, how bad, from where and what first; then the fields."""
+    ordered: EventDict = {key: event_dict.pop(key) for key in LEADING_KEYS if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Route structlog and every stdlib logger (uvicorn's too) through one handler on
+    stderr: JSON lines, or console text for ``console`` (and ``auto`` on a terminal)."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    stamp = (
+        structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False)
+        if use_console
+        else structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
+    )
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        stamp,
+    ]
+    renderer: list[Processor]
+    if use_console:
+        renderer = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), sort_keys=False)]
+    else:
+        renderer = [
+            structlog.processors.format_exc_info,
+            structlog.processors.EventRenamer("msg"),
+            _leading_keys,
+            structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
+        ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _record_extras],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *renderer,
+            _Masker(secrets),
+        ],
+    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ConsoleFormatter() if use_console else JsonFormatter())
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # One line per request to Prefect is already logged, with more context, by the dispatcher.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # One line per request to Prefect is already logged, with more context, by the dispatcher;
+    # the drivers' own debug lines (one per SQLite call) would drown the service's.
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: a later configure_logging (the CLI in tests) takes effect everywhere.
+        cache_logger_on_first_use=False,
+    )
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's ``X-Request-ID`` when it is a sane short token, else a new one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            offered: str = value.decode("latin-1")
+            if _SANE_REQUEST_ID.match(offered):
+                return offered
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    """ASGI middleware: binds a request id to every log line of the request, answers it
+    in ``X-Request-ID``, and logs one line per request (never its headers or query)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        started = time.perf_counter()
+        status = 500  # unless the app answers: an exception escaped it
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                path: str = scope["path"]
+                quiet = path in QUIET_PATHS and status < 400
+                log.log(
+                    logging.DEBUG if quiet else logging.INFO,
+                    "request",
+                    method=scope["method"],
+                    path=path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                    client=(scope.get("client") or ("-",))[0],
+                )

@@ -14,6 +14,7 @@ from app.admin import admin
 from app.api import health, webhooks
 from app.dropin import dropin
 from app.errors import install_error_handlers
+from app.logs import RequestContext
 from app.prefect import Health
 from app.service import Bridge, open_bridge
 from app.settings import Settings
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestContext)
     app.include_router(webhooks)
     app.include_router(health)
     if settings.api_url is not None:

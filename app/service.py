@@ -7,12 +7,15 @@ runs at import time.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import structlog
 
 from app.dispatcher import Dispatcher
+from app.limits import RateLimiter
+from app.metrics import Metrics
 from app.prefect import PrefectConnection
 from app.routes import DEFAULT_CONNECTION, Router, default_router
 from app.routes_file import ConnectionSpec, Routing, default_connection_spec, load_routes_file
@@ -20,7 +23,7 @@ from app.settings import Settings, template_lookup
 from app.store import Store
 from app.templates import Lookup
 
-log = logging.getLogger("erathos_prefect_bridge")
+log = structlog.stdlib.get_logger("erathos_prefect_bridge")
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Bridge:
     connections: dict[str, PrefectConnection]
     lookup: Lookup
     dispatcher: Dispatcher
+    limiter: RateLimiter | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def configure(settings: Settings) -> tuple[Routing, Lookup]:
@@ -55,6 +60,15 @@ def connect(spec: ConnectionSpec, settings: Settings) -> PrefectConnection:
     )
 
 
+def shutdown_budget(settings: Settings) -> tuple[float, float]:
+    """How BRIDGE_SHUTDOWN_GRACE, the whole time from SIGTERM to exit, is spent: first the
+    HTTP requests in flight finish (a webhook waits at most BRIDGE_SYNC_WAIT for Prefect),
+    then the deliveries in flight get the rest before they are given back."""
+    grace = settings.shutdown_grace.total_seconds()
+    requests = min(settings.sync_wait.total_seconds() + 1.0, grace / 2)
+    return requests, grace - requests
+
+
 @asynccontextmanager
 async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIterator[Bridge]:
     """Open every resource; with ``dispatch`` the dispatcher runs until the block exits."""
@@ -65,14 +79,22 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
             settings.database_url,
             settings.durability,
             lock_timeout=settings.db_lock_timeout.total_seconds(),
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout.total_seconds(),
         )
         stack.push_async_callback(store.close)
         connections = {name: connect(spec, settings) for name, spec in routing.connections.items()}
         for connection in connections.values():
             stack.push_async_callback(connection.aclose)
-        dispatcher = Dispatcher(store, router, connections, lookup, settings)
+        # Its own registry per service: several apps in one process never share series.
+        metrics = Metrics(connections)
+        dispatcher = Dispatcher(store, router, connections, lookup, settings, metrics)
         if dispatch:
             await dispatcher.start()
-            stack.push_async_callback(dispatcher.stop, settings.shutdown_grace.total_seconds())
-        log.info("service ready", extra={"routes": [r.name for r in router.routes]})
-        yield Bridge(settings, store, router, connections, lookup, dispatcher)
+            _, deliveries_grace = shutdown_budget(settings)
+            stack.push_async_callback(dispatcher.stop, deliveries_grace)
+        log.info("service ready", routes=[r.name for r in router.routes])
+        limiter = None
+        if settings.rate_limit is not None:
+            limiter = RateLimiter(settings.rate_limit, burst=max(1.0, 2 * settings.rate_limit))
+        yield Bridge(settings, store, router, connections, lookup, dispatcher, limiter, metrics)

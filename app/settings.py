@@ -58,6 +58,16 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+def database_kind(url: str) -> Literal["sqlite", "postgresql"] | None:
+    """Which store a database URL names, by its scheme; None for anything else."""
+    scheme = url.partition(":")[0].strip().lower()
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        return "sqlite"
+    if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
+        return "postgresql"
+    return None
+
+
 def split_list(value: Any) -> Any:
     """Comma-separated environment values become lists; blanks are dropped."""
     if isinstance(value, str):
@@ -145,11 +155,14 @@ class Settings(PublicSettings):
         default_factory=list, validation_alias="BRIDGE_WEBHOOK_TOKEN"
     )
     admin_token: SecretStr | None = Field(None, validation_alias="BRIDGE_ADMIN_TOKEN")
+    metrics_token: SecretStr | None = Field(None, validation_alias="BRIDGE_METRICS_TOKEN")
     host: str = Field("127.0.0.1", validation_alias="BRIDGE_HOST")
     port: Annotated[int, Ge(1)] = Field(8080, le=65535, validation_alias="BRIDGE_PORT")
     max_body_bytes: Annotated[int, Ge(1024)] = Field(
         65536, validation_alias="BRIDGE_MAX_BODY_BYTES"
     )
+    body_timeout: Duration = Field(timedelta(seconds=10), validation_alias="BRIDGE_BODY_TIMEOUT")
+    rate_limit: Annotated[float, Gt(0)] | None = Field(None, validation_alias="BRIDGE_RATE_LIMIT")
     flow_run_name: str = Field(
         "erathos_run_${{erathos.table_name}}", validation_alias="BRIDGE_FLOW_RUN_NAME"
     )
@@ -167,6 +180,10 @@ class Settings(PublicSettings):
     db_lock_timeout: Duration = Field(
         timedelta(seconds=5), validation_alias="BRIDGE_DB_LOCK_TIMEOUT"
     )
+    db_pool_size: Annotated[int, Ge(1)] = Field(5, validation_alias="BRIDGE_DB_POOL_SIZE")
+    db_pool_timeout: Duration = Field(
+        timedelta(seconds=10), validation_alias="BRIDGE_DB_POOL_TIMEOUT"
+    )
 
     # The dispatcher.
     sync_wait: Duration = Field(timedelta(seconds=2), validation_alias="BRIDGE_SYNC_WAIT")
@@ -178,14 +195,15 @@ class Settings(PublicSettings):
     max_rate: Annotated[float, Gt(0)] | None = Field(None, validation_alias="BRIDGE_MAX_RATE")
     lease: Duration = Field(timedelta(seconds=60), validation_alias="BRIDGE_LEASE")
     poll_interval: Duration = Field(timedelta(seconds=1), validation_alias="BRIDGE_POLL_INTERVAL")
-    shutdown_grace: Duration = Field(
-        timedelta(seconds=10), validation_alias="BRIDGE_SHUTDOWN_GRACE"
-    )
+    # The whole time from SIGTERM to exit: within Docker's default 10 s stop timeout.
+    shutdown_grace: Duration = Field(timedelta(seconds=8), validation_alias="BRIDGE_SHUTDOWN_GRACE")
 
     @field_validator(
         "prefect_timeout",
+        "body_timeout",
         "retention",
         "db_lock_timeout",
+        "db_pool_timeout",
         "sync_wait",
         "max_age",
         "retry_base",
@@ -216,7 +234,7 @@ class Settings(PublicSettings):
                 raise ValueError(f"every token must be at least {MIN_TOKEN_LENGTH} characters long")
         return tokens
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "metrics_token")
     @classmethod
     def _strong_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
         if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
@@ -260,8 +278,20 @@ class Settings(PublicSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:", "sqlite+aiosqlite:")):
-            raise ValueError("must be a sqlite:/// URL (for example sqlite:///./data/bridge.db)")
+        value = value.strip()
+        if database_kind(value) is None:
+            raise ValueError(
+                "must be a sqlite:/// URL (for example "
+                "sqlite:///./data/bridge.db) or a postgresql:// URL (for example "
+                "postgresql://bridge:<password>@db:5432/bridge)"
+            )
+        return value
+
+    @field_validator("db_pool_timeout")
+    @classmethod
+    def _positive_pool_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0 s")
         return value
 
     @model_validator(mode="after")
@@ -332,6 +362,7 @@ def template_lookup(settings: Settings) -> Lookup:
         if _is_secret_field(info.annotation):
             # A secret setting is never readable as plain ${{variables.X}} text.
             variables.pop(info.validation_alias, None)
+    variables.pop("BRIDGE_DATABASE_URL", None)  # a PostgreSQL URL may carry a password
     return Lookup(variables=variables, secrets=secrets)
 
 

@@ -1,10 +1,17 @@
 """The durable store: events, their deliveries (one per event and route) and every attempt.
 
-SQLAlchemy 2 core on SQLite (WAL). An event and its deliveries are committed in
+SQLAlchemy 2 core, one code path for SQLite (WAL, one replica) and PostgreSQL
+(asyncpg, any number of replicas). An event and its deliveries are committed in
 one transaction before the webhook answers; a repeated ``execution_id`` is
 caught by a unique constraint (insert-or-ignore), never by check-then-insert.
 Deliveries are claimed with a lease, so a delivery held by a process that died
-is picked up again once the lease runs out.
+is picked up again once the lease runs out, by this process or another replica.
+
+Dialect-specific SQL only where it buys correctness: ``ON CONFLICT`` (both
+dialects spell it alike), ``FOR UPDATE SKIP LOCKED`` on PostgreSQL's claims (so
+replicas claiming at once never wait on, or take, each other's rows), and the
+locks that serialise schema changes (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's
+transaction-scoped advisory lock).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Dialect,
     Float,
     ForeignKey,
     Index,
@@ -29,24 +37,46 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     and_,
     delete,
     event,
     exists,
+    func,
     insert,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.settings import Durability
+from app.settings import Durability, database_kind
 
 SCHEMA_VERSION = 1
+# pg_advisory_xact_lock key that serialises schema creation and upgrades between
+# replicas starting at once (any constant; this one spells "EPBS" in ASCII).
+MIGRATION_LOCK_KEY = 0x45504253
+APPLICATION_NAME = "erathos-prefect-bridge"
+
+
+class Str(TypeDecorator[str]):
+    """Text any dialect can store: PostgreSQL refuses NUL characters in text (SQLite
+    keeps them), so there they become U+FFFD instead of failing every retry with a 503.
+    Unbounded on purpose: SQLite ignores lengths, PostgreSQL would enforce them."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is not None and dialect.name == "postgresql" and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
 
 metadata = MetaData()
 
@@ -54,21 +84,21 @@ meta = Table(
     "bridge_meta",
     metadata,
     Column("key", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
+    Column("value", Str, nullable=False),
 )
 
 events = Table(
     "events",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("execution_id", String(128), nullable=False, unique=True),
-    Column("received_at", Float, nullable=False, index=True),
-    Column("job_id", String(36), index=True),
-    Column("schema_name", Text),
-    Column("table_name", Text),
-    Column("status", String(64)),
-    Column("payload", Text, nullable=False),
-    Column("ignored_reason", Text),
+    Column("execution_id", Str, nullable=False, unique=True),
+    Column("received_at", Float, nullable=False, index=True),  # epoch seconds (double)
+    Column("job_id", Str, index=True),
+    Column("schema_name", Str),
+    Column("table_name", Str),
+    Column("status", Str),
+    Column("payload", Str, nullable=False),
+    Column("ignored_reason", Str),
 )
 
 deliveries = Table(
@@ -76,20 +106,20 @@ deliveries = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    Column("route", String(200), nullable=False),
-    Column("connection", String(200), nullable=False),
-    Column("idempotency_key", String(400), nullable=False),
+    Column("route", Str, nullable=False),
+    Column("connection", Str, nullable=False),
+    Column("idempotency_key", Str, nullable=False),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("window_started_at", Float, nullable=False),
     Column("next_attempt_at", Float, nullable=False),
-    Column("lease_owner", String(64)),
+    Column("lease_owner", Str),
     Column("lease_expires_at", Float),
-    Column("flow_run_id", String(64)),
-    Column("flow_run_url", Text),
+    Column("flow_run_id", Str),
+    Column("flow_run_url", Str),
     Column("last_status_code", Integer),
-    Column("last_error", Text),
+    Column("last_error", Str),
     Column("finished_at", Float),
     UniqueConstraint("event_id", "route"),
     Index("deliveries_due", "state", "connection", "next_attempt_at"),
@@ -105,8 +135,8 @@ attempts = Table(
     Column("duration_ms", Float, nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("status_code", Integer),
-    Column("error", Text),
-    Column("response_excerpt", Text),
+    Column("error", Str),
+    Column("response_excerpt", Str),
     Column("retry_in", Float),
 )
 
@@ -116,7 +146,8 @@ EVENT_STATES = ("pending", "delivered", "dead", "ignored")
 
 
 class StoreUnavailable(Exception):
-    """The store cannot read or commit right now (locked, read-only, disk full, gone)."""
+    """The store cannot read or commit right now (locked, read-only, disk full, gone,
+    restarting): the caller answers 503 or tries again later."""
 
 
 @dataclass(frozen=True)
@@ -200,12 +231,25 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
 
     @classmethod
     async def open(
-        cls, url: str, durability: Durability = Durability.CRASH, *, lock_timeout: float = 5.0
+        cls,
+        url: str,
+        durability: Durability = Durability.CRASH,
+        *,
+        lock_timeout: float = 5.0,
+        pool_size: int = 5,
+        pool_timeout: float = 10.0,
     ) -> Store:
-        engine = _sqlite_engine(url, durability, lock_timeout)
+        """Open the store ``url`` names (SQLite or PostgreSQL) and create or upgrade its
+        schema. ``pool_size`` and ``pool_timeout`` apply to PostgreSQL; SQLite keeps one
+        connection."""
+        if database_kind(url) == "postgresql":
+            engine = _postgres_engine(url, lock_timeout, pool_size, pool_timeout)
+        else:
+            engine = _sqlite_engine(url, durability, lock_timeout)
         store = cls(engine)
         try:
             await store._migrate()
@@ -222,11 +266,38 @@ class Store:
         try:
             async with self.engine.begin() as conn:
                 yield conn
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out
             raise StoreUnavailable(_describe(exc)) from exc
+        except Exception as exc:
+            # A driver error SQLAlchemy did not wrap (asyncpg raises some while it
+            # connects); the store's own LookupError and ValueError pass through.
+            if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
+                raise StoreUnavailable(_describe(exc)) from exc
+            raise
+
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """INSERT with the dialect's ON CONFLICT clause at hand."""
+        return postgresql.insert(table) if self.postgres else sqlite.insert(table)
+
+    async def _set_meta(self, conn: AsyncConnection, key: str, value: str) -> None:
+        upsert = self._insert(meta).values(key=key, value=value)
+        await conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[meta.c.key], set_={"value": upsert.excluded.value}
+            )
+        )
 
     async def _migrate(self) -> None:
         async with self._transaction() as conn:
+            if self.postgres:
+                # Replicas starting at once take turns: the first creates or upgrades
+                # the schema, the others then find it current. The lock is released
+                # with the transaction (or when a replica dies holding it), so waiting
+                # for it has no time limit.
+                await conn.execute(text("SET LOCAL lock_timeout = 0"))
+                await conn.execute(text("SET LOCAL statement_timeout = 0"))
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            # SQLite: BEGIN IMMEDIATE has taken the database's write lock already.
             await conn.run_sync(lambda sync: meta.create(sync, checkfirst=True))
             found = await conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
             version = int(found) if found is not None else 0
@@ -239,14 +310,13 @@ class Store:
                 return
             # Version 0 is an empty database; later versions add their steps here.
             await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
-            await conn.execute(delete(meta).where(meta.c.key == "schema_version"))
-            await conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            await self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
 
     async def check_writable(self) -> None:
-        """Commit a real write, so readiness means 'an event can be stored now'."""
+        """Commit a real write, so readiness means 'an event can be stored now'. An
+        upsert: probes of several replicas at once must not collide on the key."""
         async with self._transaction() as conn:
-            await conn.execute(delete(meta).where(meta.c.key == "ready_probe"))
-            await conn.execute(insert(meta).values(key="ready_probe", value=str(time.time())))
+            await self._set_meta(conn, "ready_probe", str(time.time()))
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -284,7 +354,7 @@ class Store:
         }
         async with self._transaction() as conn:
             inserted = await conn.scalar(
-                sqlite_insert(events)
+                self._insert(events)
                 .values(row)
                 .on_conflict_do_nothing(index_elements=["execution_id"])
                 .returning(events.c.id)
@@ -354,6 +424,11 @@ class Store:
             .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at)
             .limit(limit)
         )
+        if self.postgres:
+            # Replicas claiming at once skip each other's rows instead of waiting for
+            # them (and re-checking them after): each due delivery goes to one of them.
+            # SQLite needs none: BEGIN IMMEDIATE makes the whole claim exclusive.
+            due = due.with_for_update(skip_locked=True)
         async with self._transaction() as conn:
             claimed = (
                 await conn.execute(
@@ -494,6 +569,23 @@ class Store:
             )
         return [AttemptRecord(**row._mapping) for row in found]
 
+    async def pending_summary(self) -> dict[str, tuple[int, float]]:
+        """Per connection: how many deliveries are pending and when the oldest became due
+        (its ``window_started_at``). One query on the ``deliveries_due`` index (state
+        first), reading pending rows only: cheap enough for every metrics scrape."""
+        query = (
+            select(
+                deliveries.c.connection,
+                func.count(),
+                func.min(deliveries.c.window_started_at),
+            )
+            .where(deliveries.c.state == PENDING)
+            .group_by(deliveries.c.connection)
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(query)).all()
+        return {row[0]: (int(row[1]), float(row[2])) for row in rows}
+
     async def list_events(
         self,
         *,
@@ -577,7 +669,9 @@ class Store:
                     .values(**changes)
                     .returning(*deliveries.c)
                 )
-            ).one()
+            ).one_or_none()
+            if updated is None:  # replayed by another process since we read it
+                raise ValueError("the delivery is still pending: it is retried by itself")
         return _delivery(updated._mapping)
 
     async def prune(self, older_than: float, batch: int = 500) -> int:
@@ -634,12 +728,70 @@ def _delivery(row: Any) -> DeliveryRecord:
     return DeliveryRecord(**dict(row))
 
 
+_DRIVER_MODULES = frozenset({"asyncpg", "aiosqlite", "sqlite3"})
+
+
 def _describe(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
-    return f"{type(original).__name__}: {original}"
+    # asyncpg's errors arrive wrapped twice (SQLAlchemy's adapter, then DBAPIError).
+    original = getattr(original, "__cause__", None) or original
+    return f"{type(original).__name__}: {original}".strip()
+
+
+def display_url(url: str) -> str:
+    """The database URL with its password masked, for logs and ``check``'s output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+def _postgres_url(url: str) -> URL:
+    parsed = make_url(url).set(drivername="postgresql+asyncpg")
+    query = dict(parsed.query)
+    if "sslmode" in query and "ssl" not in query:
+        # libpq's spelling (postgres://...?sslmode=require) is asyncpg's ``ssl``.
+        query["ssl"] = query.pop("sslmode")
+        parsed = parsed.set(query=query)
+    return parsed
+
+
+def _postgres_engine(
+    url: str, lock_timeout: float, pool_size: int, pool_timeout: float
+) -> AsyncEngine:
+    lock_ms = max(1, int(lock_timeout * 1000))
+    return create_async_engine(
+        _postgres_url(url),
+        # At most pool_size connections per replica; a request that finds none free
+        # within pool_timeout gets StoreUnavailable (503) rather than a hang.
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout,
+        # A connection that died with the server (a restart, a failover) is noticed at
+        # checkout and replaced, so the service recovers without a restart of its own.
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": pool_timeout,  # opening a connection, not only waiting for one
+            "server_settings": {
+                "application_name": APPLICATION_NAME,
+                # BRIDGE_DB_LOCK_TIMEOUT: how long a statement waits for a lock (another
+                # replica's, an operator's) before it fails and the webhook answers 503;
+                # twice that ends any statement stuck for another reason the same way.
+                "lock_timeout": str(lock_ms),
+                "statement_timeout": str(2 * lock_ms),
+                # An acknowledged event is in the server's WAL on its disk (and on its
+                # synchronous standbys, if it has any) whatever the server's default;
+                # this is PostgreSQL's own default, stated so a server set to off
+                # cannot weaken it.
+                "synchronous_commit": "on",
+            },
+        },
+    )
 
 
 def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> AsyncEngine:
+    # BRIDGE_DURABILITY applies here only: on PostgreSQL what a commit survives is the
+    # server's own durability (its fsync and replication settings).
     parsed = make_url(url).set(drivername="sqlite+aiosqlite")
     database = parsed.database
     if database and database != ":memory:":

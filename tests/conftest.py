@@ -1,8 +1,16 @@
-"""Shared fixtures: a real Prefect server for the session, settings built for a test,
-and the app under test with its lifespan running."""
+"""Shared fixtures: a real Prefect server for the session, the store's database (SQLite,
+or a fresh PostgreSQL database), settings built for a test, and the app under test with
+its lifespan running.
+
+Tests marked ``every_database`` that use ``database_url`` (directly or through
+``make_settings``) run once per store: ``[sqlite]`` and ``[postgresql]``. The
+PostgreSQL runs need ``BRIDGE_TEST_DATABASE_URL`` (a server where the tests may create
+databases); without it they are skipped, except in CI, where that is an error.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -15,6 +23,13 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.settings import Settings
+from tests.databases import (
+    BACKENDS,
+    SERVER_VARIABLE,
+    configured_server,
+    create_database,
+    drop_database,
+)
 from tools.localprefect import PrefectServer
 
 TOKEN = "test-webhook-token-0123456789"
@@ -26,6 +41,46 @@ SettingsFactory = Callable[..., Settings]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "every_database"
+    ):
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
+def postgres_server() -> str:
+    """The server of ``BRIDGE_TEST_DATABASE_URL``; skips the test when it is not set (and
+    fails it in CI, where a skipped PostgreSQL run would hide that it never ran)."""
+    server = configured_server()
+    if server is None:
+        message = f"{SERVER_VARIABLE} is not set: no PostgreSQL to test against"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return server
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of this test's own, dropped afterwards."""
+    server = postgres_server()
+    url = create_database(server)
+    try:
+        yield url
+    finally:
+        drop_database(server, url)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store of this test: a fresh SQLite file, unless the test is parametrised
+    (``every_database``) and this is its ``postgresql`` run."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bridge.db'}"
+        return
+    yield request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture(scope="session")
@@ -45,13 +100,14 @@ def flow_id(prefect: PrefectServer) -> str:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> SettingsFactory:
-    """Settings that ignore the developer's environment and .env, with a fresh database."""
+def make_settings(database_url: str) -> SettingsFactory:
+    """Settings that ignore the developer's environment and .env, with a fresh database
+    (SQLite at ``tmp_path / "bridge.db"``, or this test's PostgreSQL database)."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "webhook_tokens": TOKEN,
-            "database_url": f"sqlite:///{tmp_path / 'bridge.db'}",
+            "database_url": database_url,
             "prefect_api_url": "http://127.0.0.1:9/api",
             "prefect_flow_id": str(uuid.uuid4()),
             "poll_interval": "0.1s",

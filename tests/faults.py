@@ -11,6 +11,7 @@ client's timeout (before or after the real server saw the request).
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import struct
 import time
@@ -29,6 +30,9 @@ class FaultProxy:
         self.stall = stall
         self.applied: list[str] = []  # the fault each flow run creation got, in order
         self.down = False  # while True, every connection is reset: the server is "down"
+        # With no script left, each creation gets a random fault with this probability.
+        self.chaos = 0.0
+        self.chaos_faults = ["503", "503", "503", "429-seconds", "429-date"]
         self.creations: Counter[int] = Counter()  # status of each creation passed through
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -58,8 +62,8 @@ class FaultProxy:
         try:
             while await self._one(reader, writer):
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the proxy is stopping
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -80,7 +84,11 @@ class FaultProxy:
         creates = method == "POST" and (
             path.endswith("/flow_runs/") or path.endswith("/create_flow_run")
         )
-        fault = self.script.pop(0) if creates and self.script else "pass"
+        fault = "pass"
+        if creates and self.script:
+            fault = self.script.pop(0)
+        elif creates and random.random() < self.chaos:
+            fault = random.choice(self.chaos_faults)
         if creates:
             self.applied.append(fault)
         match fault:

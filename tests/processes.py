@@ -1,4 +1,5 @@
-"""Real service processes for the crash and shutdown tests."""
+"""Real service processes for the crash, replica and restart tests, and what those tests
+ask of them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,11 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.env['BRIDGE_PORT']}"
 
     def start(self, wait: float = 30.0) -> None:
+        self.spawn()
+        self.wait_ready(wait)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (several replicas start at once)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "serve"],
@@ -46,6 +53,9 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self, wait: float = 30.0) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -70,3 +80,28 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.signal(signal.SIGKILL)
             self.process.wait()
+
+
+def acknowledged(path: Path) -> list[str]:
+    """The execution ids a burst client wrote down as acknowledged."""
+    return path.read_text().split() if path.exists() else []
+
+
+def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {within} s")
+        time.sleep(0.1)
+
+
+def pending(service: ServiceProcess, admin_token: str) -> int:
+    """How many events still have a pending delivery (up to 500), by the admin API."""
+    response = httpx.get(
+        f"{service.url}/events",
+        params={"state": "pending", "limit": 500},
+        headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return len(response.json()["events"])

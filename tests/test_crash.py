@@ -74,6 +74,8 @@ def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
             "500",
             "--concurrency",
             "16",
+            "--rate",
+            "100",
             "--acked",
             str(acked),
         ],

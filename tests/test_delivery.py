@@ -1,5 +1,6 @@
 """At-least-once delivery against the real Prefect server behind a misbehaving front:
-every event ends as exactly one flow run, and the backoff shows in the attempts."""
+every event ends as exactly one flow run, and the backoff shows in the attempts.
+Each test runs on both stores, SQLite and PostgreSQL (see ``every_database``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.erathos import execution
 from tests.faults import FaultProxy
 from tools.localprefect import PrefectServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
 
 
 def event_body(**metadata: Any) -> dict[str, str]:

@@ -166,10 +166,17 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
             {"BRIDGE_ADMIN_TOKEN": "short-secret"}, "BRIDGE_ADMIN_TOKEN", id="short-admin-token"
         ),
         pytest.param(
-            {"BRIDGE_DATABASE_URL": "postgresql://db/bridge"},
+            {"BRIDGE_DATABASE_URL": "mysql://db/bridge"},
             "BRIDGE_DATABASE_URL",
-            id="database-not-sqlite",
+            id="database-neither-sqlite-nor-postgresql",
         ),
+        pytest.param(
+            {"BRIDGE_DATABASE_URL": "postgresql+psycopg2://db/bridge"},
+            "BRIDGE_DATABASE_URL",
+            id="database-another-driver",
+        ),
+        pytest.param({"BRIDGE_DB_POOL_SIZE": "0"}, "BRIDGE_DB_POOL_SIZE", id="no-pool"),
+        pytest.param({"BRIDGE_DB_POOL_TIMEOUT": "0s"}, "BRIDGE_DB_POOL_TIMEOUT", id="pool-0s"),
         pytest.param({"BRIDGE_PORT": "0"}, "BRIDGE_PORT", id="port-zero"),
         pytest.param({"BRIDGE_PORT": "70000"}, "BRIDGE_PORT", id="port-too-big"),
         pytest.param({"BRIDGE_PORT": "http"}, "BRIDGE_PORT", id="port-word"),
@@ -286,11 +293,21 @@ def test_a_flow_run_name_may_use_the_environment_dotenv_and_secret_files(
 def test_a_secret_setting_is_not_readable_as_a_plain_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    set_env(monkeypatch, PREFECT_API_KEY=API_KEY, BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN)
+    set_env(
+        monkeypatch,
+        PREFECT_API_KEY=API_KEY,
+        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
+        BRIDGE_DATABASE_URL="postgresql://bridge:TOPSECRET@db/bridge",
+    )
     settings = load_settings()
     lookup = template_lookup(settings)
 
-    for name in ("PREFECT_API_KEY", "BRIDGE_WEBHOOK_TOKEN", "BRIDGE_ADMIN_TOKEN"):
+    for name in (
+        "PREFECT_API_KEY",
+        "BRIDGE_WEBHOOK_TOKEN",
+        "BRIDGE_ADMIN_TOKEN",
+        "BRIDGE_DATABASE_URL",
+    ):
         assert lookup.variable(name) is None, name
         assert lookup.secret(name) is not None, name
     for secret in (API_KEY, TOKEN, ADMIN_TOKEN):
@@ -524,6 +541,31 @@ def test_an_unrelated_database_url_in_the_environment_does_not_stop_start_up(
     monkeypatch.setenv("DATABASE_URL", "postgres://user:pw@db/app")
 
     assert load_settings().database_url == "sqlite:///./data/bridge.db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///./data/bridge.db",
+        "sqlite+aiosqlite:////data/bridge.db",
+        "postgresql://bridge:pw@db:5432/bridge",
+        "postgres://bridge:pw@db/bridge?sslmode=require",
+        "postgresql+asyncpg://bridge@db/bridge",
+    ],
+)
+def test_the_store_is_sqlite_or_postgresql(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    set_env(monkeypatch, BRIDGE_DATABASE_URL=url)
+
+    assert load_settings().database_url == url
+
+
+def test_the_postgresql_pool_is_sized_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (build().db_pool_size, build().db_pool_timeout) == (5, timedelta(seconds=10))
+    set_env(monkeypatch, BRIDGE_DB_POOL_SIZE="12", BRIDGE_DB_POOL_TIMEOUT="2500ms")
+
+    settings = load_settings()
+
+    assert (settings.db_pool_size, settings.db_pool_timeout) == (12, timedelta(seconds=2.5))
 
 
 def test_settings_never_show_a_secret_in_repr_or_str() -> None:

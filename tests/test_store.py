@@ -1,5 +1,10 @@
-"""The durable store against real SQLite files: ingest exactly once, leases and their
-fencing, release, resume, replay, listing, pruning, schema and durability settings."""
+"""The durable store against real databases: ingest exactly once, leases and their
+fencing, release, resume, replay, listing, pruning, schema and durability settings.
+
+Every test that takes ``database_url`` (or ``store``) runs twice, on a SQLite file and
+on a fresh PostgreSQL database. The tests of SQLite's own settings and locks take a
+file path instead and run on SQLite only; PostgreSQL has its own equivalents below.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, text, update
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.settings import Durability
 from app.store import (
+    APPLICATION_NAME,
     DEAD,
     DELIVERED,
     PENDING,
@@ -30,10 +37,13 @@ from app.store import (
     StoreUnavailable,
     attempts,
     deliveries,
+    display_url,
     events,
+    meta,
 )
+from tools.localprefect import free_port
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
 
 CONNECTION = "prefect"
 EXPIRED = -1.0  # a lease that has run out at birth, so no test waits for one
@@ -50,8 +60,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(url(db_path))
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(database_url)
     try:
         yield opened
     finally:
@@ -166,10 +176,10 @@ async def test_a_repeated_execution_id_returns_the_earlier_event_and_stores_noth
 
 
 async def test_concurrent_duplicates_across_two_stores_make_exactly_one_event(
-    db_path: Path,
+    database_url: str,
 ) -> None:
-    one = await Store.open(url(db_path))
-    two = await Store.open(url(db_path))
+    one = await Store.open(database_url)
+    two = await Store.open(database_url)
     try:
         results = await asyncio.gather(
             *(record(one if i % 2 else two, "exec-dup", routes=("a", "b")) for i in range(20))
@@ -185,6 +195,97 @@ async def test_concurrent_duplicates_across_two_stores_make_exactly_one_event(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_text_postgresql_refuses_and_long_keys_are_stored_all_the_same(
+    store: Store,
+) -> None:
+    """NUL is valid in JSON strings but not in PostgreSQL text; keys run up to 400
+    characters (Prefect-shaped requests). Neither may turn an event into a 503."""
+    long_key = "k" * 400
+    recorded = await record(store, long_key, table_name="orders\x00v2", job_id="job\x00")
+
+    stored = await store.get_event(recorded.event.id)
+    assert stored is not None
+    assert stored[0].execution_id == long_key
+    assert stored[0].table_name in ("orders\x00v2", "orders\ufffdv2")  # SQLite, PostgreSQL
+    assert stored[1][0].idempotency_key == f"{long_key}:main"
+    assert not (await record(store, long_key)).created
+    [d] = recorded.deliveries
+    assert (
+        await store.complete_attempt(
+            d,
+            "nobody",
+            started_at=time.time(),
+            duration_ms=1.0,
+            outcome="transient",
+            status_code=502,
+            error="bad gateway\x00",
+            response_excerpt="<html>\x00</html>",
+            retry_in=1.0,
+            changes={"last_error": "bad gateway\x00"},
+        )
+        is False
+    )  # not held by "nobody": recorded, not applied
+    [attempt] = await store.attempts_of([d.id])
+    assert attempt.error in ("bad gateway\x00", "bad gateway\ufffd")
+
+
+async def test_stores_opened_at_once_create_the_schema_once(database_url: str) -> None:
+    """Replicas starting together: each waits for the one creating the schema (an
+    advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), then finds it current."""
+    opened = await asyncio.gather(
+        *(Store.open(database_url) for _ in range(4)), return_exceptions=True
+    )
+    stores = [s for s in opened if isinstance(s, Store)]
+    try:
+        assert len(stores) == 4, [e for e in opened if not isinstance(e, Store)]
+        recorded = await record(stores[0], "exec-1")
+        assert [await s.get_event(recorded.event.id) is not None for s in stores] == [True] * 4
+        async with stores[1].engine.connect() as conn:
+            versions = (
+                await conn.execute(select(meta.c.value).where(meta.c.key == "schema_version"))
+            ).all()
+        assert versions == [(str(SCHEMA_VERSION),)]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_readiness_probes_of_replicas_at_once_all_succeed(database_url: str) -> None:
+    one, two = await Store.open(database_url), await Store.open(database_url)
+    try:
+        await asyncio.gather(*(s.check_writable() for s in (one, two) * 10))
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_stores_claiming_at_once_take_each_due_delivery_once(database_url: str) -> None:
+    """Replicas polling together split the due deliveries between them (PostgreSQL:
+    FOR UPDATE SKIP LOCKED; SQLite: one writer at a time)."""
+    stores = [await Store.open(database_url) for _ in range(3)]
+    try:
+        recorded = [await record(stores[0]) for _ in range(60)]
+
+        async def drain(s: Store, owner: str) -> list[str]:
+            taken: list[str] = []
+            while claims := await s.claim_due(owner, CONNECTION, 4, LONG):
+                taken += [c.delivery.id for c in claims]
+            return taken
+
+        taken = await asyncio.gather(*(drain(s, f"replica-{i}") for i, s in enumerate(stores)))
+
+        everything = [i for t in taken for i in t]
+        assert sorted(everything) == sorted(r.deliveries[0].id for r in recorded)
+        assert len(set(everything)) == len(everything) == 60
+        for owner, ids in enumerate(taken):
+            for delivery_id in ids[:3]:
+                found = await delivery(stores[0], delivery_id)
+                assert (found.lease_owner, found.attempts) == (f"replica-{owner}", 1)
+    finally:
+        for s in stores:
+            await s.close()
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -280,6 +381,34 @@ async def test_an_expired_lease_nobody_took_over_still_lets_its_holder_complete(
 
     assert await complete(store, d, "slow", state=DELIVERED, flow_run_id="run-1")
     assert (await delivery(store, d.id)).state == DELIVERED
+
+
+async def test_renew_extends_only_a_lease_still_held_on_a_pending_delivery(
+    store: Store,
+) -> None:
+    [held] = (await record(store, claim_for="me", lease_seconds=1.0)).deliveries
+    [lost] = (await record(store, claim_for="me", lease_seconds=EXPIRED)).deliveries
+    [taken] = await store.claim_due("other", CONNECTION, 10, LONG)
+    [done] = (await finished(store, DELIVERED)).deliveries
+    before = time.time()
+
+    assert await store.renew(held.id, "me", LONG) is True
+    assert await store.renew(lost.id, "me", LONG) is False  # taken over: not ours to send
+    assert await store.renew(done.id, "worker", LONG) is False
+    assert taken.delivery.id == lost.id
+    renewed = await delivery(store, held.id)
+    assert renewed.lease_owner == "me"
+    assert renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at >= before + LONG
+    assert (await delivery(store, lost.id)).lease_owner == "other"
+
+
+def test_a_database_url_is_shown_without_its_password() -> None:
+    shown = display_url("postgresql://bridge:s3cret@db:5432/bridge")
+
+    assert "s3cret" not in shown
+    assert shown == "postgresql://bridge:***@db:5432/bridge"
+    assert display_url("sqlite:///./data/bridge.db") == "sqlite:///./data/bridge.db"
 
 
 @pytest.mark.parametrize(("untried", "attempts_after"), [(False, 1), (True, 0)])
@@ -512,14 +641,14 @@ async def _deliveries_of(store: Store, recorded: Recorded) -> list[DeliveryRecor
 # -- schema and durability --------------------------------------------------------------
 
 
-async def test_reopening_a_database_keeps_its_events(db_path: Path) -> None:
-    first = await Store.open(url(db_path))
+async def test_reopening_a_database_keeps_its_events(database_url: str) -> None:
+    first = await Store.open(database_url)
     try:
         recorded = await record(first, "exec-1")
     finally:
         await first.close()
 
-    second = await Store.open(url(db_path))
+    second = await Store.open(database_url)
     try:
         assert await second.get_event(recorded.event.id) == (
             recorded.event,
@@ -530,18 +659,26 @@ async def test_reopening_a_database_keeps_its_events(db_path: Path) -> None:
         await second.close()
 
 
-async def test_a_database_from_a_newer_release_refuses_to_open(db_path: Path) -> None:
-    await (await Store.open(url(db_path))).close()
+async def test_a_database_from_a_newer_release_refuses_to_open(database_url: str) -> None:
+    opened = await Store.open(database_url)
     newer = SCHEMA_VERSION + 1
-    with closing(sqlite3.connect(db_path)) as db, db:
-        db.execute("UPDATE bridge_meta SET value = ? WHERE key = 'schema_version'", (str(newer),))
+    try:
+        async with opened.engine.begin() as conn:
+            await conn.execute(
+                update(meta).where(meta.c.key == "schema_version").values(value=str(newer))
+            )
+    finally:
+        await opened.close()
 
     with pytest.raises(StoreUnavailable) as refused:
-        await Store.open(url(db_path))
+        await Store.open(database_url)
 
     message = str(refused.value)
     assert f"schema version {newer}" in message
     assert f"({SCHEMA_VERSION})" in message
+
+
+# SQLite only: its journal, synchronous level and file lock.
 
 
 @pytest.mark.parametrize(
@@ -574,5 +711,119 @@ async def test_check_writable_fails_while_another_connection_holds_the_write_loc
                 await opened.check_writable()
             other.execute("ROLLBACK")
         await opened.check_writable()
+    finally:
+        await opened.close()
+
+
+# PostgreSQL only: what the service asks of its sessions, its locks, its connections.
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
+    postgres_url: str, durability: Durability
+) -> None:
+    """Both durabilities mean the server's own durability: a commit is in its WAL before
+    the webhook answers (synchronous_commit=on, whatever the server's default)."""
+    opened = await Store.open(postgres_url, durability, lock_timeout=1.5, pool_size=3)
+    try:
+        async with opened.engine.connect() as conn:
+            shown = {
+                name: (await conn.execute(text(f"SHOW {name}"))).scalar()
+                for name in (
+                    "synchronous_commit",
+                    "lock_timeout",
+                    "statement_timeout",
+                    "application_name",
+                    "transaction_isolation",
+                )
+            }
+        status = opened.engine.pool.status()
+    finally:
+        await opened.close()
+
+    assert shown == {
+        "synchronous_commit": "on",
+        "lock_timeout": "1500ms",
+        "statement_timeout": "3s",
+        "application_name": APPLICATION_NAME,
+        "transaction_isolation": "read committed",
+    }
+    assert "Pool size: 3" in status
+
+
+async def test_a_write_waiting_on_a_postgresql_lock_fails_within_the_lock_timeout(
+    postgres_url: str,
+) -> None:
+    opened = await Store.open(postgres_url, lock_timeout=0.3)
+    other = create_async_engine(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
+    try:
+        async with other.begin() as conn:
+            await conn.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=r"lock timeout|statement timeout"):
+                await record(opened, "exec-locked")
+            waited = time.monotonic() - started
+        recorded = await record(opened, "exec-locked")
+    finally:
+        await other.dispose()
+        await opened.close()
+
+    assert 0.25 <= waited < 3.0
+    assert recorded.created  # nothing of the refused attempt was kept
+
+
+async def test_a_postgresql_store_replaces_connections_the_server_dropped(
+    postgres_url: str,
+) -> None:
+    """What a server restart does to the pool: every connection is gone at once. The
+    next transaction notices at checkout (pre-ping) and opens a new one."""
+    opened = await Store.open(postgres_url)
+    other = create_async_engine(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
+    try:
+        first = await record(opened)
+        async with other.connect() as conn:
+            killed = (
+                await conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = :name AND datname = current_database()"
+                    ),
+                    {"name": APPLICATION_NAME},
+                )
+            ).scalar()
+        second = await record(opened)
+        assert await opened.get_event(first.event.id) is not None
+        assert await opened.get_event(second.event.id) is not None
+    finally:
+        await other.dispose()
+        await opened.close()
+
+    assert killed is not None
+    assert killed >= 1
+
+
+async def test_a_postgresql_server_that_is_not_there_is_store_unavailable() -> None:
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/bridge"
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"(?i)refused|connect"):
+        await Store.open(nowhere, pool_timeout=2)
+
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("scheme", "query"),
+    [("postgresql", ""), ("postgres", "?sslmode=disable"), ("postgresql+asyncpg", "?ssl=disable")],
+)
+async def test_every_spelling_of_a_postgresql_url_opens_the_store(
+    postgres_url: str, scheme: str, query: str
+) -> None:
+    spelled = scheme + postgres_url.removeprefix("postgresql") + query
+
+    opened = await Store.open(spelled)
+    try:
+        assert opened.postgres
+        assert (await record(opened)).created
     finally:
         await opened.close()

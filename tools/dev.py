@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One entry point for working on erathos-prefect-bridge: run, test, lint and lock.
+"""One entry point for working on erathos-prefect-bridge: run, test, lint, lock, bench.
 
 Standard library only, so it runs with the system ``python3`` before any virtual
 environment exists; it creates ``.venv`` itself from the hashed locks.
@@ -7,6 +7,7 @@ environment exists; it creates ``.venv`` itself from the hashed locks.
     python3 tools/dev.py run            the service (with no Prefect configured: a local one too)
     python3 tools/dev.py test [ARGS]    pytest against a real local Prefect server
     python3 tools/dev.py lint           ruff check, ruff format --check and mypy
+    python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: under 3 minutes)
     python3 tools/dev.py lock           regenerate the hashed requirements/*.txt
 """
 
@@ -223,6 +224,16 @@ def cmd_test(pytest_args: list[str]) -> int:
     return run(BIN / "python", "-m", "pytest", *pytest_args)
 
 
+def cmd_bench(bench_args: list[str]) -> int:
+    ensure_venv("test")
+    prefect_executable()  # the real Prefect server's environment, built once
+    if shutil.which("wrk") is None and shutil.which("apt-get") is not None and os.geteuid() == 0:
+        say("installing wrk from Debian's packages")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)
+    return run(BIN / "python", "-m", "bench.run", *bench_args)
+
+
 def cmd_lint() -> int:
     ensure_venv("test")
     results = [
@@ -260,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tools/dev.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("command", choices=["run", "test", "lint", "lock"])
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="pytest's arguments, for test")
+    parser.add_argument("command", choices=["run", "test", "lint", "lock", "bench"])
+    parser.add_argument(
+        "args", nargs=argparse.REMAINDER, help="pytest's arguments, for test; --quick, for bench"
+    )
     options = parser.parse_args(argv)
-    if options.args and options.command != "test":
+    if options.args and options.command not in ("test", "bench"):
         parser.error(f"{options.command} takes no arguments")
     os.chdir(ROOT)  # .venv, data/ and .env are the project root's, as for the service
     try:
@@ -273,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_test(options.args)
         if options.command == "lint":
             return cmd_lint()
+        if options.command == "bench":
+            return cmd_bench(options.args)
         return cmd_lock()
     except subprocess.CalledProcessError as exc:
         say(f"failed ({exc.returncode}): {shlex.join(str(a) for a in exc.cmd)}")

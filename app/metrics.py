@@ -1,0 +1,216 @@
+"""Prometheus metrics: what arrived, what Prefect made of it, and how deep the retry queue is.
+
+One :class:`Metrics` per running service, with its own ``CollectorRegistry`` (never the
+process-global one), fed by the webhook and the dispatcher and read by ``GET /metrics``.
+Every label is bounded: reasons, status classes, outcomes and the configured connection
+names. Never an execution id, a table name or anything secret.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from app import __version__
+from app.gate import Circuit, ConnectionGate
+from app.prefect import AttemptResult, Outcome
+from app.store import Store
+
+PREFIX = "erathos_bridge"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# The error codes of app.errors that reject a webhook request, and their reason label.
+REJECTED_BY_CODE = {
+    "unauthorized": "auth",
+    "payload_too_large": "size",
+    "unsupported_media_type": "media_type",
+    "invalid_json": "invalid_json",
+    "validation_failed": "validation",
+    "store_unavailable": "store_unavailable",
+    "rate_limited": "rate_limited",
+    "request_timeout": "body_timeout",
+}
+DUPLICATE, NO_ROUTE = "duplicate", "no_route"
+REJECTION_REASONS = (*REJECTED_BY_CODE.values(), DUPLICATE, NO_ROUTE)
+# 401, 403 and 429 stand apart from their class: each calls for a different action.
+STATUS_CLASSES = ("2xx", "3xx", "401", "403", "429", "4xx", "5xx", "timeout", "error")
+DEAD_REASONS = ("permanent", "exhausted")  # Prefect refused; the retry budget ran out
+FINAL_OUTCOMES = ("delivered", "dead")
+
+QUEUE_CACHE_SECONDS = 5.0  # the pending-deliveries query runs at most this often
+PREFECT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0)
+
+
+def status_class(result: AttemptResult) -> str:
+    """The ``status`` label of one attempt: the answer's class, or why there was none."""
+    code = result.status_code
+    if code is None:
+        return "timeout" if result.timed_out else "error"
+    if code in (401, 403, 429):
+        return str(code)
+    return f"{min(max(code // 100, 2), 5)}xx"
+
+
+class Metrics:
+    """The service's counters, gauges and histograms, and how they are updated."""
+
+    def __init__(self, connections: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.received = Counter(
+            f"{PREFIX}_events_received",
+            "Webhook requests (Erathos and Prefect-shaped), whatever became of them",
+            registry=registry,
+        )
+        self.accepted = Counter(
+            f"{PREFIX}_events_accepted",
+            "Events stored with at least one delivery to make",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            f"{PREFIX}_events_rejected",
+            "Webhook requests that made no new delivery, by reason "
+            "(duplicate and no_route were acknowledged and recorded)",
+            ["reason"],
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            f"{PREFIX}_deliveries",
+            "Deliveries finished, by final outcome (delivered: a flow run exists; dead)",
+            ["connection", "outcome"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            f"{PREFIX}_delivery_attempts",
+            "Attempts to create a flow run, by Prefect's answer "
+            "(2xx, 3xx, 401, 403, 429, 4xx, 5xx) or its absence (timeout, error)",
+            ["connection", "status"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            f"{PREFIX}_dead_letters",
+            "Deliveries dead-lettered: refused for good (permanent) or out of retries (exhausted)",
+            ["connection", "reason"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            f"{PREFIX}_deliveries_pending",
+            "Deliveries waiting for a flow run (due, retrying, or in flight)",
+            ["connection"],
+            registry=registry,
+        )
+        self.oldest_pending = Gauge(
+            f"{PREFIX}_oldest_pending_age_seconds",
+            "Age of the oldest pending delivery (since its event arrived, or its replay); "
+            "0 when none",
+            ["connection"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_event_to_flow_run_seconds",
+            "From an event's receipt (or its replay) to its flow run's creation",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.prefect_duration = Histogram(
+            f"{PREFIX}_prefect_request_duration_seconds",
+            "Requests to create a flow run, by connection and outcome "
+            "(delivered, transient, permanent)",
+            ["connection", "outcome"],
+            buckets=PREFECT_BUCKETS,
+            registry=registry,
+        )
+        self.window = Gauge(
+            f"{PREFIX}_concurrency_window",
+            "Requests the adaptive window lets be in flight to the connection now",
+            ["connection"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_prefect_requests_in_flight",
+            "Requests in flight to the connection now",
+            ["connection"],
+            registry=registry,
+        )
+        self.circuit = Gauge(
+            f"{PREFIX}_circuit_state",
+            "1 for the connection's current circuit state (closed, open, half-open), else 0",
+            ["connection", "state"],
+            registry=registry,
+        )
+        Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=registry).labels(
+            __version__
+        ).set(1)
+        self._connections = list(connections)
+        self._queue_read_at: float | None = None
+        # Every series exists from the start at 0, so increase() sees the first event.
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
+        for name in self._connections:
+            for outcome in FINAL_OUTCOMES:
+                self.deliveries.labels(name, outcome)
+            for status in STATUS_CLASSES:
+                self.attempts.labels(name, status)
+            for reason in DEAD_REASONS:
+                self.dead_letters.labels(name, reason)
+            self.pending.labels(name).set(0)
+            self.oldest_pending.labels(name).set(0)
+            self._set_circuit(name, Circuit.CLOSED)
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def reject(self, reason_or_code: str) -> None:
+        """Count a rejected request, by reason or by the error code it was answered with."""
+        self.rejected.labels(REJECTED_BY_CODE.get(reason_or_code, reason_or_code)).inc()
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def attempted(self, connection: str, result: AttemptResult, *, sent: bool) -> None:
+        """One attempt; ``sent`` when a request went to Prefect (not a configuration error)."""
+        self.attempts.labels(connection, status_class(result)).inc()
+        if sent:
+            self.prefect_duration.labels(connection, result.outcome.value).observe(
+                result.duration_ms / 1000
+            )
+
+    def finished(
+        self, connection: str, result: AttemptResult, *, state: str, waited: float
+    ) -> None:
+        """A delivery reached its final state; ``waited`` is how long since it became due."""
+        self.deliveries.labels(connection, state).inc()
+        if state == "delivered":
+            self.latency.observe(max(0.0, waited))
+        else:
+            permanent = result.outcome is Outcome.PERMANENT
+            self.dead_letters.labels(connection, "permanent" if permanent else "exhausted").inc()
+
+    # -- scrape -------------------------------------------------------------------------
+
+    async def refresh(self, store: Store, gates: Mapping[str, ConnectionGate]) -> None:
+        """Bring the gauges up to date: the gates at every scrape, the queue (one indexed
+        query) at most every QUEUE_CACHE_SECONDS."""
+        for name, gate in gates.items():
+            self.window.labels(name).set(gate.window)
+            self.in_flight.labels(name).set(gate.in_flight)
+            self._set_circuit(name, gate.circuit)
+        now = time.monotonic()
+        if self._queue_read_at is not None and now - self._queue_read_at < QUEUE_CACHE_SECONDS:
+            return
+        summary = await store.pending_summary()
+        self._queue_read_at = now
+        wall = time.time()
+        for name in {*self._connections, *summary}:
+            count, oldest = summary.get(name, (0, None))
+            self.pending.labels(name).set(count)
+            self.oldest_pending.labels(name).set(max(0.0, wall - oldest) if oldest else 0)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _set_circuit(self, connection: str, current: Circuit) -> None:
+        for state in Circuit:
+            self.circuit.labels(connection, state.value).set(1 if state is current else 0)

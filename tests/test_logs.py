@@ -1,0 +1,217 @@
+"""Logs of a real service process through a full scenario: every line is one JSON object,
+the accepted-event and delivery-attempt lines carry the event's identity, the lines of
+one request share its request id, and no configured secret appears anywhere: not in
+the logs, the HTTP answers, the metrics, nor the stored attempts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import signal
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from app.logs import configure_logging, configured_secrets
+from app.settings import Settings
+from tests.erathos import execution
+from tests.processes import ServiceProcess, clean_environment
+from tools.localprefect import PrefectServer, free_port
+
+UNKNOWN_FLOW = "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de"
+# Each secret is distinctive, so finding it anywhere means it leaked.
+WEBHOOK_TOKEN = "wh-" + uuid.uuid4().hex
+ROTATED_TOKEN = "wh-old-" + uuid.uuid4().hex
+ADMIN_TOKEN = "adm-" + uuid.uuid4().hex
+METRICS_TOKEN = "met-" + uuid.uuid4().hex
+PREFECT_PASSWORD = "pw-" + uuid.uuid4().hex
+AUTH_STRING = f"bridge:{PREFECT_PASSWORD}"
+SECRETS = {
+    WEBHOOK_TOKEN,
+    ROTATED_TOKEN,
+    ADMIN_TOKEN,
+    METRICS_TOKEN,
+    PREFECT_PASSWORD,
+    base64.b64encode(AUTH_STRING.encode()).decode(),  # as the Basic auth header sends it
+}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def event_body(job_id: str, **metadata: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in execution(job_id=job_id, **metadata).items()}
+
+
+@pytest.fixture
+def service(tmp_path: Path, prefect: PrefectServer, flow_id: str) -> Any:
+    known_job, failing_job = str(uuid.uuid4()), str(uuid.uuid4())
+    routes = [
+        {"name": "dbt", "jobs": [known_job], "flow_id": flow_id},
+        {"name": "typo", "jobs": [failing_job], "flow_id": UNKNOWN_FLOW},
+    ]
+    routes_file = tmp_path / "routes.json"
+    routes_file.write_text(json.dumps({"routes": routes}))
+    env = clean_environment(
+        PREFECT_API_URL=prefect.api_url,
+        PREFECT_API_AUTH_STRING=AUTH_STRING,  # the test server has no auth: sent, ignored
+        BRIDGE_ROUTES_FILE=str(routes_file),
+        BRIDGE_WEBHOOK_TOKEN=f"{WEBHOOK_TOKEN},{ROTATED_TOKEN}",
+        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
+        BRIDGE_METRICS_TOKEN=METRICS_TOKEN,
+        BRIDGE_PORT=str(free_port()),
+        BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'bridge.db'}",
+        BRIDGE_LOG_FORMAT="json",
+        BRIDGE_LOG_LEVEL="DEBUG",  # every line there is, probes and scrapes too
+    )
+    process = ServiceProcess(env, tmp_path, tmp_path / "service.log")
+    process.start()
+    try:
+        yield process, known_job, failing_job
+    finally:
+        process.stop()
+
+
+def test_a_full_scenario_logs_json_with_identity_and_request_ids_and_no_secret(
+    service: Any,
+) -> None:
+    process, known_job, failing_job = service
+    delivered = event_body(known_job, table_name="orders")
+    dead = event_body(failing_job, table_name="invoices")
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=process.url, timeout=30) as client:
+
+        def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            answers.append(client.request(method, path, **kwargs))
+            return answers[-1]
+
+        accepted = call(
+            "POST",
+            "/webhooks/erathos",
+            json=delivered,
+            headers=bearer(WEBHOOK_TOKEN) | {"X-Request-ID": "erathos-call-1"},
+        )
+        call("POST", "/webhooks/erathos", json=delivered, headers=bearer(ROTATED_TOKEN))
+        failed = call("POST", "/webhooks/erathos", json=dead, headers=bearer(WEBHOOK_TOKEN))
+        refused = call(
+            "POST", "/webhooks/erathos", json=delivered, headers=bearer("a-wrong-token-0123456789")
+        )
+        invalid = call(
+            "POST",
+            "/webhooks/erathos",
+            json={"status": "FINISHED"},
+            headers=bearer(WEBHOOK_TOKEN) | {"X-Request-ID": "bad id with spaces"},
+        )
+        call("GET", "/readyz")
+        metrics = call("GET", "/metrics", headers=bearer(METRICS_TOKEN))
+        details = [
+            call("GET", f"/events/{a.json()['event_id']}", headers=bearer(ADMIN_TOKEN))
+            for a in (accepted, failed)
+        ]
+        call("GET", "/events", params={"state": "dead"}, headers=bearer(ADMIN_TOKEN))
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    text = process.log_path.read_text()
+
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["status"] == "delivered"
+    assert failed.json()["status"] == "failed"
+    assert (refused.status_code, invalid.status_code, metrics.status_code) == (401, 422, 200)
+
+    lines = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
+    assert all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
+    by_msg: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in lines:
+        by_msg[line["msg"]].append(line)
+
+    [event_line] = [
+        e for e in by_msg["event accepted"] if e["execution_id"] == delivered["execution_id"]
+    ]
+    assert event_line["job_id"] == known_job
+    assert event_line["table_name"] == "orders"
+    assert event_line["status"] == "FINISHED"
+    assert event_line["routes"] == ["dbt"]
+    assert event_line["connections"] == ["default"]
+    assert event_line["request_id"] == "erathos-call-1"
+
+    attempts = {a["execution_id"]: a for a in by_msg["delivery attempt"]}
+    good, bad = attempts[delivered["execution_id"]], attempts[dead["execution_id"]]
+    assert good["level"] == "info"
+    assert good["flow_run_id"] == accepted.json()["deliveries"][0]["flow_run_id"]
+    assert (good["route"], good["connection"], good["job_id"]) == ("dbt", "default", known_job)
+    assert (good["table_name"], good["status_code"], good["state"]) == ("orders", 201, "delivered")
+    assert good["duration_ms"] > 0
+    assert (bad["level"], bad["status_code"], bad["state"]) == ("error", 409, "dead")
+    assert bad["flow_run_id"] is None
+    assert "HTTP 409" in bad["error"]
+
+    # The lines of one request share its id; the caller's id is kept when it is sane.
+    first_request = [line for line in lines if line.get("request_id") == "erathos-call-1"]
+    assert [line["msg"] for line in first_request] == [
+        "event accepted",
+        "delivery attempt",
+        "request",
+    ]
+    assert accepted.headers["x-request-id"] == "erathos-call-1"
+    generated = invalid.headers["x-request-id"]
+    assert generated != "bad id with spaces"
+    [invalid_line] = [line for line in lines if line.get("request_id") == generated]
+    assert (invalid_line["msg"], invalid_line["status"]) == ("request", 422)
+    requests = {r["request_id"]: r for r in by_msg["request"]}
+    assert len(requests) == len(by_msg["request"])  # one line per request, each its own id
+    for answer in answers:
+        line = requests[answer.headers["x-request-id"]]
+        assert (line["path"], line["status"]) == (answer.url.path, answer.status_code)
+    assert {r["path"] for r in requests.values() if r["level"] == "debug"} == {
+        "/readyz",
+        "/metrics",
+    }
+    assert by_msg["shutdown: deliveries in flight given back"] == []  # nothing was in flight
+
+    seen = [text, metrics.text] + [a.text + json.dumps(dict(a.headers)) for a in answers]
+    seen += [d.text for d in details]
+    for secret in SECRETS:
+        assert not [s for s in seen if secret in s], "a configured secret leaked"
+    stored_attempts = [
+        a for d in details for dl in d.json()["deliveries"] for a in dl["attempts_made"]
+    ]
+    assert len(stored_attempts) == 2
+
+
+def test_a_secret_that_reaches_a_log_line_anyway_is_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        _secrets_dir=None,
+        webhook_tokens=f"{WEBHOOK_TOKEN},{ROTATED_TOKEN}",
+        admin_token=ADMIN_TOKEN,
+        prefect_api_url="http://127.0.0.1:9/api",
+        prefect_api_auth_string=AUTH_STRING,
+        prefect_flow_id=UNKNOWN_FLOW,
+    )
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("json", "INFO", configured_secrets(settings))
+        structlog.stdlib.get_logger("test").warning(
+            "careless", detail=f"token {WEBHOOK_TOKEN} and password {PREFECT_PASSWORD}"
+        )
+        logging.getLogger("uvicorn.error").error("header was Bearer %s", ROTATED_TOKEN)
+        text = capsys.readouterr().err
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [line["msg"] for line in lines] == ["careless", "header was Bearer ********"]
+    assert lines[0]["detail"] == "token ******** and password ********"
+    assert not [secret for secret in SECRETS if secret in text]

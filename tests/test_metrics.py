@@ -1,0 +1,216 @@
+"""``GET /metrics`` after a known sequence of events against the real Prefect server (behind
+a fault-injecting front): every counter, gauge and histogram count is exactly what
+happened, each app has its own registry, and the metrics token is enforced."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import __version__, errors
+from app.gate import GROWTH_SUCCESSES
+from app.metrics import REJECTED_BY_CODE, REJECTION_REASONS
+from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
+from tests.erathos import execution
+from tests.faults import FaultProxy
+from tests.test_delivery import all_delivered, eventually
+from tools.localprefect import PrefectServer
+
+pytestmark = pytest.mark.anyio
+
+UNKNOWN_FLOW = "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de"
+METRICS_TOKEN = "test-metrics-token-0123456789"
+
+
+class Scrape:
+    """One scrape, parsed: ``value(name, **labels)`` is the sample's value (0 if absent)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples.get((f"erathos_bridge_{name}", frozenset(labels.items())), 0.0)
+
+
+async def scrape(client: httpx.AsyncClient, token: str | None = None) -> Scrape:
+    response = await client.get("/metrics", headers=auth(token) if token else {})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return Scrape(response.text)
+
+
+def event_body(job_id: str) -> dict[str, str]:
+    return {k.lower(): v for k, v in execution(job_id=job_id).items()}
+
+
+async def test_the_scraped_values_match_a_known_sequence_exactly(
+    tmp_path: Path, make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+) -> None:
+    known_job, unknown_flow_job, unrouted_job = (str(uuid.uuid4()) for _ in range(3))
+    routes = [
+        {"name": "known", "jobs": [known_job], "flow_id": flow_id},
+        {"name": "unknown-flow", "jobs": [unknown_flow_job], "flow_id": UNKNOWN_FLOW},
+    ]
+    routes_file = tmp_path / "routes.json"
+    routes_file.write_text(json.dumps({"routes": routes}))
+    # The first flow run creation passes, the second gets a 503 (then passes on retry).
+    proxy = FaultProxy(f"http://127.0.0.1:{prefect.port}", ["pass", "503"])
+    await proxy.start()
+    settings = make_settings(
+        prefect_api_url=f"{proxy.url}/api",
+        routes_file=routes_file,
+        admin_token=ADMIN_TOKEN,
+        retry_base="100ms",
+        retry_cap="1s",
+        db_lock_timeout="200ms",
+    )
+    delivered = event_body(known_job)
+    try:
+        async with open_client(settings) as client:
+            answers = [
+                await client.post("/webhooks/erathos", json=delivered, headers=auth()),
+                await client.post("/webhooks/erathos", json=delivered, headers=auth()),
+                await client.post("/webhooks/erathos", json=delivered),
+                await client.post("/webhooks/erathos", json={"status": "FINISHED"}, headers=auth()),
+            ]
+            retried = await client.post(
+                "/webhooks/erathos", json=event_body(known_job), headers=auth()
+            )
+            await eventually(all_delivered, client)
+            dead = await client.post(
+                "/webhooks/erathos", json=event_body(unknown_flow_job), headers=auth()
+            )
+            ignored = await client.post(
+                "/webhooks/erathos", json=event_body(unrouted_job), headers=auth()
+            )
+            # Another process holds the database's write lock past our lock timeout.
+            locker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
+            try:
+                unstored = await client.post(
+                    "/webhooks/erathos", json=event_body(known_job), headers=auth()
+                )
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            metrics = await scrape(client)
+    finally:
+        await proxy.stop()
+
+    assert [a.status_code for a in answers] == [202, 200, 401, 422]
+    assert retried.json()["status"] == "queued"
+    assert dead.json()["status"] == "failed"
+    assert ignored.json()["status"] == "ignored"
+    assert unstored.status_code == 503
+    assert proxy.applied == ["pass", "503", "pass", "pass"]
+
+    assert metrics.value("events_received_total") == 8
+    assert metrics.value("events_accepted_total") == 3  # delivered, retried, dead
+    rejected = {r: metrics.value("events_rejected_total", reason=r) for r in REJECTION_REASONS}
+    assert rejected == {
+        "auth": 1,
+        "size": 0,
+        "media_type": 0,
+        "invalid_json": 0,
+        "validation": 1,
+        "store_unavailable": 1,
+        "rate_limited": 0,
+        "body_timeout": 0,
+        "duplicate": 1,
+        "no_route": 1,
+    }
+    default = {"connection": "default"}
+    assert metrics.value("deliveries_total", outcome="delivered", **default) == 2
+    assert metrics.value("deliveries_total", outcome="dead", **default) == 1
+    assert metrics.value("dead_letters_total", reason="permanent", **default) == 1
+    assert metrics.value("dead_letters_total", reason="exhausted", **default) == 0
+    attempts = {
+        status: metrics.value("delivery_attempts_total", status=status, **default)
+        for status in ("2xx", "3xx", "401", "403", "429", "4xx", "5xx", "timeout", "error")
+    }
+    assert attempts == {
+        "2xx": 2,
+        "3xx": 0,
+        "401": 0,
+        "403": 0,
+        "429": 0,
+        "4xx": 1,  # Prefect's 409 for the unknown flow
+        "5xx": 1,
+        "timeout": 0,
+        "error": 0,
+    }
+    for outcome, count in (("delivered", 2), ("transient", 1), ("permanent", 1)):
+        labels = {"outcome": outcome, **default}
+        assert metrics.value("prefect_request_duration_seconds_count", **labels) == count
+        assert metrics.value("prefect_request_duration_seconds_sum", **labels) > 0
+    assert metrics.value("event_to_flow_run_seconds_count") == 2
+    assert metrics.value("event_to_flow_run_seconds_bucket", le="+Inf") == 2
+    assert metrics.value("deliveries_pending", **default) == 0
+    assert metrics.value("oldest_pending_age_seconds", **default) == 0
+    # Two successes grew the window by 1/GROWTH_SUCCESSES each; the 503 halved it to 1.
+    assert metrics.value("concurrency_window", **default) == 1 + 1 / GROWTH_SUCCESSES
+    assert metrics.value("prefect_requests_in_flight", **default) == 0
+    assert metrics.value("circuit_state", state="closed", **default) == 1
+    assert metrics.value("circuit_state", state="open", **default) == 0
+    # No unbounded label: nothing of an event (execution id, table) is a label value.
+    for execution_id in (delivered["execution_id"], retried.json()["execution_id"]):
+        assert execution_id not in metrics.text
+    assert "orders" not in metrics.text
+
+
+async def test_pending_deliveries_and_the_oldest_age_show_while_prefect_is_down(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(prefect_api_url="http://127.0.0.1:9/api", sync_wait="100ms")
+    async with open_client(settings) as client:
+        for _ in range(3):
+            await client.post(
+                "/webhooks/erathos", json=event_body(str(uuid.uuid4())), headers=auth()
+            )
+        metrics = await scrape(client)
+
+    assert metrics.value("deliveries_pending", connection="default") == 3
+    assert 0 < metrics.value("oldest_pending_age_seconds", connection="default") < 30
+    assert metrics.value("delivery_attempts_total", connection="default", status="error") >= 3
+    assert metrics.value("deliveries_total", connection="default", outcome="delivered") == 0
+
+
+async def test_each_app_counts_in_its_own_registry(make_settings: SettingsFactory) -> None:
+    first_settings = make_settings(sync_wait="100ms")
+    async with open_client(first_settings) as first, open_client(first_settings) as second:
+        await first.post("/webhooks/erathos", json={})
+        await first.post("/webhooks/erathos", json={})
+        await second.post("/webhooks/erathos", json={})
+        counts = [(await scrape(c)).value("events_received_total") for c in (first, second)]
+
+    assert counts == [2, 1]
+
+
+async def test_a_metrics_token_is_required_when_configured(make_settings: SettingsFactory) -> None:
+    async with open_client(make_settings(metrics_token=METRICS_TOKEN)) as client:
+        refused = await client.get("/metrics")
+        wrong = await client.get("/metrics", headers=auth("not-the-metrics-token"))
+        metrics = await scrape(client, METRICS_TOKEN)
+
+    assert (refused.status_code, wrong.status_code) == (401, 401)
+    assert metrics.value("build_info", version=__version__) == 1
+
+
+def test_every_rejecting_error_has_a_reason_label() -> None:
+    codes = {
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.BridgeError) and cls.status_code >= 400
+    }
+    answered_by_webhooks = codes - {"not_found", "conflict", "internal_error"}
+    assert answered_by_webhooks <= set(REJECTED_BY_CODE)
