@@ -95,14 +95,7 @@ def _event_state(found: list[DeliveryRecord]) -> Literal["pending", "delivered",
 
 def _delivery_detail(d: DeliveryRecord, tried: list[AttemptRecord]) -> DeliveryDetail:
     return DeliveryDetail(
-        id=d.id,
-        route=d.route,
-        state=d.state,
-        attempts=d.attempts,
-        flow_run_id=d.flow_run_id,
-        flow_run_url=d.flow_run_url,
-        error=d.last_error,
-        next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+        **DeliveryOut.of(d).model_dump(),
         connection=d.connection,
         idempotency_key=d.idempotency_key,
         created_at=_when(d.created_at),
@@ -226,13 +219,7 @@ async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) ->
         raise NotFound(f"no delivery {delivery.id}") from None
     except ValueError as exc:
         raise Conflict(str(exc)) from None
-    return DeliveryOut(
-        id=d.id,
-        route=d.route,
-        state="pending",
-        attempts=d.attempts,
-        next_attempt_at=d.next_attempt_at,
-    )
+    return DeliveryOut.of(d)
 
 
 @admin.post(

@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import structlog
 from fastapi import APIRouter, Depends, Request
@@ -117,6 +117,19 @@ class DeliveryOut(BaseModel):
     error: str | None = None
     next_attempt_at: float | None = None
 
+    @classmethod
+    def of(cls, d: DeliveryRecord) -> Self:
+        return cls(
+            id=d.id,
+            route=d.route,
+            state=d.state,
+            attempts=d.attempts,
+            flow_run_id=d.flow_run_id,
+            flow_run_url=d.flow_run_url,
+            error=d.last_error,
+            next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+        )
+
 
 class WebhookOut(BaseModel):
     event_id: str
@@ -144,19 +157,7 @@ def describe(event: EventRecord, found: Sequence[DeliveryRecord], *, duplicate: 
         duplicate=duplicate,
         status=status,
         reason=event.ignored_reason,
-        deliveries=[
-            DeliveryOut(
-                id=d.id,
-                route=d.route,
-                state=d.state,
-                attempts=d.attempts,
-                flow_run_id=d.flow_run_id,
-                flow_run_url=d.flow_run_url,
-                error=d.last_error,
-                next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
-            )
-            for d in found
-        ],
+        deliveries=[DeliveryOut.of(d) for d in found],
     )
 
 
