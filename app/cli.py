@@ -14,13 +14,14 @@ from types import FrameType
 from typing import Any
 
 from app import __version__
+from app.database import display_url
 from app.diagnose import check_route, simulate
 from app.event import METADATA, ErathosEvent
 from app.logs import configure_logging, configured_secrets
 from app.routes_file import erathos_filters, read_routes_file
 from app.service import configure, open_bridge, shutdown_budget
 from app.settings import ConfigurationError, PublicSettings, Settings, load_settings
-from app.store import EVENT_STATES, StoreUnavailable, display_url
+from app.store import EVENT_STATES, StoreUnavailable
 from app.templates import TemplateError
 
 WEBHOOK_PATH = "/webhooks/erathos"

@@ -23,25 +23,12 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Column,
-    Dialect,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
     and_,
     delete,
-    event,
     exists,
     func,
     insert,
@@ -51,103 +38,29 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.settings import Durability, database_kind
+from app.database import (
+    StoreUnavailable as StoreUnavailable,  # the store's one error, re-exported
+)
+from app.database import (
+    attempts,
+    deliveries,
+    events,
+    meta,
+    metadata,
+    open_engine,
+)
+from app.settings import Durability
 
 SCHEMA_VERSION = 1
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+EVENT_STATES = ("pending", "delivered", "dead", "ignored")
+_REPLAY_SUFFIX = re.compile(r":replay-[0-9a-f]{8}$")
 # pg_advisory_xact_lock key that serialises schema creation and upgrades between
 # replicas starting at once (any constant; this one spells "EPBS" in ASCII).
 MIGRATION_LOCK_KEY = 0x45504253
-APPLICATION_NAME = "erathos-prefect-bridge"
-
-
-class Str(TypeDecorator[str]):
-    """Text any dialect can store: PostgreSQL refuses NUL characters in text (SQLite
-    keeps them), so there they become U+FFFD instead of failing every retry with a 503.
-    Unbounded on purpose: SQLite ignores lengths, PostgreSQL would enforce them."""
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is not None and dialect.name == "postgresql" and "\x00" in value:
-            return value.replace("\x00", "\ufffd")
-        return value
-
-
-metadata = MetaData()
-
-meta = Table(
-    "bridge_meta",
-    metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", Str, nullable=False),
-)
-
-events = Table(
-    "events",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("execution_id", Str, nullable=False, unique=True),
-    Column("received_at", Float, nullable=False, index=True),  # epoch seconds (double)
-    Column("job_id", Str, index=True),
-    Column("schema_name", Str),
-    Column("table_name", Str),
-    Column("status", Str),
-    Column("payload", Str, nullable=False),
-    Column("ignored_reason", Str),
-)
-
-deliveries = Table(
-    "deliveries",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    Column("route", Str, nullable=False),
-    Column("connection", Str, nullable=False),
-    Column("idempotency_key", Str, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("created_at", Float, nullable=False),
-    Column("window_started_at", Float, nullable=False),
-    Column("next_attempt_at", Float, nullable=False),
-    Column("lease_owner", Str),
-    Column("lease_expires_at", Float),
-    Column("flow_run_id", Str),
-    Column("flow_run_url", Str),
-    Column("last_status_code", Integer),
-    Column("last_error", Str),
-    Column("finished_at", Float),
-    UniqueConstraint("event_id", "route"),
-    Index("deliveries_due", "state", "connection", "next_attempt_at"),
-)
-
-attempts = Table(
-    "attempts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("delivery_id", String(32), ForeignKey("deliveries.id", ondelete="CASCADE"), index=True),
-    Column("number", Integer, nullable=False),
-    Column("started_at", Float, nullable=False),
-    Column("duration_ms", Float, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("status_code", Integer),
-    Column("error", Str),
-    Column("response_excerpt", Str),
-    Column("retry_in", Float),
-)
-
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-_REPLAY_SUFFIX = re.compile(r":replay-[0-9a-f]{8}$")
-EVENT_STATES = ("pending", "delivered", "dead", "ignored")
-
-
-class StoreUnavailable(Exception):
-    """The store cannot read or commit right now (locked, read-only, disk full, gone,
-    restarting): the caller answers 503 or tries again later."""
 
 
 @dataclass(frozen=True)
@@ -246,10 +159,7 @@ class Store:
         """Open the store ``url`` names (SQLite or PostgreSQL) and create or upgrade its
         schema. ``pool_size`` and ``pool_timeout`` apply to PostgreSQL; SQLite keeps one
         connection."""
-        if database_kind(url) == "postgresql":
-            engine = _postgres_engine(url, lock_timeout, pool_size, pool_timeout)
-        else:
-            engine = _sqlite_engine(url, durability, lock_timeout)
+        engine = open_engine(url, durability, lock_timeout, pool_size, pool_timeout)
         store = cls(engine)
         try:
             await store._migrate()
@@ -736,92 +646,3 @@ def _describe(exc: BaseException) -> str:
     # asyncpg's errors arrive wrapped twice (SQLAlchemy's adapter, then DBAPIError).
     original = getattr(original, "__cause__", None) or original
     return f"{type(original).__name__}: {original}".strip()
-
-
-def display_url(url: str) -> str:
-    """The database URL with its password masked, for logs and ``check``'s output."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable URL>"
-
-
-def _postgres_url(url: str) -> URL:
-    parsed = make_url(url).set(drivername="postgresql+asyncpg")
-    query = dict(parsed.query)
-    if "sslmode" in query and "ssl" not in query:
-        # libpq's spelling (postgres://...?sslmode=require) is asyncpg's ``ssl``.
-        query["ssl"] = query.pop("sslmode")
-        parsed = parsed.set(query=query)
-    return parsed
-
-
-def _postgres_engine(
-    url: str, lock_timeout: float, pool_size: int, pool_timeout: float
-) -> AsyncEngine:
-    lock_ms = max(1, int(lock_timeout * 1000))
-    return create_async_engine(
-        _postgres_url(url),
-        # At most pool_size connections per replica; a request that finds none free
-        # within pool_timeout gets StoreUnavailable (503) rather than a hang.
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=pool_timeout,
-        # A connection that died with the server (a restart, a failover) is noticed at
-        # checkout and replaced, so the service recovers without a restart of its own.
-        pool_pre_ping=True,
-        connect_args={
-            "timeout": pool_timeout,  # opening a connection, not only waiting for one
-            "server_settings": {
-                "application_name": APPLICATION_NAME,
-                # BRIDGE_DB_LOCK_TIMEOUT: how long a statement waits for a lock (another
-                # replica's, an operator's) before it fails and the webhook answers 503;
-                # twice that ends any statement stuck for another reason the same way.
-                "lock_timeout": str(lock_ms),
-                "statement_timeout": str(2 * lock_ms),
-                # An acknowledged event is in the server's WAL on its disk (and on its
-                # synchronous standbys, if it has any) whatever the server's default;
-                # this is PostgreSQL's own default, stated so a server set to off
-                # cannot weaken it.
-                "synchronous_commit": "on",
-            },
-        },
-    )
-
-
-def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> AsyncEngine:
-    # BRIDGE_DURABILITY applies here only: on PostgreSQL what a commit survives is the
-    # server's own durability (its fsync and replication settings).
-    parsed = make_url(url).set(drivername="sqlite+aiosqlite")
-    database = parsed.database
-    if database and database != ":memory:":
-        try:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot create the directory of {database}: {exc}") from exc
-    # One connection: SQLite has one writer anyway, and a single connection makes
-    # every transaction in this process strictly sequential (no SQLITE_BUSY inside it).
-    engine = create_async_engine(parsed, pool_size=1, max_overflow=0, pool_timeout=30)
-    busy_timeout_ms = int(lock_timeout * 1000)
-    synchronous = "FULL" if durability is Durability.POWER else "NORMAL"
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's BEGIN below control transactions instead of the driver.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # How long a write waits for another process's lock before we answer 503.
-        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL survives a crash of the process (kill -9); FULL also a power loss.
-        cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # IMMEDIATE takes the write lock up front: another process (the CLI) waits on
-        # busy_timeout instead of failing with a deadlock on lock upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.store import deliveries, events
+from app.database import deliveries, events
 from tests.conftest import ADMIN_TOKEN, TOKEN
 from tests.processes import (
     ROOT,

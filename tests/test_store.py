@@ -22,9 +22,9 @@ import pytest
 from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.database import APPLICATION_NAME, attempts, deliveries, display_url, events, meta
 from app.settings import Durability
 from app.store import (
-    APPLICATION_NAME,
     DEAD,
     DELIVERED,
     PENDING,
@@ -35,11 +35,6 @@ from app.store import (
     Recorded,
     Store,
     StoreUnavailable,
-    attempts,
-    deliveries,
-    display_url,
-    events,
-    meta,
 )
 from tools.localprefect import free_port
 
