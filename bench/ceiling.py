@@ -1,0 +1,52 @@
+"""The stack's ceiling: a bare FastAPI app that parses the same JSON body as the webhook
+and answers 202, run by uvicorn with the same settings as ``erathos-prefect-bridge serve``
+(``app.cli._serve``: one process, uvicorn's default loop and HTTP implementation of this
+virtual environment, no server header, proxy headers on, no logging configuration).
+
+    python -m bench.ceiling --port 8099
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+app = FastAPI(title="bench-ceiling")
+
+
+@app.post("/webhooks/erathos", status_code=202)
+async def receive(request: Request) -> JSONResponse:
+    payload: Any = json.loads(await request.body())
+    return JSONResponse(
+        {"status": "accepted", "execution_id": payload.get("execution_id")}, status_code=202
+    )
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    # Keep in step with app.cli._serve.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
