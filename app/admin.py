@@ -24,7 +24,7 @@ from app.event import ErathosEvent
 from app.store import AttemptRecord, DeliveryRecord, EventRecord
 
 
-def require_admin_token(request: Request, bridge: BridgeDep) -> None:
+async def require_admin_token(request: Request, bridge: BridgeDep) -> None:
     token = bridge.settings.admin_token
     if token is None or not token_matches(bearer_token(request), [token]):
         raise Unauthorized("a valid 'Authorization: Bearer <admin token>' is required")

@@ -50,7 +50,7 @@ HEALTH_CACHE_SECONDS = 15.0
 HEALTH_TIMEOUT_SECONDS = 3.0
 
 
-def get_bridge(request: Request) -> Bridge:
+async def get_bridge(request: Request) -> Bridge:
     bridge: Bridge = request.state.bridge
     return bridge
 
@@ -81,7 +81,7 @@ def token_matches(presented: bytes | None, accepted: Sequence[SecretStr]) -> boo
     return matching_token(presented, accepted) is not None
 
 
-def require_webhook_token(request: Request, bridge: BridgeDep) -> None:
+async def require_webhook_token(request: Request, bridge: BridgeDep) -> None:
     """401 without one of the webhook tokens; 429 past BRIDGE_RATE_LIMIT for that token,
     before anything is read or stored."""
     index = matching_token(bearer_token(request), bridge.settings.webhook_tokens)
@@ -417,7 +417,7 @@ async def _prefect_health(request: Request, bridge: BridgeDep) -> list[PrefectSt
     return list(await asyncio.gather(*(one(name) for name in bridge.connections)))
 
 
-def require_metrics_token(request: Request, bridge: BridgeDep) -> None:
+async def require_metrics_token(request: Request, bridge: BridgeDep) -> None:
     token = bridge.settings.metrics_token
     if token is not None and not token_matches(bearer_token(request), [token]):
         raise Unauthorized("a valid 'Authorization: Bearer <metrics token>' is required")

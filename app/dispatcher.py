@@ -49,6 +49,7 @@ class RetryPolicy:
     base: float = 5.0
     cap: float = 3600.0
     jitter: float = 0.2  # +/- 20 %
+    overload_retries: int = 3  # 503/429 without Retry-After: retried in ~1 s this often
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -58,6 +59,10 @@ class RetryPolicy:
             base=settings.retry_base.total_seconds(),
             cap=settings.retry_cap.total_seconds(),
         )
+
+    def busy_retry(self) -> float:
+        """Delay after a 503/429 without Retry-After: about a second."""
+        return float(random.uniform(1 - self.jitter, 1 + self.jitter))  # noqa: S311
 
     def backoff(self, attempt: int) -> float:
         """Delay after the ``attempt``-th failed attempt (1-based)."""
@@ -78,9 +83,15 @@ def plan_next(
     changes["last_error"] = result.error
     if result.outcome is Outcome.PERMANENT:
         return changes | {"state": DEAD, "finished_at": now}, None
-    delay = (
-        result.retry_after if result.retry_after is not None else policy.backoff(delivery.attempts)
-    )
+    if result.retry_after is not None:
+        delay = result.retry_after
+    elif result.status_code in (429, 503) and delivery.attempts <= policy.overload_retries:
+        # "Busy, try again": Prefect is up, and the connection's window has just halved.
+        # Coming back in about a second keeps the backlog moving in order, where an
+        # exponential backoff would hold this delivery back long after Prefect recovered.
+        delay = policy.busy_retry()
+    else:
+        delay = policy.backoff(delivery.attempts)
     retry_at = now + delay
     if delivery.attempts >= policy.max_attempts:
         changes["last_error"] = f"gave up after {delivery.attempts} attempts; last: {result.error}"
@@ -162,6 +173,9 @@ class Dispatcher:
         }
         self._tasks: dict[str, asyncio.Task[Delivered]] = {}
         self._wake = asyncio.Event()
+        # Whether the last claim of a connection filled its batch: only then is another
+        # claim worth making the moment a delivery finishes (else: at the next poll).
+        self._backlog = dict.fromkeys(connections, True)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_prune = 0.0
@@ -203,6 +217,7 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Look for due deliveries now (after a replay, say) instead of at the next poll."""
+        self._backlog = dict.fromkeys(self._backlog, True)
         self._wake.set()
 
     def submit(self, claims: Iterable[Claim]) -> list[asyncio.Task[Delivered]]:
@@ -221,7 +236,8 @@ class Dispatcher:
 
     def _forget(self, task: asyncio.Task[Delivered]) -> None:
         self._tasks.pop(task.get_name().removeprefix("delivery-"), None)
-        self._wake.set()  # a slot is free: claim the next due delivery now, not at the next poll
+        if any(self._backlog.values()):
+            self._wake.set()  # a slot is free and more is due: claim now, not at the next poll
 
     @property
     def in_flight(self) -> int:
@@ -349,6 +365,7 @@ class Dispatcher:
             claims = await self.store.claim_due(
                 self.owner, name, free, self.lease, exclude=list(self._tasks)
             )
+            self._backlog[name] = len(claims) == free
             self.submit(claims)
 
     async def _prune_if_due(self) -> None:

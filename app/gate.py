@@ -48,6 +48,7 @@ class ConnectionGate:
         self.window = 1.0  # how many requests may be in flight now (AIMD)
         self.in_flight = 0
         self._turn = asyncio.Condition()
+        self._spacing = asyncio.Lock()
         self._interval = 1.0 / max_rate if max_rate else 0.0
         self._next_start = 0.0
         self.load = 0  # deliveries assigned to this connection: waiting or in flight
@@ -74,7 +75,9 @@ class ConnectionGate:
             return 0
         if self.circuit is Circuit.HALF_OPEN:
             return 1 if self.load == 0 else 0
-        return max(0, self.limit - self.load)
+        # One window in flight and one more claimed and waiting, so the next request
+        # starts the moment one finishes instead of after another claim.
+        return max(0, 2 * self.limit - self.load)
 
     @property
     def limit(self) -> int:
@@ -92,12 +95,13 @@ class ConnectionGate:
                 raise GateClosed()
             trial = self.circuit is Circuit.HALF_OPEN
             self._trial_running |= trial
-            # Reserve the next start time at once, then wait for it (rate cap).
-            now = time.monotonic()
-            start = max(now, self._next_start)
-            self._next_start = start + self._interval
-            if start > now:
-                await asyncio.sleep(start - now)
+            if self._interval:
+                # Rate cap: one start at a time, each at least the interval after the
+                # previous one really started (a late wake-up never bunches starts).
+                async with self._spacing:
+                    if (wait := self._next_start - time.monotonic()) > 0:
+                        await asyncio.sleep(wait)
+                    self._next_start = time.monotonic() + self._interval
             yield
         finally:
             if trial:

@@ -195,17 +195,30 @@ PLANS = [
         None,
     ),
     Plan(
-        "transient backs off",
+        "a busy 503 comes back in about a second, the first few times",
         delivery(attempts=3),
         failed(),
         T0 + 100,
         {
             "state": PENDING,
-            "next_attempt_at": T0 + 120,
+            "next_attempt_at": T0 + 101,
             "last_status_code": 503,
             "last_error": "HTTP 503: busy",
         },
-        20.0,
+        1.0,
+    ),
+    Plan(
+        "transient backs off",
+        delivery(attempts=4),
+        failed(),
+        T0 + 100,
+        {
+            "state": PENDING,
+            "next_attempt_at": T0 + 140,
+            "last_status_code": 503,
+            "last_error": "HTTP 503: busy",
+        },
+        40.0,
     ),
     Plan(
         "Retry-After wins over the backoff",
@@ -262,13 +275,13 @@ PLANS = [
     Plan(
         "max_age counts from a replay's window",
         delivery(attempts=2, created_at=T0 - 10 * STEADY.max_age),
-        failed(),
+        failed(500, error="HTTP 500: oops"),
         T0 + 1,
         {
             "state": PENDING,
             "next_attempt_at": T0 + 11,
-            "last_status_code": 503,
-            "last_error": "HTTP 503: busy",
+            "last_status_code": 500,
+            "last_error": "HTTP 500: oops",
         },
         10.0,
     ),
@@ -281,7 +294,7 @@ def test_plan_next_turns_an_attempt_into_the_deliverys_next_state(plan: Plan) ->
 
 
 def test_plan_next_backs_off_with_the_policys_jitter() -> None:
-    changes, delay = plan_next(delivery(attempts=2), failed(), POLICY, T0)
+    changes, delay = plan_next(delivery(attempts=2), failed(500, error="HTTP 500: oops"), POLICY, T0)
     assert delay is not None
     assert 8.0 <= delay <= 12.0
     assert changes["next_attempt_at"] == T0 + delay
