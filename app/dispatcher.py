@@ -122,8 +122,13 @@ async def attempt_delivery(
     connection = connections.get(route.connection)
     if connection is None:
         return _config_error(f"connection {route.connection!r} is not configured"), None
-    event = ErathosEvent.model_validate(claim.event.payload)
-    body = route.flow_run_body(event, claim.delivery.idempotency_key, lookup)
+    try:
+        event = ErathosEvent.model_validate(claim.event.payload)
+        body = route.flow_run_body(event, claim.delivery.idempotency_key, lookup)
+    except ValueError as exc:  # pydantic's ValidationError, a template that cannot render
+        # Never a crash loop: an event stored by an older release that this one reads
+        # differently is a dead letter with the reason, to fix and replay.
+        return _config_error(f"the stored event cannot be rendered: {exc}"), connection
     deployment_id = None
     if isinstance(route.target, DeploymentTarget) and route.target.name is not None:
         deployment_id, failure = await connection.resolve_deployment(route.target.name_path)
