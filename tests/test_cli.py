@@ -174,3 +174,37 @@ async def _settle() -> None:
         finally:
             await store.close()
     raise AssertionError("deliveries still pending")
+
+
+def test_check_and_simulate_never_print_a_configured_secret(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    flow_id: str,
+    tmp_path: Path,
+) -> None:
+    secrets = {
+        "BRIDGE_ADMIN_TOKEN": "admin-secret-value-0123456789",
+        "PREFECT_API_AUTH_STRING": "user:auth-secret-value-0123",
+    }
+    for name, value in secrets.items():
+        environment.setenv(name, value)
+    environment.setenv("PREFECT_API_URL", prefect.api_url)
+    environment.setenv("PREFECT_FLOW_ID", flow_id)
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"execution_id": str(uuid.uuid4()), "status": "FINISHED"}))
+
+    assert main(["simulate", str(event)]) == 0
+    assert main(["check"]) == 0
+    environment.setenv(  # a store that cannot be reached: its error names no password
+        "BRIDGE_DATABASE_URL", "postgresql://bridge:db-password-0123@127.0.0.1:9/bridge"
+    )
+    assert main(["events"]) == 1
+
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert '"authorization": "Basic ********"' in printed  # simulate showed the request
+    assert "check passed" in printed
+    assert "the store cannot be used" in printed
+    for value in [*secrets.values(), TOKEN, "auth-secret-value", "db-password-0123"]:
+        assert value not in printed
