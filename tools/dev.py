@@ -201,8 +201,7 @@ def cmd_run() -> int:
             f"Webhook token: {first_token}\n\n"
             "Send it what Erathos sends (run it twice: the second answer is a duplicate):\n\n"
             f"{example_curl(base_url, first_token)}\n\n"
-            "The webhook definition to create in Erathos (the same settings as the bridge):\n\n"
-            f"  {shlex.join(f'{k}={v}' for k, v in settings.items())} \\\n"
+            "The webhook definition to create in Erathos:\n\n"
             "  .venv/bin/erathos-prefect-bridge erathos-template --url https://<your public url>\n"
             "\nCtrl-C stops the bridge and the local Prefect server.\n",
             flush=True,
