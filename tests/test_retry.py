@@ -294,7 +294,9 @@ def test_plan_next_turns_an_attempt_into_the_deliverys_next_state(plan: Plan) ->
 
 
 def test_plan_next_backs_off_with_the_policys_jitter() -> None:
-    changes, delay = plan_next(delivery(attempts=2), failed(500, error="HTTP 500: oops"), POLICY, T0)
+    changes, delay = plan_next(
+        delivery(attempts=2), failed(500, error="HTTP 500: oops"), POLICY, T0
+    )
     assert delay is not None
     assert 8.0 <= delay <= 12.0
     assert changes["next_attempt_at"] == T0 + delay
