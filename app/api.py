@@ -330,6 +330,9 @@ async def store_and_deliver(
         reason=recorded.event.ignored_reason,
     )
     outcomes: list[Delivered | None] = [None] * len(recorded.deliveries)
+    if recorded.created and not start_now:
+        for delivery in recorded.deliveries:
+            bridge.dispatcher.queued(delivery.connection)
     if recorded.created and recorded.deliveries and start_now:
         tasks = bridge.dispatcher.submit(Claim(d, recorded.event) for d in recorded.deliveries)
         await asyncio.wait(tasks, timeout=bridge.settings.sync_wait.total_seconds())

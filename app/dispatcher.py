@@ -36,7 +36,6 @@ from app.templates import Lookup
 log = structlog.stdlib.get_logger("erathos_prefect_bridge.dispatcher")
 
 PRUNE_EVERY_SECONDS = 3600.0
-QUEUE_DEPTH_PER_SLOT = 8  # new deliveries started from the webhook, per concurrency slot
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         # Whether the last claim of a connection filled its batch: only then is another
         # claim worth making the moment a delivery finishes (else: at the next poll).
-        self._backlog = dict.fromkeys(connections, True)
+        # (The loop's first claim, at start, finds out what an earlier run left.)
+        self._backlog = dict.fromkeys(connections, False)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_prune = 0.0
@@ -218,7 +218,15 @@ class Dispatcher:
         gate = self.gates.get(connection)
         if gate is None:
             return False
-        return gate.admits and gate.load < gate.max_concurrency * QUEUE_DEPTH_PER_SLOT
+        # Never ahead of older deliveries still waiting to be claimed: a backlog drains
+        # oldest first, and under saturation new events queue behind it.
+        return gate.free > 0 and not self._backlog.get(connection, False)
+
+    def queued(self, connection: str) -> None:
+        """A new delivery was stored unclaimed: the loop claims it (oldest first) as soon
+        as a slot frees up."""
+        if connection in self._backlog:
+            self._backlog[connection] = True
 
     def wake(self) -> None:
         """Look for due deliveries now (after a replay, say) instead of at the next poll."""
