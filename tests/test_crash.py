@@ -6,39 +6,19 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
-
 from tests.conftest import ADMIN_TOKEN, TOKEN
-from tests.processes import ROOT, ServiceProcess, clean_environment
+from tests.processes import (
+    ROOT,
+    ServiceProcess,
+    acknowledged,
+    clean_environment,
+    pending,
+    wait_for,
+)
 from tools.localprefect import PrefectServer, free_port
-
-
-def acknowledged(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
-
-
-def wait_for(condition: object, within: float, what: str) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {within} s")
-        time.sleep(0.1)
-
-
-def pending(service: ServiceProcess) -> int:
-    response = httpx.get(
-        f"{service.url}/events",
-        params={"state": "pending", "limit": 500},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        timeout=10,
-    )
-    response.raise_for_status()
-    return len(response.json()["events"])
 
 
 def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
@@ -90,7 +70,9 @@ def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
         before_restart = acknowledged(acked)
 
         service.start()
-        wait_for(lambda: pending(service) == 0, within=120, what="every delivery settled")
+        wait_for(
+            lambda: pending(service, ADMIN_TOKEN) == 0, within=120, what="every delivery settled"
+        )
     finally:
         client.kill()
         service.stop()
