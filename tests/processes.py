@@ -105,3 +105,17 @@ def pending(service: ServiceProcess, admin_token: str) -> int:
     )
     response.raise_for_status()
     return len(response.json()["events"])
+
+
+def burst(
+    services: list[ServiceProcess], token: str, work: Path, count: int, **options: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start ``tests.burst_client`` in its own process against the services; it writes
+    the acknowledged execution ids and every answer to the two returned files."""
+    acked, answers = work / "acked.txt", work / "answers.txt"
+    extra = [part for key, value in options.items() for part in (f"--{key}", value)]
+    urls = ",".join(s.url for s in services)
+    command = [sys.executable, "-m", "tests.burst_client", "--urls", urls, "--token", token]
+    command += ["--count", str(count), "--acked", str(acked), "--answers", str(answers), *extra]
+    client = subprocess.Popen(command, cwd=ROOT, env=clean_environment())
+    return client, acked, answers

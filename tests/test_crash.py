@@ -4,16 +4,14 @@ separate client process loses no acknowledged event and doubles none."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 from tests.conftest import ADMIN_TOKEN, TOKEN
 from tests.processes import (
-    ROOT,
     ServiceProcess,
     acknowledged,
+    burst,
     clean_environment,
     pending,
     wait_for,
@@ -39,29 +37,8 @@ def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
         BRIDGE_LOG_FORMAT="json",
     )
     service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
-    acked = tmp_path / "acked.txt"
     service.start()
-    client = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.burst_client",
-            "--url",
-            service.url,
-            "--token",
-            TOKEN,
-            "--count",
-            "500",
-            "--concurrency",
-            "16",
-            "--rate",
-            "100",
-            "--acked",
-            str(acked),
-        ],
-        cwd=ROOT,
-        env=clean_environment(),
-    )
+    client, acked, _ = burst([service], TOKEN, tmp_path, 500, concurrency="16", rate="100")
     try:
         wait_for(lambda: len(acknowledged(acked)) >= 150, within=120, what="150 acknowledgements")
         service.signal(signal.SIGKILL)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,9 +20,9 @@ from tests.databases import run_admin
 from tests.erathos import execution
 from tests.pgcluster import PostgresCluster, server_binaries
 from tests.processes import (
-    ROOT,
     ServiceProcess,
     acknowledged,
+    burst,
     clean_environment,
     pending,
     wait_for,
@@ -79,32 +77,10 @@ def test_a_postgresql_restart_mid_burst_loses_nothing_acknowledged_and_heals_by_
         BRIDGE_LOG_FORMAT="json",
     )
     service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
-    acked, answers = tmp_path / "acked.txt", tmp_path / "answers.txt"
     service.start()
     pid = service.process.pid if service.process else None
-    client = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.burst_client",
-            "--url",
-            service.url,
-            "--token",
-            TOKEN,
-            "--count",
-            "500",
-            "--rate",
-            "50",  # ten seconds of traffic, the outage in the middle
-            "--concurrency",
-            "16",
-            "--acked",
-            str(acked),
-            "--answers",
-            str(answers),
-        ],
-        cwd=ROOT,
-        env=clean_environment(),
-    )
+    # Ten seconds of traffic, the outage in the middle.
+    client, acked, answers = burst([service], TOKEN, tmp_path, 500, rate="50", concurrency="16")
     try:
         wait_for(lambda: len(acknowledged(acked)) >= 80, within=60, what="80 acknowledgements")
         cluster.stop("immediate")  # as if the server crashed; the start recovers from its WAL

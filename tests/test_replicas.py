@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +19,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.database import deliveries, events
 from tests.conftest import ADMIN_TOKEN, TOKEN
 from tests.processes import (
-    ROOT,
     ServiceProcess,
     acknowledged,
+    burst,
     clean_environment,
     pending,
     wait_for,
@@ -67,34 +65,6 @@ def replicas(
     finally:
         for service in started:
             service.stop()
-
-
-def burst(
-    services: list[ServiceProcess], tmp_path: Path, count: int, **options: str
-) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    acked, answers = tmp_path / "acked.txt", tmp_path / "answers.txt"
-    extra = [part for key, value in options.items() for part in (f"--{key}", value)]
-    client = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.burst_client",
-            "--urls",
-            ",".join(s.url for s in services),
-            "--token",
-            TOKEN,
-            "--count",
-            str(count),
-            "--acked",
-            str(acked),
-            "--answers",
-            str(answers),
-            *extra,
-        ],
-        cwd=ROOT,
-        env=clean_environment(),
-    )
-    return client, acked, answers
 
 
 def query(url: str, *statements: Select[int]) -> list[int]:
@@ -156,7 +126,9 @@ def test_two_replicas_turn_1000_events_with_concurrent_duplicates_into_1000_flow
     flow_id: str,
     postgres_url: str,
 ) -> None:
-    client, acked, answers = burst(replicas, tmp_path, 1000, duplicates="0.1", concurrency="16")
+    client, acked, answers = burst(
+        replicas, TOKEN, tmp_path, 1000, duplicates="0.1", concurrency="16"
+    )
     try:
         assert client.wait(180) == 0
         wait_for(lambda: pending(replicas[0], ADMIN_TOKEN) == 0, within=120, what="every delivery")
@@ -191,7 +163,7 @@ def test_a_replica_killed_mid_burst_leaves_its_deliveries_to_the_survivor(
 ) -> None:
     doomed, survivor = replicas
     client, acked, answers = burst(
-        replicas, tmp_path, 600, duplicates="0.1", concurrency="16", rate="150"
+        replicas, TOKEN, tmp_path, 600, duplicates="0.1", concurrency="16", rate="150"
     )
     try:
         wait_for(lambda: len(acknowledged(acked)) >= 150, within=120, what="150 acknowledgements")
