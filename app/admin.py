@@ -3,6 +3,7 @@ and attempts, and replay dead or delivered deliveries."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,7 @@ from app.api import BridgeDep, DeliveryOut, bearer_token, read_json_body, token_
 from app.diagnose import simulate
 from app.errors import (
     Conflict,
+    FieldError,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
@@ -152,8 +154,8 @@ async def list_events(
         state=state,
         job_id=job_id,
         table_name=table_name,
-        since=since.timestamp() if since else None,
-        until=until.timestamp() if until else None,
+        since=_epoch(since, "since"),
+        until=_epoch(until, "until"),
         before=before,
         limit=limit,
     )
@@ -163,6 +165,19 @@ async def list_events(
         last = page[-1][0]
         next_cursor = f"{last.received_at!r}_{last.id}"
     return EventPage(events=out, next_cursor=next_cursor)
+
+
+def _epoch(when: datetime | None, field: str) -> float | None:
+    """A query time as epoch seconds; a time without an offset is UTC."""
+    if when is None:
+        return None
+    try:
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
+        message = "is out of range"
+        raise ValidationFailed(
+            f"invalid {field}", fields=[FieldError(field=field, message=message)]
+        ) from None
 
 
 def _parse_cursor(cursor: str) -> tuple[float, str]:
@@ -236,8 +251,15 @@ async def replay_event(
     if found is None:
         raise NotFound(f"no event {event_id}")
     _, found_deliveries = found
-    replayed = [await _replay(bridge, d, new_run) for d in found_deliveries if d.state != "pending"]
-    bridge.dispatcher.wake()
+    replayed = []
+    try:
+        for delivery in found_deliveries:
+            if delivery.state == "pending":
+                continue
+            with suppress(Conflict, NotFound):  # it became pending (or went) meanwhile
+                replayed.append(await _replay(bridge, delivery, new_run))
+    finally:
+        bridge.dispatcher.wake()
     return replayed
 
 

@@ -181,9 +181,13 @@ async def read_json_body(request: Request, settings: Settings) -> Any:
     except TimeoutError:
         raise RequestTimeout("the body did not arrive in time") from None
     try:
-        return json.loads(body, object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        parsed = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        # What parses must also store: a lone surrogate ("\ud800") or nesting just under
+        # the parser's limit would otherwise fail later, in the store, as a 500.
+        json.dumps(parsed, ensure_ascii=False).encode()
+    except (UnicodeError, ValueError, RecursionError) as exc:
         raise InvalidBody(f"the body is not valid JSON: {_short(exc)}") from None
+    return parsed
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -252,10 +252,6 @@ class Dispatcher:
         if any(self._backlog.values()):
             self._wake.set()  # a slot is free and more is due: claim now, not at the next poll
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     async def _deliver(self, claim: Claim) -> Delivered:
         delivery = claim.delivery
         route = self.router.route(delivery.route)

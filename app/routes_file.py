@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -237,6 +238,9 @@ def _connection(
         api_url = f"{PREFECT_CLOUD_API}/accounts/{account}/workspaces/{workspace}"
     elif "://" not in api_url:
         api_url = f"https://{api_url.rstrip('/')}/api"
+    parts = urlsplit(api_url)
+    if parts.username or parts.password:
+        raise ValueError(f"{where}.api_url: must not carry credentials: use auth_string")
     if spec.api_key is not None and spec.auth_string is not None:
         raise ValueError(f"{where}: give api_key (Prefect Cloud) or auth_string (Basic), not both")
     return ConnectionSpec(

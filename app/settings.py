@@ -259,6 +259,9 @@ class Settings(PublicSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL such as http://prefect:4200/api")
+        if parts.username or parts.password:
+            # It would show in flow run links and /readyz; credentials have their settings.
+            raise ValueError("must not carry credentials: use PREFECT_API_AUTH_STRING")
         return value
 
     @field_validator("prefect_api_version")

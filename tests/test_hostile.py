@@ -46,6 +46,7 @@ HOSTILE: list[tuple[str, dict[str, str], bytes, int]] = [
         422,
     ),
     ("invalid UTF-8", {}, b'{"execution_id": "\xff\xfe"}', 400),
+    ("a lone surrogate", {}, raw('{"execution_id": "a", "x": "\\ud800"}'), 400),
     ("duplicate keys", {}, raw('{"execution_id": "a", "execution_id": "b"}'), 400),
     ("same name in two cases", {}, raw('{"execution_id": "a", "EXECUTION_ID": "b"}'), 422),
     ("a huge JSON number", {}, raw('{"execution_id": "a", "rows": ' + "9" * 5000 + "}"), 400),
@@ -176,3 +177,25 @@ def test_a_slow_client_is_cut_off(tmp_path: Path) -> None:
 
     assert answer.startswith(b"HTTP/1.1 408")
     assert waited < 5
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00", "9999-12-31T23:59:59"])
+async def test_an_extreme_time_filter_is_a_422_not_a_500(
+    guarded: httpx.AsyncClient, since: str
+) -> None:
+    response = await guarded.get("/events", params={"since": since}, headers=auth(ADMIN_TOKEN))
+
+    assert response.status_code in (200, 422), response.text
+
+
+@pytest.mark.parametrize("depth", [500, 900, 950, 990, 1000, 1100])
+async def test_nesting_around_the_parsers_limit_is_stored_or_refused_never_a_500(
+    guarded: httpx.AsyncClient, depth: int
+) -> None:
+    content = raw('{"execution_id": "a", "x": ' + '{"a": ' * depth + "1" + "}" * depth + "}")
+
+    response = await guarded.post(
+        "/webhooks/erathos", content=content, headers={"Content-Type": "application/json", **auth()}
+    )
+
+    assert response.status_code in (202, 400), response.text

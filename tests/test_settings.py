@@ -102,6 +102,11 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
         pytest.param({"PREFECT_API_URL": "ftp://prefect/api"}, "PREFECT_API_URL", id="ftp-url"),
         pytest.param({"PREFECT_API_URL": "http://"}, "PREFECT_API_URL", id="url-without-host"),
         pytest.param(
+            {"PREFECT_API_URL": "https://user:pw@prefect.example.com/api"},
+            "PREFECT_API_URL",
+            id="url-with-credentials",
+        ),
+        pytest.param(
             {"PREFECT_API_URL": None, "PREFECT_ACCOUNT_ID": ACCOUNT_ID},
             "PREFECT_WORKSPACE_ID",
             id="only-account-id",
