@@ -8,6 +8,8 @@ that died with the server. :mod:`app.store` holds every query.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,24 @@ def _postgres_engine(
     )
 
 
+def _enable_wal(cursor: Any, lock_timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL``, retried until ``lock_timeout``. Switching a new
+    database to WAL needs its exclusive lock, and SQLite answers "database is locked" at
+    once, without its busy handler, while another process (a replica starting on the
+    same file) holds it. Runs on the connection's own thread, so sleeping is fine."""
+    deadline = time.monotonic() + lock_timeout
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> AsyncEngine:
     # BRIDGE_DURABILITY applies here only: on PostgreSQL what a commit survives is the
     # server's own durability (its fsync and replication settings).
@@ -200,7 +220,7 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Asy
         cursor = dbapi_connection.cursor()
         # How long a write waits for another process's lock before we answer 503.
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor, lock_timeout)
         # WAL + NORMAL survives a crash of the process (kill -9); FULL also a power loss.
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")

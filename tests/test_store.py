@@ -247,6 +247,27 @@ async def test_stores_opened_at_once_create_the_schema_once(database_url: str) -
             await s.close()
 
 
+async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(tmp_path: Path) -> None:
+    """Switching a new file to WAL needs its exclusive lock, and SQLite answers "locked"
+    at once, without its busy handler, while another connection holds the write lock (a
+    replica starting on the same file). Opening waits for it instead."""
+    path = tmp_path / "bridge.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        opening = asyncio.create_task(Store.open(f"sqlite:///{path}"))
+        await asyncio.sleep(0.3)
+        assert not opening.done(), opening.exception()
+        other.execute("COMMIT")
+        store = await opening
+    finally:
+        other.close()
+    try:
+        assert await store.pending_summary() == {}
+    finally:
+        await store.close()
+
+
 async def test_readiness_probes_of_replicas_at_once_all_succeed(database_url: str) -> None:
     one, two = await Store.open(database_url), await Store.open(database_url)
     try:
