@@ -1,9 +1,10 @@
 """The database: the schema's tables, and an engine for SQLite or PostgreSQL.
 
-SQLite (the embedded default, one replica) runs in WAL mode on one connection;
-``BRIDGE_DURABILITY`` decides whether a commit waits for an fsync. PostgreSQL (any
-number of replicas) runs on asyncpg with a bounded pool that replaces connections
-that died with the server. :mod:`app.store` holds every query.
+SQLite (the embedded default, one replica) runs in WAL mode on one connection of
+Python's own ``sqlite3``, which :class:`app.store.Store` uses from one thread of its
+own; ``BRIDGE_DURABILITY`` decides whether a commit waits for an fsync. PostgreSQL
+(any number of replicas) runs on asyncpg with a bounded pool that replaces
+connections that died with the server. :mod:`app.store` holds every query.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -129,8 +130,9 @@ def display_url(url: str) -> str:
 
 def open_engine(
     url: str, durability: Durability, lock_timeout: float, pool_size: int, pool_timeout: float
-) -> AsyncEngine:
-    """The engine for the store ``url`` names: PostgreSQL, or SQLite."""
+) -> AsyncEngine | Engine:
+    """The engine for the store ``url`` names: PostgreSQL's (asyncio), or SQLite's
+    (blocking, for one thread that runs every transaction)."""
     if database_kind(url) == "postgresql":
         return _postgres_engine(url, lock_timeout, pool_size, pool_timeout)
     return _sqlite_engine(url, durability, lock_timeout)
@@ -197,10 +199,10 @@ def _enable_wal(cursor: Any, lock_timeout: float) -> None:
         pause = min(pause * 2, 0.1)
 
 
-def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> AsyncEngine:
+def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Engine:
     # BRIDGE_DURABILITY applies here only: on PostgreSQL what a commit survives is the
     # server's own durability (its fsync and replication settings).
-    parsed = make_url(url).set(drivername="sqlite+aiosqlite")
+    parsed = make_url(url).set(drivername="sqlite+pysqlite")
     database = parsed.database
     if database and database != ":memory:":
         try:
@@ -209,11 +211,18 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Asy
             raise StoreUnavailable(f"cannot create the directory of {database}: {exc}") from exc
     # One connection: SQLite has one writer anyway, and a single connection makes
     # every transaction in this process strictly sequential (no SQLITE_BUSY inside it).
-    engine = create_async_engine(parsed, pool_size=1, max_overflow=0, pool_timeout=30)
+    # The store uses it from one thread, but closes it from whichever disposes it.
+    engine = create_engine(
+        parsed,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+        connect_args={"check_same_thread": False},
+    )
     busy_timeout_ms = int(lock_timeout * 1000)
     synchronous = "FULL" if durability is Durability.POWER else "NORMAL"
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's BEGIN below control transactions instead of the driver.
         dbapi_connection.isolation_level = None
@@ -226,7 +235,7 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Asy
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front: another process (the CLI) waits on
         # busy_timeout instead of failing with a deadlock on lock upgrade.

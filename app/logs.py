@@ -36,7 +36,7 @@ MASK = "********"
 MIN_SECRET_CHARS = 6  # shorter fragments would mask ordinary words
 # Probes and scrapes arrive every few seconds: logged at DEBUG unless they fail.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-NOISY_LIBRARIES = ("httpx", "httpcore", "aiosqlite", "asyncio")
+NOISY_LIBRARIES = ("httpx", "httpcore", "asyncio")
 LEADING_KEYS = ("ts", "level", "logger", "msg", "request_id")
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}

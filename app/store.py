@@ -16,18 +16,19 @@ transaction-scoped advisory lock).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Table,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -38,8 +39,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import (
     StoreUnavailable as StoreUnavailable,  # the store's one error, re-exported
@@ -54,6 +56,7 @@ from app.database import (
 )
 from app.settings import Durability
 
+T = TypeVar("T")
 SCHEMA_VERSION = 1
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 EVENT_STATES = ("pending", "delivered", "dead", "ignored")
@@ -140,11 +143,33 @@ def new_id() -> str:
 
 
 class Store:
-    """Every read and write the service makes. Errors surface as :class:`StoreUnavailable`."""
+    """Every read and write the service makes. Errors surface as :class:`StoreUnavailable`.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Each operation is one function of a blocking SQLAlchemy connection, run in one
+    transaction by :meth:`run`: on SQLite in the store's own thread (one hop to it per
+    transaction, where an asyncio driver makes one per statement and fetch), on
+    PostgreSQL through asyncpg (``run_sync``). The statements of the hot path are built
+    once, with their values bound at execution.
+    """
+
+    def __init__(self, engine: AsyncEngine | Engine) -> None:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
+        self._thread = (
+            None
+            if isinstance(engine, AsyncEngine)
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-sqlite")
+        )
+        dialect_insert = postgresql.insert if self.postgres else sqlite.insert
+        self._insert_event = (
+            dialect_insert(events)
+            .on_conflict_do_nothing(index_elements=["execution_id"])
+            .returning(events.c.id)
+        )
+        upsert = dialect_insert(meta)
+        self._set_meta = upsert.on_conflict_do_update(
+            index_elements=[meta.c.key], set_={"value": upsert.excluded.value}
+        )
 
     @classmethod
     async def open(
@@ -159,23 +184,32 @@ class Store:
         """Open the store ``url`` names (SQLite or PostgreSQL) and create or upgrade its
         schema. ``pool_size`` and ``pool_timeout`` apply to PostgreSQL; SQLite keeps one
         connection."""
-        engine = open_engine(url, durability, lock_timeout, pool_size, pool_timeout)
-        store = cls(engine)
+        store = cls(open_engine(url, durability, lock_timeout, pool_size, pool_timeout))
         try:
-            await store._migrate()
+            await store.run(store._migrate)
         except BaseException:
-            await engine.dispose()
+            await store.close()
             raise
         return store
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if isinstance(self.engine, AsyncEngine):
+            await self.engine.dispose()
+            return
+        assert self._thread is not None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
+        self._thread.shutdown()
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction: committed when it returns, rolled back
+        when it raises. The store's LookupError and ValueError pass through."""
         try:
-            async with self.engine.begin() as conn:
-                yield conn
+            if isinstance(self.engine, AsyncEngine):
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(work)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, _in_transaction, self.engine, work
+            )
         except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out
             raise StoreUnavailable(_describe(exc)) from exc
         except Exception as exc:
@@ -185,48 +219,35 @@ class Store:
                 raise StoreUnavailable(_describe(exc)) from exc
             raise
 
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        """INSERT with the dialect's ON CONFLICT clause at hand."""
-        return postgresql.insert(table) if self.postgres else sqlite.insert(table)
-
-    async def _set_meta(self, conn: AsyncConnection, key: str, value: str) -> None:
-        upsert = self._insert(meta).values(key=key, value=value)
-        await conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[meta.c.key], set_={"value": upsert.excluded.value}
+    def _migrate(self, conn: Connection) -> None:
+        if self.postgres:
+            # Replicas starting at once take turns: the first creates or upgrades the
+            # schema, the others then find it current. The lock is released with the
+            # transaction (or when a replica dies holding it), so waiting for it has no
+            # time limit.
+            conn.execute(text("SET LOCAL lock_timeout = 0"))
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
+            conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+        # SQLite: BEGIN IMMEDIATE has taken the database's write lock already.
+        meta.create(conn, checkfirst=True)
+        found = conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+        version = int(found) if found is not None else 0
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"the database has schema version {version}, newer than this release "
+                f"understands ({SCHEMA_VERSION}); run the newer release"
             )
-        )
-
-    async def _migrate(self) -> None:
-        async with self._transaction() as conn:
-            if self.postgres:
-                # Replicas starting at once take turns: the first creates or upgrades
-                # the schema, the others then find it current. The lock is released
-                # with the transaction (or when a replica dies holding it), so waiting
-                # for it has no time limit.
-                await conn.execute(text("SET LOCAL lock_timeout = 0"))
-                await conn.execute(text("SET LOCAL statement_timeout = 0"))
-                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
-            # SQLite: BEGIN IMMEDIATE has taken the database's write lock already.
-            await conn.run_sync(lambda sync: meta.create(sync, checkfirst=True))
-            found = await conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
-            version = int(found) if found is not None else 0
-            if version > SCHEMA_VERSION:
-                raise StoreUnavailable(
-                    f"the database has schema version {version}, newer than this release "
-                    f"understands ({SCHEMA_VERSION}); run the newer release"
-                )
-            if version == SCHEMA_VERSION:
-                return
-            # Version 0 is an empty database; later versions add their steps here.
-            await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
-            await self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+        if version == SCHEMA_VERSION:
+            return
+        # Version 0 is an empty database; later versions add their steps here.
+        metadata.create_all(conn, checkfirst=True)
+        conn.execute(self._set_meta, {"key": "schema_version", "value": str(SCHEMA_VERSION)})
 
     async def check_writable(self) -> None:
         """Commit a real write, so readiness means 'an event can be stored now'. An
         upsert: probes of several replicas at once must not collide on the key."""
-        async with self._transaction() as conn:
-            await self._set_meta(conn, "ready_probe", str(time.time()))
+        probe = {"key": "ready_probe", "value": str(time.time())}
+        await self.run(lambda conn: conn.execute(self._set_meta, probe))
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -262,49 +283,40 @@ class Store:
             "payload": json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
             "ignored_reason": ignored_reason,
         }
-        async with self._transaction() as conn:
-            inserted = await conn.scalar(
-                self._insert(events)
-                .values(row)
-                .on_conflict_do_nothing(index_elements=["execution_id"])
-                .returning(events.c.id)
-            )
-            if inserted is None:
-                earlier = (
-                    await conn.execute(select(events).where(events.c.execution_id == execution_id))
-                ).one()
-                found = await conn.execute(
-                    select(deliveries)
-                    .where(deliveries.c.event_id == earlier.id)
-                    .order_by(deliveries.c.route)
-                )
-                return Recorded(
-                    _event(earlier._mapping), [_delivery(d._mapping) for d in found], created=False
-                )
-            rows = [
-                {
-                    "id": new_id(),
-                    "event_id": event_id,
-                    "route": new.route,
-                    "connection": new.connection,
-                    "idempotency_key": new.idempotency_key,
-                    "state": PENDING,
-                    "attempts": 1 if claim_for else 0,
-                    "created_at": now,
-                    "window_started_at": now,
-                    "next_attempt_at": now,
-                    "lease_owner": claim_for,
-                    "lease_expires_at": now + lease_seconds if claim_for else None,
-                    "flow_run_id": None,
-                    "flow_run_url": None,
-                    "last_status_code": None,
-                    "last_error": None,
-                    "finished_at": None,
-                }
-                for new in new_deliveries
-            ]
+        rows = [
+            {
+                "id": new_id(),
+                "event_id": event_id,
+                "route": new.route,
+                "connection": new.connection,
+                "idempotency_key": new.idempotency_key,
+                "state": PENDING,
+                "attempts": 1 if claim_for else 0,
+                "created_at": now,
+                "window_started_at": now,
+                "next_attempt_at": now,
+                "lease_owner": claim_for,
+                "lease_expires_at": now + lease_seconds if claim_for else None,
+                "flow_run_id": None,
+                "flow_run_url": None,
+                "last_status_code": None,
+                "last_error": None,
+                "finished_at": None,
+            }
+            for new in new_deliveries
+        ]
+
+        def work(conn: Connection) -> Recorded | None:
+            if conn.scalar(self._insert_event, row) is None:
+                earlier = conn.execute(_EVENT_BY_EXECUTION, {"b_execution_id": execution_id})
+                return _with_deliveries(conn, earlier.one(), created=False)
             if rows:
-                await conn.execute(insert(deliveries), rows)
+                conn.execute(_INSERT_DELIVERY, rows)
+            return None
+
+        earlier = await self.run(work)
+        if earlier is not None:
+            return earlier
         return Recorded(_event(row), [_delivery(r) for r in rows], created=True)
 
     # -- dispatch -------------------------------------------------------------------------
@@ -339,25 +351,27 @@ class Store:
             # them (and re-checking them after): each due delivery goes to one of them.
             # SQLite needs none: BEGIN IMMEDIATE makes the whole claim exclusive.
             due = due.with_for_update(skip_locked=True)
-        async with self._transaction() as conn:
-            claimed = (
-                await conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_(due.scalar_subquery()))
-                    .values(
-                        lease_owner=owner,
-                        lease_expires_at=now + lease_seconds,
-                        attempts=deliveries.c.attempts + 1,
-                    )
-                    .returning(*deliveries.c)
-                )
-            ).all()
+        lease = (
+            update(deliveries)
+            .where(deliveries.c.id.in_(due.scalar_subquery()))
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                attempts=deliveries.c.attempts + 1,
+            )
+            .returning(*deliveries.c)
+        )
+
+        def work(conn: Connection) -> list[Claim]:
+            claimed = conn.execute(lease).all()
             if not claimed:
                 return []
             event_ids = {row.event_id for row in claimed}
-            found = await conn.execute(select(events).where(events.c.id.in_(event_ids)))
+            found = conn.execute(select(events).where(events.c.id.in_(event_ids)))
             by_id = {row.id: _event(row._mapping) for row in found}
-        claims = [Claim(_delivery(row._mapping), by_id[row.event_id]) for row in claimed]
+            return [Claim(_delivery(row._mapping), by_id[row.event_id]) for row in claimed]
+
+        claims = await self.run(work)
         claims.sort(key=lambda c: (c.delivery.next_attempt_at, c.delivery.created_at))
         return claims
 
@@ -380,40 +394,38 @@ class Store:
         Returns False when the lease was lost (another process took the delivery over):
         the attempt is still recorded, the delivery's state is left to its new holder.
         """
-        async with self._transaction() as conn:
-            await conn.execute(
-                insert(attempts).values(
-                    delivery_id=delivery.id,
-                    number=delivery.attempts,
-                    started_at=started_at,
-                    duration_ms=duration_ms,
-                    outcome=outcome,
-                    status_code=status_code,
-                    error=error,
-                    response_excerpt=response_excerpt,
-                    retry_in=retry_in,
-                )
-            )
-            result = await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery.id, deliveries.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None, **changes)
-            )
-        return bool(result.rowcount == 1)
+        attempt = {
+            "delivery_id": delivery.id,
+            "number": delivery.attempts,
+            "started_at": started_at,
+            "duration_ms": duration_ms,
+            "outcome": outcome,
+            "status_code": status_code,
+            "error": error,
+            "response_excerpt": response_excerpt,
+            "retry_in": retry_in,
+        }
+        # The SET clause is the columns named here (the statement is compiled once per
+        # set of names); b_id and b_owner are the WHERE clause's.
+        values = {"lease_owner": None, "lease_expires_at": None, **changes}
+
+        def work(conn: Connection) -> bool:
+            conn.execute(_INSERT_ATTEMPT, attempt)
+            result = conn.execute(_IF_HELD, {"b_id": delivery.id, "b_owner": owner, **values})
+            return bool(result.rowcount == 1)
+
+        return await self.run(work)
 
     async def renew(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend our lease before sending (a delivery may wait for its turn); False when
         the lease is no longer ours: then another process has it and we must not send."""
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.id == delivery_id,
-                    deliveries.c.lease_owner == owner,
-                    deliveries.c.state == PENDING,
-                )
-                .values(lease_expires_at=time.time() + lease_seconds)
-            )
+        renewal = update(deliveries).where(
+            deliveries.c.id == delivery_id,
+            deliveries.c.lease_owner == owner,
+            deliveries.c.state == PENDING,
+        )
+        expires = {"lease_expires_at": time.time() + lease_seconds}
+        result = await self.run(lambda conn: conn.execute(renewal, expires))
         return bool(result.rowcount == 1)
 
     async def release(
@@ -426,57 +438,53 @@ class Store:
         values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
         if untried:
             values["attempts"] = deliveries.c.attempts - 1
-        async with self._transaction() as conn:
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(delivery_ids), deliveries.c.lease_owner == owner)
-                .values(**values)
-            )
+        given_back = (
+            update(deliveries)
+            .where(deliveries.c.id.in_(delivery_ids), deliveries.c.lease_owner == owner)
+            .values(**values)
+        )
+        await self.run(lambda conn: conn.execute(given_back))
 
     async def resume(self, connection: str) -> int:
         """Make every pending delivery of a connection due now (it has recovered);
         the claim order then drains them oldest first."""
         now = time.time()
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.state == PENDING,
-                    deliveries.c.connection == connection,
-                    deliveries.c.next_attempt_at > now,
-                )
-                .values(next_attempt_at=now)
+        due_now = (
+            update(deliveries)
+            .where(
+                deliveries.c.state == PENDING,
+                deliveries.c.connection == connection,
+                deliveries.c.next_attempt_at > now,
             )
+            .values(next_attempt_at=now)
+        )
+        result = await self.run(lambda conn: conn.execute(due_now))
         return int(result.rowcount)
 
     # -- inspection and replay ------------------------------------------------------------
 
     async def get_event(self, event_id: str) -> tuple[EventRecord, list[DeliveryRecord]] | None:
-        async with self._transaction() as conn:
-            row = (await conn.execute(select(events).where(events.c.id == event_id))).one_or_none()
+        def work(conn: Connection) -> tuple[EventRecord, list[DeliveryRecord]] | None:
+            row = conn.execute(select(events).where(events.c.id == event_id)).one_or_none()
             if row is None:
                 return None
-            found = await conn.execute(
-                select(deliveries)
-                .where(deliveries.c.event_id == event_id)
-                .order_by(deliveries.c.route)
-            )
-            return _event(row._mapping), [_delivery(d._mapping) for d in found]
+            found = _with_deliveries(conn, row, created=False)
+            return found.event, found.deliveries
+
+        return await self.run(work)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        async with self._transaction() as conn:
-            row = (
-                await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
-            ).one_or_none()
+        query = select(deliveries).where(deliveries.c.id == delivery_id)
+        row = await self.run(lambda conn: conn.execute(query).one_or_none())
         return _delivery(row._mapping) if row is not None else None
 
     async def attempts_of(self, delivery_ids: Sequence[str]) -> list[AttemptRecord]:
-        async with self._transaction() as conn:
-            found = await conn.execute(
-                select(attempts)
-                .where(attempts.c.delivery_id.in_(delivery_ids))
-                .order_by(attempts.c.delivery_id, attempts.c.id)
-            )
+        query = (
+            select(attempts)
+            .where(attempts.c.delivery_id.in_(delivery_ids))
+            .order_by(attempts.c.delivery_id, attempts.c.id)
+        )
+        found = await self.run(lambda conn: conn.execute(query).all())
         return [AttemptRecord(**row._mapping) for row in found]
 
     async def pending_summary(self) -> dict[str, tuple[int, float]]:
@@ -492,8 +500,7 @@ class Store:
             .where(deliveries.c.state == PENDING)
             .group_by(deliveries.c.connection)
         )
-        async with self._transaction() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.run(lambda conn: conn.execute(query).all())
         return {row[0]: (int(row[1]), float(row[2])) for row in rows}
 
     async def list_events(
@@ -528,18 +535,20 @@ class Store:
         if state is not None:
             query = query.where(_event_state_condition(state))
         query = query.order_by(events.c.received_at.desc(), events.c.id.desc()).limit(limit)
-        async with self._transaction() as conn:
-            rows = (await conn.execute(query)).all()
-            ids = [row.id for row in rows]
-            found = await conn.execute(
+
+        def work(conn: Connection) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
+            rows = conn.execute(query).all()
+            found = conn.execute(
                 select(deliveries)
-                .where(deliveries.c.event_id.in_(ids))
+                .where(deliveries.c.event_id.in_([row.id for row in rows]))
                 .order_by(deliveries.c.route)
             )
             by_event: dict[str, list[DeliveryRecord]] = {}
             for d in found:
                 by_event.setdefault(d.event_id, []).append(_delivery(d._mapping))
-        return [(_event(row._mapping), by_event.get(row.id, [])) for row in rows]
+            return [(_event(row._mapping), by_event.get(row.id, [])) for row in rows]
+
+        return await self.run(work)
 
     async def replay(self, delivery_id: str, *, new_run: bool = False) -> DeliveryRecord:
         """Make a delivered or dead delivery pending again, due now, with a fresh budget.
@@ -549,9 +558,10 @@ class Store:
         Raises LookupError when it does not exist, ValueError when it is still pending.
         """
         now = time.time()
-        async with self._transaction() as conn:
-            row = (
-                await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
+
+        def work(conn: Connection) -> DeliveryRecord:
+            row = conn.execute(
+                select(deliveries).where(deliveries.c.id == delivery_id)
             ).one_or_none()
             if row is None:
                 raise LookupError(delivery_id)
@@ -572,37 +582,62 @@ class Store:
                     "flow_run_id": None,
                     "flow_run_url": None,
                 }
-            updated = (
-                await conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id == delivery_id, deliveries.c.state != PENDING)
-                    .values(**changes)
-                    .returning(*deliveries.c)
-                )
+            updated = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.state != PENDING)
+                .values(**changes)
+                .returning(*deliveries.c)
             ).one_or_none()
             if updated is None:  # replayed by another process since we read it
                 raise ValueError("the delivery is still pending: it is retried by itself")
-        return _delivery(updated._mapping)
+            return _delivery(updated._mapping)
+
+        return await self.run(work)
 
     async def prune(self, older_than: float, batch: int = 500) -> int:
         """Delete finished events received before ``older_than``; dead letters stay."""
         unfinished = exists().where(
             deliveries.c.event_id == events.c.id, deliveries.c.state.in_((PENDING, DEAD))
         )
+        chosen = (
+            select(events.c.id)
+            .where(events.c.received_at < older_than, ~unfinished)
+            .limit(batch)
+            .scalar_subquery()
+        )
+        removal = delete(events).where(events.c.id.in_(chosen))
         removed = 0
-        while True:
-            chosen = (
-                select(events.c.id)
-                .where(events.c.received_at < older_than, ~unfinished)
-                .limit(batch)
-                .scalar_subquery()
-            )
-            async with self._transaction() as conn:
-                result = await conn.execute(delete(events).where(events.c.id.in_(chosen)))
-            count = int(result.rowcount)
+        while True:  # in batches, so no transaction holds the write lock for long
+            count = await self.run(lambda conn: int(conn.execute(removal).rowcount))
             removed += count
             if count < batch:
                 return removed
+
+
+# The hot path's statements, built once; b_* are the WHERE clause's parameters.
+_INSERT_DELIVERY = insert(deliveries)
+_INSERT_ATTEMPT = insert(attempts)
+_IF_HELD = update(deliveries).where(
+    deliveries.c.id == bindparam("b_id"), deliveries.c.lease_owner == bindparam("b_owner")
+)
+_EVENT_BY_EXECUTION = select(events).where(events.c.execution_id == bindparam("b_execution_id"))
+_DELIVERIES_OF = (
+    select(deliveries)
+    .where(deliveries.c.event_id == bindparam("b_event_id"))
+    .order_by(deliveries.c.route)
+)
+
+
+def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return work(conn)
+
+
+def _with_deliveries(conn: Connection, event_row: Any, *, created: bool) -> Recorded:
+    found = conn.execute(_DELIVERIES_OF, {"b_event_id": event_row.id})
+    return Recorded(
+        _event(event_row._mapping), [_delivery(d._mapping) for d in found], created=created
+    )
 
 
 def replay_key(key: str) -> str:
@@ -638,7 +673,7 @@ def _delivery(row: Any) -> DeliveryRecord:
     return DeliveryRecord(**dict(row))
 
 
-_DRIVER_MODULES = frozenset({"asyncpg", "aiosqlite", "sqlite3"})
+_DRIVER_MODULES = frozenset({"asyncpg", "sqlite3"})
 
 
 def _describe(exc: BaseException) -> str:

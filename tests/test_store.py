@@ -120,14 +120,14 @@ async def finished(store: Store, state: str, **kwargs: Any) -> Recorded:
 
 
 async def rows(store: Store, table: Table) -> int:
-    async with store.engine.connect() as conn:
-        return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+    count = select(func.count()).select_from(table)
+    return await store.run(lambda conn: int(conn.scalar(count) or 0))
 
 
 async def set_columns(store: Store, table: Table, row_id: str, **values: Any) -> None:
     """Arrange a row directly (times the store would otherwise take from the clock)."""
-    async with store.engine.begin() as conn:
-        await conn.execute(update(table).where(table.c.id == row_id).values(**values))
+    arranged = update(table).where(table.c.id == row_id).values(**values)
+    await store.run(lambda conn: conn.execute(arranged))
 
 
 async def delivery(store: Store, delivery_id: str) -> DeliveryRecord:
@@ -237,10 +237,8 @@ async def test_stores_opened_at_once_create_the_schema_once(database_url: str) -
         assert len(stores) == 4, [e for e in opened if not isinstance(e, Store)]
         recorded = await record(stores[0], "exec-1")
         assert [await s.get_event(recorded.event.id) is not None for s in stores] == [True] * 4
-        async with stores[1].engine.connect() as conn:
-            versions = (
-                await conn.execute(select(meta.c.value).where(meta.c.key == "schema_version"))
-            ).all()
+        query = select(meta.c.value).where(meta.c.key == "schema_version")
+        versions = await stores[1].run(lambda conn: conn.execute(query).all())
         assert versions == [(str(SCHEMA_VERSION),)]
     finally:
         for s in stores:
@@ -679,10 +677,8 @@ async def test_a_database_from_a_newer_release_refuses_to_open(database_url: str
     opened = await Store.open(database_url)
     newer = SCHEMA_VERSION + 1
     try:
-        async with opened.engine.begin() as conn:
-            await conn.execute(
-                update(meta).where(meta.c.key == "schema_version").values(value=str(newer))
-            )
+        newer_version = update(meta).where(meta.c.key == "schema_version")
+        await opened.run(lambda conn: conn.execute(newer_version.values(value=str(newer))))
     finally:
         await opened.close()
 
@@ -705,9 +701,12 @@ async def test_durability_sets_synchronous_on_a_wal_journal(
 ) -> None:
     opened = await Store.open(url(db_path), durability)
     try:
-        async with opened.engine.connect() as conn:
-            found = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
-            journal = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+        found, journal = await opened.run(
+            lambda conn: (
+                conn.exec_driver_sql("PRAGMA synchronous").scalar(),
+                conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+            )
+        )
     finally:
         await opened.close()
 
@@ -742,17 +741,16 @@ async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
     the webhook answers (synchronous_commit=on, whatever the server's default)."""
     opened = await Store.open(postgres_url, durability, lock_timeout=1.5, pool_size=3)
     try:
-        async with opened.engine.connect() as conn:
-            shown = {
-                name: (await conn.execute(text(f"SHOW {name}"))).scalar()
-                for name in (
-                    "synchronous_commit",
-                    "lock_timeout",
-                    "statement_timeout",
-                    "application_name",
-                    "transaction_isolation",
-                )
-            }
+        names = (
+            "synchronous_commit",
+            "lock_timeout",
+            "statement_timeout",
+            "application_name",
+            "transaction_isolation",
+        )
+        shown = await opened.run(
+            lambda conn: {name: conn.execute(text(f"SHOW {name}")).scalar() for name in names}
+        )
         status = opened.engine.pool.status()
     finally:
         await opened.close()
