@@ -540,6 +540,29 @@ async def test_replay_refuses_a_pending_delivery_and_an_unknown_one(store: Store
     assert await delivery(store, pending.id) == pending
 
 
+async def test_a_failing_operation_among_many_at_once_fails_alone(database_url: str) -> None:
+    """SQLite commits what arrives together in one transaction: a refused replay in the
+    middle of a burst of new events is its caller's error, and every event is stored."""
+    opened = await Store.open(database_url)
+    try:
+        [pending] = (await record(opened)).deliveries
+        ids = [uuid.uuid4().hex for _ in range(40)]
+        done = await asyncio.gather(
+            *(record(opened, i) for i in ids[:20]),
+            opened.replay(pending.id),
+            *(record(opened, i) for i in ids[20:]),
+            return_exceptions=True,
+        )
+        refused = done.pop(20)
+        assert isinstance(refused, ValueError), refused
+        assert [r.created for r in done if isinstance(r, Recorded)] == [True] * 40, done
+        assert await rows(opened, events) == 41
+    finally:
+        await opened.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await opened.pending_summary()
+
+
 # -- listing ----------------------------------------------------------------------------
 
 
