@@ -50,14 +50,14 @@ async def check_route(route: Route, connection: PrefectConnection, lookup: Looku
     deployment's parameter schema (as Prefect checks it with enforce_parameter_schema)."""
     target = route.target
     if isinstance(target, FlowTarget):
-        response = await connection.client.get(f"flows/{target.flow_id}")
+        response = await connection.get(f"flows/{target.flow_id}")
         if response.status_code == 404:
             return RouteCheck(route.name, False, f"flow {target.flow_id} does not exist")
         if not response.is_success:
             return RouteCheck(route.name, False, f"flow lookup: HTTP {response.status_code}")
         return RouteCheck(route.name, True, f"flow {response.json().get('name')!r} exists")
     path = target.name_path if target.name else f"deployments/{target.deployment_id}"
-    response = await connection.client.get(path)
+    response = await connection.get(path)
     if response.status_code == 404:
         return RouteCheck(route.name, False, f"{target.describe()} does not exist")
     if not response.is_success:
@@ -121,10 +121,8 @@ def simulate(
 
 
 def masked_headers(connection: PrefectConnection) -> dict[str, str]:
-    headers = {k: v for k, v in connection.client.headers.items() if k.lower() != "authorization"}
-    if "authorization" in connection.client.headers:
-        headers["authorization"] = "Bearer " + MASK
-    elif connection.client.auth is not None:
-        headers["authorization"] = "Basic " + MASK
+    headers = {k.lower(): v for k, v in connection.headers.items() if k.lower() != "authorization"}
+    if connection.auth_scheme is not None:
+        headers["authorization"] = f"{connection.auth_scheme} {MASK}"
     headers["content-type"] = "application/json"
     return headers

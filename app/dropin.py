@@ -167,7 +167,7 @@ async def _flow_run(bridge: Bridge, flow_run_id: str | None) -> str | None:
     """Prefect's current JSON of a run we made before (a repeated request gets it too)."""
     connection = bridge.connections[DEFAULT_CONNECTION]
     try:
-        response = await connection.client.get(f"flow_runs/{flow_run_id}")
+        response = await connection.get(f"flow_runs/{flow_run_id}")
     except Exception:
         return None
     if not response.is_success:

@@ -1,4 +1,4 @@
-"""The Prefect client: one ``httpx.AsyncClient`` per Prefect connection, and the
+"""The Prefect client: one ``aiohttp.ClientSession`` per Prefect connection, and the
 classification of every answer as delivered, transient (retry) or permanent (stop).
 
 Permanent: 400, 401, 403, 404, 409, 411, 413, 422 and any other 4xx or redirect.
@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from pydantic import SecretStr
 
 from app import __version__
@@ -90,8 +92,28 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A response from Prefect, read whole."""
+
+    status_code: int
+    text: str
+    headers: Mapping[str, str]
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
 class PrefectConnection:
-    """A Prefect API (Cloud workspace or self-hosted server) and how to authenticate to it."""
+    """A Prefect API (Cloud workspace or self-hosted server) and how to authenticate to it.
+
+    aiohttp, not httpx: a flow run request costs about a quarter of the CPU (see
+    bench/README.md), and every delivery is one.
+    """
 
     def __init__(
         self,
@@ -102,40 +124,59 @@ class PrefectConnection:
         auth_string: SecretStr | None = None,
         api_version: str = "0.8.4",
         timeout: float = 10.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self.api_url = api_url.rstrip("/")
-        headers = {"User-Agent": USER_AGENT, "x-prefect-api-version": api_version}
-        auth: httpx.Auth | None = None
+        self.headers = {"User-Agent": USER_AGENT, "x-prefect-api-version": api_version}
+        self.auth_scheme: str | None = None
         if api_key is not None:
-            headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+            self.auth_scheme = "Bearer"
+            self.headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
         elif auth_string is not None:
             user, _, password = auth_string.get_secret_value().partition(":")
-            auth = httpx.BasicAuth(user, password)
+            self.auth_scheme = "Basic"
+            self.headers["Authorization"] = aiohttp.encode_basic_auth(user, password)
         self._secrets = [s.get_secret_value() for s in (api_key, auth_string) if s is not None]
         self._deployments: dict[str, str] = {}  # name path -> id; ids never change
-        self.client = httpx.AsyncClient(
-            base_url=self.api_url + "/",
-            headers=headers,
-            auth=auth,
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-        )
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the event loop that uses it.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self.headers,
+                timeout=self._timeout,
+                # The gate bounds requests in flight; no second queue inside the client,
+                # where waiting would eat into the request's timeout.
+                connector=aiohttp.TCPConnector(limit=0),
+                trust_env=True,  # HTTPS_PROXY, NO_PROXY, like other Python clients
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    async def get(self, path: str) -> Answer:
+        """GET a path under the API URL; raises the client's errors."""
+        return await self._request("GET", path)
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Answer:
+        async with self._client().request(method, f"{self.api_url}/{path}", json=body) as response:
+            raw = await response.read()
+            return Answer(response.status, raw.decode("utf-8", "replace"), response.headers)
 
     async def create_flow_run(self, request: PrefectRequest) -> AttemptResult:
         """POST the request; never raises for anything Prefect or the network does."""
         started = time.perf_counter()
         try:
-            response = await self.client.post(request.path, json=request.body)
-        except httpx.TimeoutException as exc:
+            response = await self._request("POST", request.path, request.body)
+        except TimeoutError as exc:
             return replace(
                 self._failed(started, f"timed out ({type(exc).__name__})"), timed_out=True
             )
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             return self._failed(started, f"{type(exc).__name__}: {exc}")
         duration_ms = (time.perf_counter() - started) * 1000
         outcome = classify_status(response.status_code)
@@ -177,12 +218,12 @@ class PrefectConnection:
             return cached, None
         started = time.perf_counter()
         try:
-            response = await self.client.get(name_path)
-        except httpx.TimeoutException as exc:
+            response = await self.get(name_path)
+        except TimeoutError as exc:
             return None, replace(
                 self._failed(started, f"timed out ({type(exc).__name__})"), timed_out=True
             )
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             return None, self._failed(started, f"{type(exc).__name__}: {exc}")
         deployment_id = _json_field(response, "id") if response.is_success else None
         if deployment_id is None:
@@ -205,8 +246,8 @@ class PrefectConnection:
     async def health(self) -> Health:
         """Whether the API answers, and whether it accepts our credentials."""
         try:
-            response = await self.client.get("health")
-        except httpx.HTTPError as exc:
+            response = await self.get("health")
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return Health(
                 False, None, f"unreachable: {type(exc).__name__}: {self._redact(str(exc))}"
             )
@@ -214,8 +255,8 @@ class PrefectConnection:
             return Health(False, None, f"health answered HTTP {response.status_code}")
         try:
             # An authenticated read: health itself needs no credentials.
-            probe = await self.client.post("flows/filter", json={"limit": 1})
-        except httpx.HTTPError as exc:
+            probe = await self._request("POST", "flows/filter", {"limit": 1})
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return Health(True, None, f"{type(exc).__name__}: {self._redact(str(exc))}")
         if probe.status_code in (401, 403):
             return Health(True, False, f"credentials refused (HTTP {probe.status_code})")
@@ -247,7 +288,7 @@ class PrefectConnection:
         return text
 
 
-def _json_field(response: httpx.Response, name: str) -> Any:
+def _json_field(response: Answer, name: str) -> Any:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -255,12 +296,19 @@ def _json_field(response: httpx.Response, name: str) -> Any:
     return body.get(name) if isinstance(body, dict) else None
 
 
-def _error_message(response: httpx.Response) -> str:
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _error_message(response: Answer) -> str:
     """Prefect's own words: ``detail``, or ``exception_message`` with its detail."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text[:300] or response.reason_phrase
+        return response.text[:300] or _phrase(response.status_code)
     if isinstance(body, dict):
         if "detail" in body:
             return str(body["detail"])[:500]

@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 from app.prefect import PrefectConnection, PrefectRequest
 from tests.conftest import SettingsFactory, auth, open_client
 from tests.erathos import execution
+from tests.stub import connection_to, stub_server
 from tools.localprefect import PrefectServer
 
 ACCOUNT = "0f6a9b9e-3a8c-4c43-9a57-1d0c5c0b6a11"
@@ -81,29 +82,36 @@ async def test_wrong_basic_credentials_are_a_clear_permanent_error(
 
 @pytest.mark.anyio
 async def test_an_api_key_is_sent_as_a_bearer_token_with_the_api_version() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[web.Request] = []
 
-    def cloud(request: httpx.Request) -> httpx.Response:
+    async def cloud(request: web.Request) -> web.Response:
         # Prefect Cloud itself cannot run here; this stands in for its flow_runs endpoint.
         seen.append(request)
-        return httpx.Response(201, json={"id": "run-1"})
+        return web.json_response({"id": "run-1"}, status=201)
 
-    connection = PrefectConnection(
-        "cloud",
-        f"https://api.prefect.cloud/api/accounts/{ACCOUNT}/workspaces/{WORKSPACE}",
-        api_key=SecretStr("pnu_secret_key"),
-        api_version="0.8.4",
-        transport=httpx.MockTransport(cloud),
-    )
-    result = await connection.create_flow_run(PrefectRequest("flow_runs/", {"flow_id": "x"}))
-    await connection.aclose()
+    workspace = workspace_path()
+    async with (
+        stub_server(cloud) as url,
+        connection_to(
+            url + workspace, api_key=SecretStr("pnu_secret_key"), api_version="0.8.4"
+        ) as connection,
+    ):
+        result = await connection.create_flow_run(PrefectRequest("flow_runs/", {"flow_id": "x"}))
 
     [request] = seen
-    assert request.url.path == f"/api/accounts/{ACCOUNT}/workspaces/{WORKSPACE}/flow_runs/"
+    assert request.path == f"{workspace}/flow_runs/"
     assert request.headers["authorization"] == "Bearer pnu_secret_key"
     assert request.headers["x-prefect-api-version"] == "0.8.4"
     assert request.headers["user-agent"].startswith("erathos-prefect-bridge/")
     assert result.flow_run_id == "run-1"
+
+
+def test_a_cloud_run_links_to_its_page_in_the_cloud_ui() -> None:
+    connection = PrefectConnection("cloud", f"https://api.prefect.cloud{workspace_path()}")
     assert connection.flow_run_url("run-1") == (
         f"https://app.prefect.cloud/account/{ACCOUNT}/workspace/{WORKSPACE}/runs/flow-run/run-1"
     )
+
+
+def workspace_path() -> str:
+    return f"/api/accounts/{ACCOUNT}/workspaces/{WORKSPACE}"

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 
 import app.gate
 from app.dispatcher import RetryPolicy, plan_next
@@ -20,12 +19,12 @@ from app.gate import PROBE_CAP, PROBE_FIRST, Circuit, ConnectionGate, GateClosed
 from app.prefect import (
     AttemptResult,
     Outcome,
-    PrefectConnection,
     PrefectRequest,
     classify_status,
     parse_retry_after,
 )
 from app.store import DEAD, DELIVERED, PENDING, DeliveryRecord
+from tests.stub import REFUSED_URL, connection_to, stub_server
 
 pytestmark = pytest.mark.anyio
 
@@ -75,22 +74,17 @@ def test_an_unreadable_retry_after_is_none(value: str | None) -> None:
 
 @pytest.mark.parametrize("value", ["\u00b2", "\u00b9\u00b2\u00b3"])
 def test_superscript_digits_in_retry_after_are_unreadable_not_an_error(value: str) -> None:
-    # "²".isdigit() is True, but float("²") raises: a header httpx decodes from
+    # "²".isdigit() is True, but float("²") raises: a header the client decodes from
     # latin-1 or UTF-8 must not make the parser raise.
     assert parse_retry_after(value, now=NOW) is None
 
 
 async def test_a_garbled_retry_after_still_gives_a_transient_result() -> None:
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(503, headers=[(b"Retry-After", "\u00b2".encode())])
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=503, headers={"Retry-After": "\u00b2"})
 
-    connection = PrefectConnection(
-        "main", "http://prefect.test/api", transport=httpx.MockTransport(answer)
-    )
-    try:
+    async with stub_server(answer) as url, connection_to(f"{url}/api") as connection:
         result = await connection.create_flow_run(PrefectRequest("deployments/x/create", {}))
-    finally:
-        await connection.aclose()
 
     assert (result.outcome, result.status_code, result.retry_after) == (
         Outcome.TRANSIENT,
@@ -465,30 +459,15 @@ async def test_slot_raises_gate_closed_while_the_gate_is_open(gate: ConnectionGa
         await enter(gate)
 
 
-def connection_answering(handler: Callable[[httpx.Request], httpx.Response]) -> PrefectConnection:
-    return PrefectConnection(
-        "main", "http://prefect.test/api", transport=httpx.MockTransport(handler)
-    )
-
-
-def healthy(request: httpx.Request) -> httpx.Response:
-    if request.url.path == "/api/health":
-        return httpx.Response(200, json=True)
-    return httpx.Response(200, json=[])
-
-
-def unreachable(request: httpx.Request) -> httpx.Response:
-    raise httpx.ConnectError("connection refused", request=request)
-
-
 async def test_a_successful_probe_half_opens_the_gate(gate: ConnectionGate, clock: Clock) -> None:
     open_gate(gate)
     clock.advance(PROBE_FIRST)
-    connection = connection_answering(healthy)
-    try:
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.json_response(True if request.path == "/api/health" else [])
+
+    async with stub_server(healthy) as url, connection_to(f"{url}/api") as connection:
         await gate.probe(connection)
-    finally:
-        await connection.aclose()
 
     assert (gate.circuit, gate.admits, gate.free) == (Circuit.HALF_OPEN, True, 1)
     assert not gate.needs_probe()
@@ -499,16 +478,13 @@ async def test_a_failed_probe_keeps_the_gate_open_and_waits_longer_up_to_the_cap
 ) -> None:
     open_gate(gate)
     clock.advance(PROBE_FIRST)
-    connection = connection_answering(unreachable)
     gaps = []
-    try:
+    async with connection_to(REFUSED_URL) as connection:
         for _ in range(7):
             assert gate.needs_probe()
             await gate.probe(connection)
             assert (gate.circuit, gate.admits) == (Circuit.OPEN, False)
             gaps.append(time_to_next_probe(gate, clock))
-    finally:
-        await connection.aclose()
 
     assert gaps == [0.5, 1.0, 2.0, 4.0, PROBE_CAP, PROBE_CAP, PROBE_CAP]
 
