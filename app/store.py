@@ -165,6 +165,36 @@ class Store:
             .on_conflict_do_nothing(index_elements=["execution_id"])
             .returning(events.c.id)
         )
+        due = (
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.state == PENDING,
+                deliveries.c.connection == bindparam("b_connection"),
+                deliveries.c.next_attempt_at <= bindparam("b_now"),
+                or_(
+                    deliveries.c.lease_expires_at.is_(None),
+                    deliveries.c.lease_expires_at < bindparam("b_now"),
+                ),
+                deliveries.c.id.not_in(bindparam("b_exclude", expanding=True)),
+            )
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at)
+            .limit(bindparam("b_limit"))
+        )
+        if self.postgres:
+            # Replicas claiming at once skip each other's rows instead of waiting for
+            # them (and re-checking them after): each due delivery goes to one of them.
+            # SQLite needs none: BEGIN IMMEDIATE makes the whole claim exclusive.
+            due = due.with_for_update(skip_locked=True)
+        self._claim = (
+            update(deliveries)
+            .where(deliveries.c.id.in_(due.scalar_subquery()))
+            .values(
+                lease_owner=bindparam("b_owner"),
+                lease_expires_at=bindparam("b_expires"),
+                attempts=deliveries.c.attempts + 1,
+            )
+            .returning(*deliveries.c)
+        )
         upsert = dialect_insert(meta)
         self._set_meta = upsert.on_conflict_do_update(
             index_elements=[meta.c.key], set_={"value": upsert.excluded.value}
@@ -334,40 +364,21 @@ class Store:
         if limit <= 0:
             return []
         now = time.time()
-        due = (
-            select(deliveries.c.id)
-            .where(
-                deliveries.c.state == PENDING,
-                deliveries.c.connection == connection,
-                deliveries.c.next_attempt_at <= now,
-                or_(deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at < now),
-                deliveries.c.id.not_in(exclude),
-            )
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at)
-            .limit(limit)
-        )
-        if self.postgres:
-            # Replicas claiming at once skip each other's rows instead of waiting for
-            # them (and re-checking them after): each due delivery goes to one of them.
-            # SQLite needs none: BEGIN IMMEDIATE makes the whole claim exclusive.
-            due = due.with_for_update(skip_locked=True)
-        lease = (
-            update(deliveries)
-            .where(deliveries.c.id.in_(due.scalar_subquery()))
-            .values(
-                lease_owner=owner,
-                lease_expires_at=now + lease_seconds,
-                attempts=deliveries.c.attempts + 1,
-            )
-            .returning(*deliveries.c)
-        )
+        params = {
+            "b_connection": connection,
+            "b_now": now,
+            "b_exclude": list(exclude),
+            "b_limit": limit,
+            "b_owner": owner,
+            "b_expires": now + lease_seconds,
+        }
 
         def work(conn: Connection) -> list[Claim]:
-            claimed = conn.execute(lease).all()
+            claimed = conn.execute(self._claim, params).all()
             if not claimed:
                 return []
             event_ids = {row.event_id for row in claimed}
-            found = conn.execute(select(events).where(events.c.id.in_(event_ids)))
+            found = conn.execute(_EVENTS_BY_ID, {"b_ids": list(event_ids)})
             by_id = {row.id: _event(row._mapping) for row in found}
             return [Claim(_delivery(row._mapping), by_id[row.event_id]) for row in claimed]
 
@@ -620,6 +631,7 @@ _INSERT_ATTEMPT = insert(attempts)
 _IF_HELD = update(deliveries).where(
     deliveries.c.id == bindparam("b_id"), deliveries.c.lease_owner == bindparam("b_owner")
 )
+_EVENTS_BY_ID = select(events).where(events.c.id.in_(bindparam("b_ids", expanding=True)))
 _EVENT_BY_EXECUTION = select(events).where(events.c.execution_id == bindparam("b_execution_id"))
 _DELIVERIES_OF = (
     select(deliveries)
