@@ -44,7 +44,7 @@ from app.settings import Settings
 from app.store import DEAD, DELIVERED, Claim, DeliveryRecord, EventRecord, NewDelivery, Recorded
 from app.store import StoreUnavailable as StoreDown
 
-log = structlog.stdlib.get_logger("erathos_prefect_bridge.api")
+log = structlog.get_logger("erathos_prefect_bridge.api")
 
 HEALTH_CACHE_SECONDS = 15.0
 HEALTH_TIMEOUT_SECONDS = 3.0

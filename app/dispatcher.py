@@ -33,7 +33,7 @@ from app.settings import Settings
 from app.store import DEAD, DELIVERED, PENDING, Claim, DeliveryRecord, Store, StoreUnavailable
 from app.templates import Lookup
 
-log = structlog.stdlib.get_logger("erathos_prefect_bridge.dispatcher")
+log = structlog.get_logger("erathos_prefect_bridge.dispatcher")
 
 PRUNE_EVERY_SECONDS = 3600.0
 

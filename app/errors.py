@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.store import StoreUnavailable as StoreDown
 
-log = structlog.stdlib.get_logger("erathos_prefect_bridge.api")
+log = structlog.get_logger("erathos_prefect_bridge.api")
 M = TypeVar("M", bound=BaseModel)
 
 

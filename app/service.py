@@ -23,7 +23,7 @@ from app.settings import Settings, template_lookup
 from app.store import Store
 from app.templates import Lookup
 
-log = structlog.stdlib.get_logger("erathos_prefect_bridge")
+log = structlog.get_logger("erathos_prefect_bridge")
 
 
 @dataclass
