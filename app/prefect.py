@@ -163,7 +163,11 @@ class PrefectConnection:
         return await self._request("GET", path)
 
     async def _request(self, method: str, path: str, body: Any = None) -> Answer:
-        async with self._client().request(method, f"{self.api_url}/{path}", json=body) as response:
+        # A redirect is answered, never followed: it is a permanent error (a wrong URL),
+        # and following it would carry the credentials elsewhere.
+        async with self._client().request(
+            method, f"{self.api_url}/{path}", json=body, allow_redirects=False
+        ) as response:
             raw = await response.read()
             return Answer(response.status, raw.decode("utf-8", "replace"), response.headers)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
 import app.gate
 from app.dispatcher import RetryPolicy, plan_next
@@ -91,6 +92,29 @@ async def test_a_garbled_retry_after_still_gives_a_transient_result() -> None:
         503,
         None,
     )
+
+
+async def test_a_redirect_is_a_permanent_error_and_never_followed() -> None:
+    followed: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path.startswith("/elsewhere"):
+            followed.append(request.headers.get("authorization", ""))
+            return web.json_response({"id": "run-1"}, status=201)
+        return web.Response(status=307, headers={"Location": "/elsewhere/create"})
+
+    async with (
+        stub_server(answer) as url,
+        connection_to(f"{url}/api", api_key=SecretStr("pnu_key_1234")) as connection,
+    ):
+        result = await connection.create_flow_run(PrefectRequest("deployments/x/create", {}))
+
+    assert (result.outcome, result.status_code, result.flow_run_id) == (
+        Outcome.PERMANENT,
+        307,
+        None,
+    )
+    assert followed == []
 
 
 # -- backoff ----------------------------------------------------------------------------
