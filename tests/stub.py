@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from app.prefect import PrefectConnection
 
@@ -32,8 +33,10 @@ async def stub_server(handler: Handler) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def connection_to(api_url: str, **options: object) -> AsyncIterator[PrefectConnection]:
-    connection = PrefectConnection("main", api_url, **options)  # type: ignore[arg-type]
+async def connection_to(
+    api_url: str, *, api_key: SecretStr | None = None, api_version: str = "0.8.4"
+) -> AsyncIterator[PrefectConnection]:
+    connection = PrefectConnection("main", api_url, api_key=api_key, api_version=api_version)
     try:
         yield connection
     finally:
