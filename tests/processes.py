@@ -14,6 +14,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import ADMIN_TOKEN, TOKEN
+from tools.localprefect import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,6 +26,28 @@ def clean_environment(**settings: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(settings)
     return env
+
+
+def fast_service_environment(
+    api_url: str, flow_id: str, database_url: str, **settings: str
+) -> dict[str, str]:
+    """A service on a port of its own, with timings short enough for a test to watch
+    leases run out and retries come round, logging JSON; ``settings`` on top."""
+    return clean_environment(
+        PREFECT_API_URL=api_url,
+        PREFECT_FLOW_ID=flow_id,
+        BRIDGE_WEBHOOK_TOKEN=TOKEN,
+        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
+        BRIDGE_PORT=str(free_port()),
+        BRIDGE_DATABASE_URL=database_url,
+        BRIDGE_PREFECT_TIMEOUT="2s",
+        BRIDGE_LEASE="3s",
+        BRIDGE_POLL_INTERVAL="200ms",
+        BRIDGE_RETRY_BASE="200ms",
+        BRIDGE_RETRY_CAP="2s",
+        BRIDGE_LOG_FORMAT="json",
+        **settings,
+    )
 
 
 @dataclass

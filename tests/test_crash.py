@@ -12,30 +12,17 @@ from tests.processes import (
     ServiceProcess,
     acknowledged,
     burst,
-    clean_environment,
+    fast_service_environment,
     pending,
     wait_for,
 )
-from tools.localprefect import PrefectServer, free_port
+from tools.localprefect import PrefectServer
 
 
 def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
     tmp_path: Path, prefect: PrefectServer, flow_id: str
 ) -> None:
-    env = clean_environment(
-        PREFECT_API_URL=prefect.api_url,
-        PREFECT_FLOW_ID=flow_id,
-        BRIDGE_WEBHOOK_TOKEN=TOKEN,
-        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
-        BRIDGE_PORT=str(free_port()),
-        BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'bridge.db'}",
-        BRIDGE_PREFECT_TIMEOUT="2s",
-        BRIDGE_LEASE="3s",
-        BRIDGE_POLL_INTERVAL="200ms",
-        BRIDGE_RETRY_BASE="200ms",
-        BRIDGE_RETRY_CAP="2s",
-        BRIDGE_LOG_FORMAT="json",
-    )
+    env = fast_service_environment(prefect.api_url, flow_id, f"sqlite:///{tmp_path / 'bridge.db'}")
     service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
     service.start()
     client, acked, _ = burst([service], TOKEN, tmp_path, 500, concurrency="16", rate="100")

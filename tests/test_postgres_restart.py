@@ -23,11 +23,11 @@ from tests.processes import (
     ServiceProcess,
     acknowledged,
     burst,
-    clean_environment,
+    fast_service_environment,
     pending,
     wait_for,
 )
-from tools.localprefect import PrefectServer, free_port
+from tools.localprefect import PrefectServer
 
 
 @pytest.fixture
@@ -61,20 +61,8 @@ def test_a_postgresql_restart_mid_burst_loses_nothing_acknowledged_and_heals_by_
     cluster: PostgresCluster, tmp_path: Path, prefect: PrefectServer, flow_id: str
 ) -> None:
     asyncio.run(run_admin(cluster.url(), "CREATE DATABASE bridge"))
-    env = clean_environment(
-        PREFECT_API_URL=prefect.api_url,
-        PREFECT_FLOW_ID=flow_id,
-        BRIDGE_WEBHOOK_TOKEN=TOKEN,
-        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
-        BRIDGE_PORT=str(free_port()),
-        BRIDGE_DATABASE_URL=cluster.url("bridge"),
-        BRIDGE_DB_POOL_TIMEOUT="2s",
-        BRIDGE_PREFECT_TIMEOUT="2s",
-        BRIDGE_LEASE="3s",
-        BRIDGE_POLL_INTERVAL="200ms",
-        BRIDGE_RETRY_BASE="200ms",
-        BRIDGE_RETRY_CAP="2s",
-        BRIDGE_LOG_FORMAT="json",
+    env = fast_service_environment(
+        prefect.api_url, flow_id, cluster.url("bridge"), BRIDGE_DB_POOL_TIMEOUT="2s"
     )
     service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
     service.start()

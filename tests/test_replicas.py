@@ -22,30 +22,17 @@ from tests.processes import (
     ServiceProcess,
     acknowledged,
     burst,
-    clean_environment,
+    fast_service_environment,
     pending,
     wait_for,
 )
-from tools.localprefect import PrefectServer, free_port
+from tools.localprefect import PrefectServer
 
 
 def replica(
     name: str, tmp_path: Path, prefect: PrefectServer, flow_id: str, url: str
 ) -> ServiceProcess:
-    env = clean_environment(
-        PREFECT_API_URL=prefect.api_url,
-        PREFECT_FLOW_ID=flow_id,
-        BRIDGE_WEBHOOK_TOKEN=TOKEN,
-        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
-        BRIDGE_PORT=str(free_port()),
-        BRIDGE_DATABASE_URL=url,
-        BRIDGE_PREFECT_TIMEOUT="2s",
-        BRIDGE_LEASE="3s",
-        BRIDGE_POLL_INTERVAL="200ms",
-        BRIDGE_RETRY_BASE="200ms",
-        BRIDGE_RETRY_CAP="2s",
-        BRIDGE_LOG_FORMAT="json",
-    )
+    env = fast_service_environment(prefect.api_url, flow_id, url)
     return ServiceProcess(env, tmp_path, tmp_path / f"{name}.log")
 
 
