@@ -20,7 +20,7 @@ from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN
 from tests.erathos import execution
 from tests.faults import FaultProxy
-from tests.processes import ServiceProcess, clean_environment
+from tests.processes import ServiceProcess, clean_environment, pending
 from tools.localprefect import PrefectServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -38,17 +38,6 @@ def post_event(url: str) -> tuple[str, httpx.Response]:
         timeout=30,
     )
     return body["execution_id"], answer
-
-
-def pending(url: str) -> int:
-    response = httpx.get(
-        f"{url}/events",
-        params={"state": "pending", "limit": 500},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        timeout=10,
-    )
-    response.raise_for_status()
-    return len(response.json()["events"])
 
 
 def deliveries(database: Path) -> list[tuple[str, str | None]]:
@@ -95,7 +84,7 @@ async def test_sigterm_with_deliveries_in_flight_exits_0_in_its_grace_and_loses_
 
         await asyncio.to_thread(service.start)  # the proxy passes everything now
         deadline = time.monotonic() + 60
-        while await asyncio.to_thread(pending, service.url):
+        while await asyncio.to_thread(pending, service, ADMIN_TOKEN):
             assert time.monotonic() < deadline, "deliveries still pending after the restart"
             await asyncio.sleep(0.2)
     finally:
