@@ -140,6 +140,7 @@ class PrefectConnection:
         self._deployments: dict[str, str] = {}  # name path -> id; ids never change
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._ui_runs = _ui_runs(self.api_url)  # once, not per delivery
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the event loop that uses it.
@@ -270,17 +271,7 @@ class PrefectConnection:
 
     def flow_run_url(self, flow_run_id: str) -> str:
         """The run's page in the Prefect UI."""
-        parts = urlsplit(self.api_url)
-        if parts.hostname == "api.prefect.cloud" and (match := _CLOUD_API.match(parts.path)):
-            account, workspace = match.groups()
-            return (
-                f"https://app.prefect.cloud/account/{account}/workspace/{workspace}"
-                f"/runs/flow-run/{flow_run_id}"
-            )
-        path = parts.path
-        if path.endswith("/api"):
-            path = path[: -len("/api")]
-        return f"{parts.scheme}://{parts.netloc}{path}/runs/flow-run/{flow_run_id}"
+        return f"{self._ui_runs}/{flow_run_id}"
 
     def _failed(self, started: float, error: str) -> AttemptResult:
         duration_ms = (time.perf_counter() - started) * 1000
@@ -290,6 +281,16 @@ class PrefectConnection:
         for secret in self._secrets:
             text = text.replace(secret, "********")
         return text
+
+
+def _ui_runs(api_url: str) -> str:
+    """Where the Prefect UI of an API shows flow runs (a run's id follows)."""
+    parts = urlsplit(api_url)
+    if parts.hostname == "api.prefect.cloud" and (match := _CLOUD_API.match(parts.path)):
+        account, workspace = match.groups()
+        return f"https://app.prefect.cloud/account/{account}/workspace/{workspace}/runs/flow-run"
+    path = parts.path.removesuffix("/api")
+    return f"{parts.scheme}://{parts.netloc}{path}/runs/flow-run"
 
 
 def _json_field(response: Answer, name: str) -> Any:
