@@ -701,7 +701,7 @@ class _Writer:
         try:
             with self.engine.begin() as conn:
                 results = [work(conn) for work, _ in group]
-        except Exception as exc:
+        except BaseException as exc:  # whatever it is, the thread lives on to serve the rest
             if len(group) > 1:
                 return False
             group[0][1].set_exception(exc)
