@@ -1,1 +1,2 @@
-"""The benchmark of issue 7 (and issue 9's drain): ``python3 tools/dev.py bench``."""
+"""How close the service comes to the limit of its stack, and how fast a backlog drains
+into a real Prefect: ``python3 tools/dev.py bench`` (see bench/README.md)."""
