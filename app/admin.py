@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from app.api import BridgeDep, DeliveryOut, bearer_token, read_json_body, token_matches
+from app.auth import require_admin_token
 from app.diagnose import simulate
 from app.errors import (
     Conflict,
@@ -23,14 +23,18 @@ from app.errors import (
     validated,
 )
 from app.event import ErathosEvent
-from app.store import AttemptRecord, DeliveryRecord, EventRecord
-
-
-async def require_admin_token(request: Request, bridge: BridgeDep) -> None:
-    token = bridge.settings.admin_token
-    if token is None or not token_matches(bearer_token(request), [token]):
-        raise Unauthorized("a valid 'Authorization: Bearer <admin token>' is required")
-
+from app.ingest import DeliveryOut, read_json_body
+from app.records import (
+    AttemptRecord,
+    DeliveryNotFound,
+    DeliveryRecord,
+    DeliveryState,
+    DeliveryStillPending,
+    EventRecord,
+    EventState,
+    event_state,
+)
+from app.service import BridgeDep
 
 admin = APIRouter(
     tags=["admin"],
@@ -66,7 +70,7 @@ class EventOut(BaseModel):
     schema_name: str | None
     table_name: str | None
     status: str | None
-    state: Literal["pending", "delivered", "dead", "ignored"]
+    state: EventState
     reason: str | None
     deliveries: list[DeliveryDetail]
 
@@ -82,17 +86,6 @@ class EventPage(BaseModel):
 
 def _when(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
-
-
-def _event_state(found: list[DeliveryRecord]) -> Literal["pending", "delivered", "dead", "ignored"]:
-    states = {d.state for d in found}
-    if not found:
-        return "ignored"
-    if "dead" in states:
-        return "dead"
-    if "pending" in states:
-        return "pending"
-    return "delivered"
 
 
 def _delivery_detail(d: DeliveryRecord, tried: list[AttemptRecord]) -> DeliveryDetail:
@@ -130,7 +123,7 @@ def _event_out(
         schema_name=event.schema_name,
         table_name=event.table_name,
         status=event.status,
-        state=_event_state(found),
+        state=event_state(found),
         reason=event.ignored_reason,
         deliveries=[_delivery_detail(d, tried) for d in found],
     )
@@ -139,7 +132,7 @@ def _event_out(
 @admin.get("/events", response_model=EventPage, summary="List events, newest first")
 async def list_events(
     bridge: BridgeDep,
-    state: Annotated[Literal["pending", "delivered", "dead", "ignored"] | None, Query()] = None,
+    state: Annotated[EventState | None, Query()] = None,
     job_id: Annotated[str | None, Query(max_length=64)] = None,
     table_name: Annotated[str | None, Query(max_length=1024)] = None,
     since: Annotated[datetime | None, Query(description="received at or after (ISO 8601)")] = None,
@@ -150,7 +143,7 @@ async def list_events(
     ] = None,
 ) -> EventPage:
     before = _parse_cursor(cursor) if cursor else None
-    page = await bridge.store.list_events(
+    page = await bridge.history.list_events(
         state=state,
         job_id=job_id,
         table_name=table_name,
@@ -195,11 +188,11 @@ def _parse_cursor(cursor: str) -> tuple[float, str]:
     responses=responses(NotFound),
 )
 async def get_event(event_id: str, bridge: BridgeDep) -> EventDetail:
-    found = await bridge.store.get_event(event_id)
+    found = await bridge.history.get_event(event_id)
     if found is None:
         raise NotFound(f"no event {event_id}")
     event, found_deliveries = found
-    tried = await bridge.store.attempts_of([d.id for d in found_deliveries])
+    tried = await bridge.history.attempts_of([d.id for d in found_deliveries])
     out = _event_out(event, found_deliveries, tried)
     return EventDetail(**out.model_dump(), payload=event.payload)
 
@@ -219,7 +212,7 @@ async def get_event(event_id: str, bridge: BridgeDep) -> EventDetail:
 async def replay_delivery(
     delivery_id: str, bridge: BridgeDep, new_run: Annotated[bool, Query()] = False
 ) -> DeliveryOut:
-    delivery = await bridge.store.get_delivery(delivery_id)
+    delivery = await bridge.history.get_delivery(delivery_id)
     if delivery is None:
         raise NotFound(f"no delivery {delivery_id}")
     replayed = await _replay(bridge, delivery, new_run)
@@ -229,10 +222,10 @@ async def replay_delivery(
 
 async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) -> DeliveryOut:
     try:
-        d = await bridge.store.replay(delivery.id, new_run=new_run)
-    except LookupError:
+        d = await bridge.history.replay(delivery.id, new_run=new_run)
+    except DeliveryNotFound:
         raise NotFound(f"no delivery {delivery.id}") from None
-    except ValueError as exc:
+    except DeliveryStillPending as exc:
         raise Conflict(str(exc)) from None
     return DeliveryOut.of(d)
 
@@ -247,14 +240,14 @@ async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) ->
 async def replay_event(
     event_id: str, bridge: BridgeDep, new_run: Annotated[bool, Query()] = False
 ) -> list[DeliveryOut]:
-    found = await bridge.store.get_event(event_id)
+    found = await bridge.history.get_event(event_id)
     if found is None:
         raise NotFound(f"no event {event_id}")
     _, found_deliveries = found
     replayed = []
     try:
         for delivery in found_deliveries:
-            if delivery.state == "pending":
+            if delivery.state is DeliveryState.PENDING:
                 continue
             with suppress(Conflict, NotFound):  # it became pending (or went) meanwhile
                 replayed.append(await _replay(bridge, delivery, new_run))

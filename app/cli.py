@@ -18,14 +18,19 @@ from app.database import display_url
 from app.diagnose import check_route, simulate
 from app.event import METADATA, ErathosEvent
 from app.logs import configure_logging, configured_secrets
+from app.records import DeliveryState, DeliveryStillPending, EventState, StoreUnavailable
 from app.routes_file import erathos_filters, read_routes_file
 from app.service import configure, open_bridge, shutdown_budget
 from app.settings import ConfigurationError, PublicSettings, Settings, load_settings
-from app.store import EVENT_STATES, StoreUnavailable
 from app.templates import TemplateError
 
 WEBHOOK_PATH = "/webhooks/erathos"
 TOKEN_SECRET = "erathos_prefect_bridge_token"  # noqa: S105 (a secret's name, not its value)
+
+
+def webhook_body_template() -> dict[str, str]:
+    """The body Erathos is told to send: every documented ``erathos.*`` field."""
+    return {name: f"${{{{erathos.{name}}}}}" for name in METADATA}
 
 
 def erathos_template(
@@ -49,7 +54,7 @@ def erathos_template(
             "Content-Type": "application/json",
             "Authorization": f"Bearer ${{{{secrets.{secret_name}}}}}",
         },
-        "body": {name: f"${{{{erathos.{name}}}}}" for name in METADATA},
+        "body": webhook_body_template(),
         # Only rules every route has: a FAILED load is worth recording when some
         # route wants it, and routing decides the rest here.
         "rules": rules,
@@ -126,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("event", type=Path, help="a JSON file with an Erathos event body")
     events = sub.add_parser("events", help="list stored events, newest first")
-    events.add_argument("--state", choices=EVENT_STATES)
+    events.add_argument("--state", choices=[s.value for s in EventState])
     events.add_argument("--limit", type=int, default=20)
     events.add_argument("--json", action="store_true", help="print JSON lines")
     replay = sub.add_parser(
@@ -205,7 +210,8 @@ def _when(epoch: float) -> str:
 
 async def _events(settings: Settings, args: argparse.Namespace) -> int:
     async with open_bridge(settings, dispatch=False) as bridge:
-        page = await bridge.store.list_events(state=args.state, limit=args.limit)
+        state = EventState(args.state) if args.state else None
+        page = await bridge.history.list_events(state=state, limit=args.limit)
     for event, found in page:
         if args.json:
             print(
@@ -246,19 +252,19 @@ async def _events(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     async with open_bridge(settings, dispatch=False) as bridge:
-        store = bridge.store
-        delivery = await store.get_delivery(args.id)
+        history = bridge.history
+        delivery = await history.get_delivery(args.id)
         targets = [delivery] if delivery is not None else []
         if delivery is None:
-            found = await store.get_event(args.id)
+            found = await history.get_event(args.id)
             if found is None:
                 print(f"no delivery or event {args.id}", file=sys.stderr)
                 return 1
-            targets = [d for d in found[1] if d.state != "pending"]
+            targets = [d for d in found[1] if d.state is not DeliveryState.PENDING]
         for target in targets:
             try:
-                await store.replay(target.id, new_run=args.new_run)
-            except ValueError as exc:
+                await history.replay(target.id, new_run=args.new_run)
+            except DeliveryStillPending as exc:
                 print(f"delivery {target.id}: {exc}", file=sys.stderr)
                 return 1
             print(

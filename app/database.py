@@ -1,123 +1,42 @@
-"""The database: the schema's tables, and an engine for SQLite or PostgreSQL.
+"""The database: an engine for SQLite or PostgreSQL, and :class:`Database`, which runs
+one transaction on it (:mod:`app.schema` has the tables).
 
 SQLite (the embedded default, one replica) runs in WAL mode on one connection of
-Python's own ``sqlite3``, which :class:`app.store.Store` uses from one thread of its
-own; ``BRIDGE_DURABILITY`` decides whether a commit waits for an fsync. PostgreSQL
-(any number of replicas) runs on asyncpg with a bounded pool that replaces
-connections that died with the server. :mod:`app.store` holds every query.
+Python's own ``sqlite3``, used from one writer thread of its own that commits what
+arrives together in one transaction; ``BRIDGE_DURABILITY`` decides whether a commit
+waits for an fsync. PostgreSQL (any number of replicas) runs on asyncpg with a bounded
+pool that replaces connections that died with the server. A driver's error, whatever
+its kind, reaches callers as :class:`StoreUnavailable`. The queries are in
+:mod:`app.store` (one event's path) and :mod:`app.history` (the operators').
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Column,
-    Dialect,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
     event,
 )
-from sqlalchemy.engine import URL, Engine, create_engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.records import StoreUnavailable
+from app.schema import migrate
 from app.settings import Durability, database_kind
 
+T = TypeVar("T")
 APPLICATION_NAME = "erathos-prefect-bridge"
-
-
-class Str(TypeDecorator[str]):
-    """Text any dialect can store: PostgreSQL refuses NUL characters in text (SQLite
-    keeps them), so there they become U+FFFD instead of failing every retry with a 503.
-    Unbounded on purpose: SQLite ignores lengths, PostgreSQL would enforce them."""
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is not None and dialect.name == "postgresql" and "\x00" in value:
-            return value.replace("\x00", "\ufffd")
-        return value
-
-
-metadata = MetaData()
-
-meta = Table(
-    "bridge_meta",
-    metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", Str, nullable=False),
-)
-
-events = Table(
-    "events",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("execution_id", Str, nullable=False, unique=True),
-    Column("received_at", Float, nullable=False, index=True),  # epoch seconds (double)
-    Column("job_id", Str, index=True),
-    Column("schema_name", Str),
-    Column("table_name", Str),
-    Column("status", Str),
-    Column("payload", Str, nullable=False),
-    Column("ignored_reason", Str),
-)
-
-deliveries = Table(
-    "deliveries",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    Column("route", Str, nullable=False),
-    Column("connection", Str, nullable=False),
-    Column("idempotency_key", Str, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("created_at", Float, nullable=False),
-    Column("window_started_at", Float, nullable=False),
-    Column("next_attempt_at", Float, nullable=False),
-    Column("lease_owner", Str),
-    Column("lease_expires_at", Float),
-    Column("flow_run_id", Str),
-    Column("flow_run_url", Str),
-    Column("last_status_code", Integer),
-    Column("last_error", Str),
-    Column("finished_at", Float),
-    UniqueConstraint("event_id", "route"),
-    Index("deliveries_due", "state", "connection", "next_attempt_at"),
-)
-
-attempts = Table(
-    "attempts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("delivery_id", String(32), ForeignKey("deliveries.id", ondelete="CASCADE"), index=True),
-    Column("number", Integer, nullable=False),
-    Column("started_at", Float, nullable=False),
-    Column("duration_ms", Float, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("status_code", Integer),
-    Column("error", Str),
-    Column("response_excerpt", Str),
-    Column("retry_in", Float),
-)
-
-
-class StoreUnavailable(Exception):
-    """The store cannot read or commit right now (locked, read-only, disk full, gone,
-    restarting): the caller answers 503 or tries again later."""
 
 
 def display_url(url: str) -> str:
@@ -126,16 +45,6 @@ def display_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparsable URL>"
-
-
-def open_engine(
-    url: str, durability: Durability, lock_timeout: float, pool_size: int, pool_timeout: float
-) -> AsyncEngine | Engine:
-    """The engine for the store ``url`` names: PostgreSQL's (asyncio), or SQLite's
-    (blocking, for one thread that runs every transaction)."""
-    if database_kind(url) == "postgresql":
-        return _postgres_engine(url, lock_timeout, pool_size, pool_timeout)
-    return _sqlite_engine(url, durability, lock_timeout)
 
 
 def _postgres_url(url: str) -> URL:
@@ -242,3 +151,156 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Eng
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+class Database:
+    """An engine, and how one transaction runs on it: on SQLite in the writer thread (one
+    hop to it per transaction, where an asyncio driver makes one per statement and
+    fetch), on PostgreSQL through asyncpg (``run_sync``). Each transaction is a function
+    of a blocking SQLAlchemy connection."""
+
+    def __init__(self, engine: AsyncEngine | Engine) -> None:
+        self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+        self._writer = None if isinstance(engine, AsyncEngine) else _Writer(engine)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        durability: Durability = Durability.CRASH,
+        *,
+        lock_timeout: float = 5.0,
+        pool_size: int = 5,
+        pool_timeout: float = 10.0,
+    ) -> Database:
+        """Open the database ``url`` names (SQLite or PostgreSQL) and create or upgrade
+        its schema. ``pool_size`` and ``pool_timeout`` apply to PostgreSQL; SQLite keeps
+        one connection."""
+        if database_kind(url) == "postgresql":
+            engine: AsyncEngine | Engine = _postgres_engine(
+                url, lock_timeout, pool_size, pool_timeout
+            )
+        else:
+            engine = _sqlite_engine(url, durability, lock_timeout)
+        database = cls(engine)
+        try:
+            await database.run(migrate)
+        except BaseException:
+            await database.close()
+            raise
+        return database
+
+    async def close(self) -> None:
+        self._closed = True
+        if isinstance(self.engine, AsyncEngine):
+            await self.engine.dispose()
+            return
+        assert self._writer is not None
+        await asyncio.wrap_future(self._writer.stop())
+
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ``ON CONFLICT`` (both spell it alike)."""
+        return postgresql.insert(table) if self.postgres else sqlite.insert(table)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction: committed when it returns, rolled back
+        when it raises. A driver's error is :class:`StoreUnavailable`; any other exception
+        (a bug, or the store's own domain error) passes through as it is."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        try:
+            if isinstance(self.engine, AsyncEngine):
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(work)
+            assert self._writer is not None
+            return await asyncio.wrap_future(self._writer.submit(work))
+        except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out
+            raise StoreUnavailable(_driver_message(exc)) from exc
+        except Exception as exc:
+            # A driver error SQLAlchemy did not wrap (asyncpg raises some while it connects).
+            if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
+                raise StoreUnavailable(_driver_message(exc)) from exc
+            raise
+
+
+class _Writer:
+    """SQLite's one thread: it runs the transactions one after another, and what arrived
+    while one ran it commits together (group commit), so a burst of webhooks pays for one
+    BEGIN IMMEDIATE and one COMMIT between many. Should one work in such a group fail,
+    the group is rolled back and each work runs again on its own, so a failure is only
+    ever its own (each work is a function of the connection alone)."""
+
+    GROUP = 64  # the most works committed together
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None]
+        self._queue = queue.SimpleQueue()
+        self._stopped: Future[None] = Future()
+        self._closing = False
+        threading.Thread(target=self._serve, name="bridge-sqlite", daemon=True).start()
+
+    def submit(self, work: Callable[[Connection], T]) -> Future[T]:
+        if self._closing:
+            raise StoreUnavailable("the store is closed")
+        done: Future[T] = Future()
+        self._queue.put((work, done))
+        return done
+
+    def stop(self) -> Future[None]:
+        """Finish what was submitted, close the connection; done when closed."""
+        self._closing = True
+        self._queue.put(None)
+        return self._stopped
+
+    def _serve(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                group = [self._queue.get()]
+                while len(group) < self.GROUP:
+                    try:
+                        group.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                stopping = None in group
+                running = [
+                    item
+                    for item in group
+                    if item is not None and item[1].set_running_or_notify_cancel()
+                ]
+                if not self._together(running):
+                    for item in running:
+                        self._together([item])
+        finally:
+            self.engine.dispose()
+            self._stopped.set_result(None)
+
+    def _together(self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> bool:
+        """Run ``group`` in one transaction and settle its futures; False, settling
+        none, when it failed with more than one work in it."""
+        if not group:
+            return True
+        try:
+            with self.engine.begin() as conn:
+                results = [work(conn) for work, _ in group]
+        except BaseException as exc:  # whatever it is, the thread lives on to serve the rest
+            if len(group) > 1:
+                return False
+            group[0][1].set_exception(exc)
+            return True
+        for (_, done), result in zip(group, results, strict=True):
+            done.set_result(result)
+        return True
+
+
+_DRIVER_MODULES = frozenset({"asyncpg", "sqlite3"})
+
+
+def _driver_message(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    # asyncpg's errors arrive wrapped twice (SQLAlchemy's adapter, then DBAPIError).
+    original = getattr(original, "__cause__", None) or original
+    return f"{type(original).__name__}: {original}".strip()

@@ -59,7 +59,7 @@ async def check_route(route: Route, connection: PrefectConnection, lookup: Looku
     path = target.name_path if target.name else f"deployments/{target.deployment_id}"
     response = await connection.get(path)
     if response.status_code == 404:
-        return RouteCheck(route.name, False, f"{target.describe()} does not exist")
+        return RouteCheck(route.name, False, f"{target.label} does not exist")
     if not response.is_success:
         return RouteCheck(route.name, False, f"deployment lookup: HTTP {response.status_code}")
     deployment = response.json()
@@ -69,7 +69,7 @@ async def check_route(route: Route, connection: PrefectConnection, lookup: Looku
     )
     if problems:
         return RouteCheck(route.name, False, "flow_run.parameters: " + "; ".join(problems))
-    return RouteCheck(route.name, True, f"{target.describe()} exists ({deployment.get('id')})")
+    return RouteCheck(route.name, True, f"{target.label} exists ({deployment.get('id')})")
 
 
 def parameter_problems(schema: Any, parameters: Any) -> list[str]:
@@ -108,7 +108,7 @@ def simulate(
             {
                 "route": route.name,
                 "matches": True,
-                "target": route.target.describe(),
+                "target": route.target.label,
                 "request": {
                     "method": "POST",
                     "url": f"{connection.api_url}/{request.path}",

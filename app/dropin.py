@@ -15,20 +15,13 @@ import json
 from typing import Any
 from uuid import UUID
 
+import httpx
+import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api import (
-    BridgeDep,
-    Incoming,
-    WebhookOut,
-    count_event,
-    describe,
-    read_json_body,
-    require_webhook_token,
-    store_and_deliver,
-)
+from app.auth import require_webhook_token
 from app.errors import (
     InvalidBody,
     PayloadTooLarge,
@@ -39,9 +32,12 @@ from app.errors import (
     responses,
     validated,
 )
+from app.ingest import WebhookOut, count_event, read_json_body, store_and_deliver
+from app.records import DeliveryState, NewDelivery, NewEvent
 from app.routes import DEFAULT_CONNECTION, DROP_IN_ROUTE
-from app.service import Bridge
-from app.store import DELIVERED, NewDelivery
+from app.service import Bridge, BridgeDep
+
+log = structlog.get_logger("erathos_prefect_bridge.api")
 
 # Prefect's idempotency key is required here: it is what deduplicates.
 _KEY = Field(min_length=1, max_length=400)
@@ -138,37 +134,39 @@ async def _validated(request: Request, bridge: Bridge, model: type[_PrefectBody]
 
 async def _forward(bridge: Bridge, path: str, body: dict[str, Any]) -> Response:
     key: str = body["idempotency_key"]
-    recorded, outcomes = await store_and_deliver(
-        bridge,
-        Incoming(
-            execution_id=key,
-            payload={DROP_IN_ROUTE: {"path": path, "body": body}},
-            table_name=body.get("name"),
-        ),
-        [NewDelivery(DROP_IN_ROUTE, DEFAULT_CONNECTION, key)],
+    new = NewEvent(
+        execution_id=key,
+        payload={DROP_IN_ROUTE: {"path": path, "body": body}},
+        deliveries=[NewDelivery(DROP_IN_ROUTE, DEFAULT_CONNECTION, key)],
+        table_name=body.get("name"),
     )
-    if not recorded.created:
+    accepted = await store_and_deliver(bridge, new)
+    if not accepted.created:
         # The key was seen before (here, or as an Erathos event's execution id).
-        delivered = [d for d in recorded.deliveries if d.state == DELIVERED and d.flow_run_id]
+        delivered = [
+            turn.delivery
+            for turn in accepted.turns
+            if turn.delivery.state is DeliveryState.DELIVERED and turn.delivery.flow_run_id
+        ]
         if len(delivered) == 1 and (found := await _flow_run(bridge, delivered[0].flow_run_id)):
             return Response(found, 200, media_type="application/json")
-        answer = describe(recorded.event, recorded.deliveries, duplicate=True)
-        return JSONResponse(answer.model_dump(), 200)
-    [delivery], [outcome] = recorded.deliveries, outcomes
-    answered = outcome.result if outcome is not None else None
-    if outcome and answered and answered.response_body and outcome.delivery.state == DELIVERED:
+        return JSONResponse(accepted.answer().model_dump(mode="json"), 200)
+    [turn] = accepted.turns
+    answered = turn.result
+    if answered and answered.response_body and turn.delivery.state is DeliveryState.DELIVERED:
         status = 201 if answered.created else 200
         return Response(answered.response_body, status, media_type="application/json")
-    current = outcome.delivery if outcome is not None else delivery
-    return JSONResponse(describe(recorded.event, [current], duplicate=False).model_dump(), 202)
+    return JSONResponse(accepted.answer().model_dump(mode="json"), 202)
 
 
 async def _flow_run(bridge: Bridge, flow_run_id: str | None) -> str | None:
-    """Prefect's current JSON of a run we made before (a repeated request gets it too)."""
+    """Prefect's current JSON of a run we made before (a repeated request gets it too);
+    None when Prefect cannot give it now (the caller answers with the delivery instead)."""
     connection = bridge.connections[DEFAULT_CONNECTION]
     try:
         response = await connection.get(f"flow_runs/{flow_run_id}")
-    except Exception:
+    except (TimeoutError, httpx.HTTPError) as exc:
+        log.warning("flow run not read back from Prefect", flow_run_id=flow_run_id, error=str(exc))
         return None
     if not response.is_success:
         return None

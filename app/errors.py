@@ -12,7 +12,9 @@
     ├── ValidationFailed      422   names every missing or invalid field
     └── ServiceUnavailable    503   nothing was acknowledged; send it again
 
-Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}``.
+Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}``. The
+store's :class:`app.database.StoreUnavailable` is answered as a 503; anything else
+unexpected as a 500, logged once with its traceback (:class:`CatchUnexpected`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.store import StoreUnavailable as StoreDown
+from app.records import StoreUnavailable
 
 log = structlog.get_logger("erathos_prefect_bridge.api")
 M = TypeVar("M", bound=BaseModel)
@@ -184,13 +187,40 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
-    @app.exception_handler(StoreDown)
-    async def _store(_: Request, exc: StoreDown) -> JSONResponse:
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
         log.error("store unavailable", error=str(exc))
         down = ServiceUnavailable("the store cannot be used right now; nothing was changed")
         return error_response(down.status_code, down.code, down.message, headers=down.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error", exc_info=exc)
-        return error_response(500, "internal_error", "internal error; see the service's log")
+    app.add_middleware(CatchUnexpected)
+
+
+class CatchUnexpected:
+    """ASGI middleware: an exception no handler took is logged here, once, with its
+    traceback, and answered 500 in the error shape. Starlette's own last resort would
+    answer too, but then re-raise for the server to log it a second time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.error("unexpected error", exc_info=exc)
+            if not started:  # else the client sees the connection end: nothing more to say
+                answer = error_response(
+                    500, "internal_error", "internal error; see the service's log"
+                )
+                await answer(scope, receive, send)

@@ -62,7 +62,7 @@ _EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _EMPTY = {"", "null", "none"}
 MAX_EXTRA_FIELDS = 100  # unknown fields are kept with the event, but not without bound
 
-Text = Annotated[str, StringConstraints(max_length=1024)]
+ShortText = Annotated[str, StringConstraints(max_length=1024)]
 Count = Annotated[int, Field(ge=0, le=2**53 - 1)]  # the largest integer JSON carries exactly
 
 
@@ -74,14 +74,14 @@ class ErathosEvent(BaseModel):
     execution_id: Annotated[str, StringConstraints(pattern=_EXECUTION_ID.pattern)]
     job_id: UUID | None = None
     connection_id: UUID | None = None
-    connection_name: Text | None = None
-    schema_name: Text | None = None
-    table_name: Text | None = None
+    connection_name: ShortText | None = None
+    schema_name: ShortText | None = None
+    table_name: ShortText | None = None
     status: Annotated[str, StringConstraints(max_length=64, to_upper=True)] | None = None
     rows: Count | None = None
     columns: Count | None = None
     total_duration: Count | None = None
-    triggered_by: Text | None = None
+    triggered_by: ShortText | None = None
     is_orchestration: bool | None = None
     force_history: bool | None = None
     nested_table: bool | None = None

@@ -46,6 +46,7 @@ class ConnectionGate:
     def __init__(self, max_concurrency: int, max_rate: float | None = None) -> None:
         self.max_concurrency = max_concurrency
         self.window = 1.0  # how many requests may be in flight now (AIMD)
+        self._successes = 0  # since the window last grew or shrank
         self.in_flight = 0
         self._turn = asyncio.Condition()
         self._spacing = asyncio.Lock()
@@ -114,8 +115,13 @@ class ConnectionGate:
         """Learn from one answer: only transient failures count against the connection."""
         if result.status_code in (429, 503) or (result.status_code is None and result.timed_out):
             self.window = max(1.0, self.window / 2)  # Prefect is saturated: back off
+            self._successes = 0
         elif result.outcome is Outcome.DELIVERED:
-            self.window = min(float(self.max_concurrency), self.window + 1 / GROWTH_SUCCESSES)
+            # Counted, not added up in fractions: 1/20 twenty times is not exactly 1.
+            self._successes += 1
+            if self._successes >= GROWTH_SUCCESSES:
+                self._successes = 0
+                self.window = min(float(self.max_concurrency), self.window + 1)
         if result.outcome is not Outcome.TRANSIENT:
             if self.circuit is not Circuit.CLOSED:
                 self.recovered = True

@@ -2,7 +2,7 @@
 (one per line) by default, ``key=value`` text on a terminal; a request id on every line.
 
 The service logs with ``structlog.get_logger`` and keyword fields (the event's
-``execution_id``, route, connection, ``flow_run_id``); stdlib records (uvicorn, aiohttp)
+``execution_id``, route, connection, ``flow_run_id``); stdlib records (uvicorn, httpx)
 go through the same processors. Secrets never reach a record (settings hold them as
 ``SecretStr``, errors are redacted at source); as a last guard every configured secret
 value is masked in the rendered line.
@@ -36,7 +36,7 @@ MASK = "********"
 MIN_SECRET_CHARS = 6  # shorter fragments would mask ordinary words
 # Probes and scrapes arrive every few seconds: logged at DEBUG unless they fail.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-NOISY_LIBRARIES = ("aiohttp", "asyncio")
+NOISY_LIBRARIES = ("httpx", "httpcore", "asyncio")
 LEADING_KEYS = ("ts", "level", "logger", "msg", "request_id")
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}

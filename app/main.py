@@ -11,13 +11,14 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.admin import admin
-from app.api import health, webhooks
 from app.dropin import dropin
 from app.errors import install_error_handlers
+from app.health import health
 from app.logs import RequestContext
 from app.prefect import Health
 from app.service import Bridge, open_bridge
 from app.settings import Settings
+from app.webhook import webhooks
 
 
 class State(TypedDict):

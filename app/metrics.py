@@ -16,8 +16,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app import __version__
 from app.gate import Circuit, ConnectionGate
+from app.history import History
 from app.prefect import AttemptResult, Outcome
-from app.store import Store
 
 PREFIX = "erathos_bridge"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -190,7 +190,7 @@ class Metrics:
 
     # -- scrape -------------------------------------------------------------------------
 
-    async def refresh(self, store: Store, gates: Mapping[str, ConnectionGate]) -> None:
+    async def refresh(self, history: History, gates: Mapping[str, ConnectionGate]) -> None:
         """Bring the gauges up to date: the gates at every scrape, the queue (one indexed
         query) at most every QUEUE_CACHE_SECONDS."""
         for name, gate in gates.items():
@@ -200,7 +200,7 @@ class Metrics:
         now = time.monotonic()
         if self._queue_read_at is not None and now - self._queue_read_at < QUEUE_CACHE_SECONDS:
             return
-        summary = await store.pending_summary()
+        summary = await history.pending_summary()
         self._queue_read_at = now
         wall = time.time()
         for name in {*self._connections, *summary}:

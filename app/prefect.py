@@ -1,4 +1,4 @@
-"""The Prefect client: one ``aiohttp.ClientSession`` per Prefect connection, and the
+"""The Prefect client: one ``httpx.AsyncClient`` per Prefect connection, and the
 classification of every answer as delivered, transient (retry) or permanent (stop).
 
 Permanent: 400, 401, 403, 404, 409, 411, 413, 422 and any other 4xx or redirect.
@@ -8,10 +8,11 @@ is read in both of its forms (seconds and HTTP date).
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,7 +21,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
+import httpx
 from pydantic import SecretStr
 
 from app import __version__
@@ -92,38 +93,21 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A response from Prefect, read whole."""
-
-    status_code: int
-    text: str
-    headers: Mapping[str, str]
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status_code < 300
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
 class PrefectConnection:
-    """A Prefect API (Cloud workspace or self-hosted server) and how to authenticate to it.
-
-    aiohttp, not httpx: a flow run request costs about a quarter of the CPU (see
-    bench/README.md), and every delivery is one.
-    """
+    """A Prefect API (Cloud workspace or self-hosted server), how to authenticate to it,
+    and the one HTTP client that talks to it. Whoever makes it closes it (``aclose``):
+    the service's lifespan, or a test's ``async with``."""
 
     def __init__(
         self,
         name: str,
         api_url: str,
         *,
+        api_version: str,
         api_key: SecretStr | None = None,
         auth_string: SecretStr | None = None,
-        api_version: str = "0.8.4",
         timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self.api_url = api_url.rstrip("/")
@@ -133,55 +117,59 @@ class PrefectConnection:
             self.auth_scheme = "Bearer"
             self.headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
         elif auth_string is not None:
-            user, _, password = auth_string.get_secret_value().partition(":")
             self.auth_scheme = "Basic"
-            self.headers["Authorization"] = aiohttp.encode_basic_auth(user, password)
+            encoded = base64.b64encode(auth_string.get_secret_value().encode()).decode()
+            self.headers["Authorization"] = f"Basic {encoded}"
+        # Masked wherever Prefect's answer is kept: the credentials, and the header value
+        # they travel in (a proxy or WAF may echo the request's headers back).
         self._secrets = [s.get_secret_value() for s in (api_key, auth_string) if s is not None]
+        if "Authorization" in self.headers:
+            self._secrets.append(self.headers["Authorization"].partition(" ")[2])
         self._deployments: dict[str, str] = {}  # name path -> id; ids never change
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._total_timeout = timeout
+        self._client = httpx.AsyncClient(
+            base_url=f"{self.api_url}/",
+            headers=self.headers,
+            # Each phase (connect, write, read, pool) gets the whole budget; the request
+            # as a whole gets it too (see _request), so a lease always outlasts it.
+            timeout=httpx.Timeout(timeout),
+            # A redirect is answered, never followed: it is a permanent error (a wrong
+            # URL), and following it would carry the credentials elsewhere.
+            follow_redirects=False,
+            # The gate bounds requests in flight; no second queue inside the client,
+            # where waiting would eat into the request's timeout.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            transport=transport,
+        )
         self._ui_runs = _ui_runs(self.api_url)  # once, not per delivery
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made on first use, inside the event loop that uses it.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self.headers,
-                timeout=self._timeout,
-                # The gate bounds requests in flight; no second queue inside the client,
-                # where waiting would eat into the request's timeout.
-                connector=aiohttp.TCPConnector(limit=0),
-                trust_env=True,  # HTTPS_PROXY, NO_PROXY, like other Python clients
-            )
-        return self._session
+    async def __aenter__(self) -> PrefectConnection:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._client.aclose()
 
-    async def get(self, path: str) -> Answer:
-        """GET a path under the API URL; raises the client's errors."""
+    async def get(self, path: str) -> httpx.Response:
+        """GET a path under the API URL; raises ``httpx.HTTPError`` and ``TimeoutError``."""
         return await self._request("GET", path)
 
-    async def _request(self, method: str, path: str, body: Any = None) -> Answer:
-        # A redirect is answered, never followed: it is a permanent error (a wrong URL),
-        # and following it would carry the credentials elsewhere.
-        async with self._client().request(
-            method, f"{self.api_url}/{path}", json=body, allow_redirects=False
-        ) as response:
-            raw = await response.read()
-            return Answer(response.status, raw.decode("utf-8", "replace"), response.headers)
+    async def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        async with asyncio.timeout(self._total_timeout):
+            return await self._client.request(method, path, json=body)
 
     async def create_flow_run(self, request: PrefectRequest) -> AttemptResult:
         """POST the request; never raises for anything Prefect or the network does."""
         started = time.perf_counter()
         try:
             response = await self._request("POST", request.path, request.body)
-        except TimeoutError as exc:
+        except (TimeoutError, httpx.TimeoutException) as exc:
             return replace(
                 self._failed(started, f"timed out ({type(exc).__name__})"), timed_out=True
             )
-        except aiohttp.ClientError as exc:
+        except httpx.HTTPError as exc:
             return self._failed(started, f"{type(exc).__name__}: {exc}")
         duration_ms = (time.perf_counter() - started) * 1000
         outcome = classify_status(response.status_code)
@@ -224,11 +212,11 @@ class PrefectConnection:
         started = time.perf_counter()
         try:
             response = await self.get(name_path)
-        except TimeoutError as exc:
+        except (TimeoutError, httpx.TimeoutException) as exc:
             return None, replace(
                 self._failed(started, f"timed out ({type(exc).__name__})"), timed_out=True
             )
-        except aiohttp.ClientError as exc:
+        except httpx.HTTPError as exc:
             return None, self._failed(started, f"{type(exc).__name__}: {exc}")
         deployment_id = _json_field(response, "id") if response.is_success else None
         if deployment_id is None:
@@ -252,7 +240,7 @@ class PrefectConnection:
         """Whether the API answers, and whether it accepts our credentials."""
         try:
             response = await self.get("health")
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, httpx.HTTPError) as exc:
             return Health(
                 False, None, f"unreachable: {type(exc).__name__}: {self._redact(str(exc))}"
             )
@@ -261,12 +249,13 @@ class PrefectConnection:
         try:
             # An authenticated read: health itself needs no credentials.
             probe = await self._request("POST", "flows/filter", {"limit": 1})
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, httpx.HTTPError) as exc:
             return Health(True, None, f"{type(exc).__name__}: {self._redact(str(exc))}")
         if probe.status_code in (401, 403):
             return Health(True, False, f"credentials refused (HTTP {probe.status_code})")
         if probe.status_code >= 400:
-            return Health(True, None, f"HTTP {probe.status_code}: {_error_message(probe)}")
+            message = self._redact(_error_message(probe))
+            return Health(True, None, f"HTTP {probe.status_code}: {message}")
         return Health(True, True, "ok")
 
     def flow_run_url(self, flow_run_id: str) -> str:
@@ -278,7 +267,7 @@ class PrefectConnection:
         return AttemptResult(Outcome.TRANSIENT, duration_ms, error=self._redact(error))
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "********")
         return text
 
@@ -293,7 +282,7 @@ def _ui_runs(api_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}/runs/flow-run"
 
 
-def _json_field(response: Answer, name: str) -> Any:
+def _json_field(response: httpx.Response, name: str) -> Any:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -308,7 +297,7 @@ def _phrase(status: int) -> str:
         return f"HTTP {status}"
 
 
-def _error_message(response: Answer) -> str:
+def _error_message(response: httpx.Response) -> str:
     """Prefect's own words: ``detail``, or ``exception_message`` with its detail."""
     try:
         body = response.json()

@@ -33,7 +33,8 @@ class FlowTarget:
 
     flow_id: UUID
 
-    def describe(self) -> str:
+    @property
+    def label(self) -> str:
         return f"flow {self.flow_id}"
 
 
@@ -44,7 +45,8 @@ class DeploymentTarget:
     deployment_id: UUID | None = None
     name: str | None = None
 
-    def describe(self) -> str:
+    @property
+    def label(self) -> str:
         return f"deployment {self.name or self.deployment_id}"
 
     @property

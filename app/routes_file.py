@@ -30,7 +30,7 @@ from app.routes import (
     Target,
 )
 from app.rules import RuleError, parse_rules, to_erathos
-from app.settings import PREFECT_CLOUD_API, ConfigurationError, Settings
+from app.settings import PREFECT_API_VERSION, PREFECT_CLOUD_API, ConfigurationError, Settings
 from app.templates import Lookup, TemplateError, compile_json, compile_text
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -45,7 +45,7 @@ class ConnectionSpec:
     api_url: str
     api_key: SecretStr | None = None
     auth_string: SecretStr | None = None
-    api_version: str = "0.8.4"
+    api_version: str = PREFECT_API_VERSION
 
 
 class _Strict(BaseModel):
@@ -146,7 +146,7 @@ def read_routes_file(path: Path) -> RoutesFileModel:
     try:
         return RoutesFileModel.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigurationError(f"{where}: {_describe(exc, raw)}") from None
+        raise ConfigurationError(f"{where}: {_field_errors(exc, raw)}") from None
 
 
 def erathos_filters(model: RoutesFileModel) -> tuple[list[str], list[dict[str, Any]]]:
@@ -295,7 +295,7 @@ def _uses_secrets(template: Any) -> bool:
     return uses
 
 
-def _describe(exc: ValidationError, raw: Any) -> str:
+def _field_errors(exc: ValidationError, raw: Any) -> str:
     """Name each invalid field with its route: ``routes[0] (orders).deployment: ...``."""
     messages = []
     for error in exc.errors(include_url=False, include_input=False):

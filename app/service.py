@@ -1,8 +1,8 @@
 """The running service's resources, opened and closed in one place.
 
-``open_bridge`` is what the app's lifespan (and the CLI) enter: the store, one
-Prefect client per connection, the router and the dispatcher. Nothing here
-runs at import time.
+``open_bridge`` is what the app's lifespan (and the CLI) enter: the database, one
+Prefect client per connection, the router and the dispatcher. Nothing here runs at
+import time. Routes reach the running :class:`Bridge` through :data:`BridgeDep`.
 """
 
 from __future__ import annotations
@@ -10,18 +10,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import structlog
+from fastapi import Depends, Request
 
+from app.database import Database
 from app.dispatcher import Dispatcher
+from app.history import History
 from app.limits import RateLimiter
 from app.metrics import Metrics
 from app.prefect import PrefectConnection
 from app.routes import DEFAULT_CONNECTION, Router, default_router
 from app.routes_file import ConnectionSpec, Routing, default_connection_spec, load_routes_file
-from app.settings import Settings, template_lookup
+from app.settings import Settings
 from app.store import Store
-from app.templates import Lookup
+from app.templates import Lookup, template_lookup
 
 log = structlog.get_logger("erathos_prefect_bridge")
 
@@ -30,12 +34,22 @@ log = structlog.get_logger("erathos_prefect_bridge")
 class Bridge:
     settings: Settings
     store: Store
+    history: History
     router: Router
     connections: dict[str, PrefectConnection]
     lookup: Lookup
     dispatcher: Dispatcher
     limiter: RateLimiter | None = None
     metrics: Metrics = field(default_factory=Metrics)
+
+
+async def bridge_of(request: Request) -> Bridge:
+    """The running service, from the lifespan's state."""
+    bridge: Bridge = request.state.bridge
+    return bridge
+
+
+BridgeDep = Annotated[Bridge, Depends(bridge_of)]
 
 
 def configure(settings: Settings) -> tuple[Routing, Lookup]:
@@ -53,9 +67,9 @@ def connect(spec: ConnectionSpec, settings: Settings) -> PrefectConnection:
     return PrefectConnection(
         spec.name,
         spec.api_url,
+        api_version=spec.api_version,
         api_key=spec.api_key,
         auth_string=spec.auth_string,
-        api_version=spec.api_version,
         timeout=settings.prefect_timeout.total_seconds(),
     )
 
@@ -75,20 +89,21 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
     routing, lookup = configure(settings)
     router = routing.router
     async with AsyncExitStack() as stack:
-        store = await Store.open(
+        database = await Database.open(
             settings.database_url,
             settings.durability,
             lock_timeout=settings.db_lock_timeout.total_seconds(),
             pool_size=settings.db_pool_size,
             pool_timeout=settings.db_pool_timeout.total_seconds(),
         )
-        stack.push_async_callback(store.close)
-        connections = {name: connect(spec, settings) for name, spec in routing.connections.items()}
-        for connection in connections.values():
-            stack.push_async_callback(connection.aclose)
+        stack.push_async_callback(database.close)
+        store, history = Store(database), History(database)
+        connections = {}
+        for name, spec in routing.connections.items():
+            connections[name] = await stack.enter_async_context(connect(spec, settings))
         # Its own registry per service: several apps in one process never share series.
         metrics = Metrics(connections)
-        dispatcher = Dispatcher(store, router, connections, lookup, settings, metrics)
+        dispatcher = Dispatcher(store, history, router, connections, lookup, settings, metrics)
         if dispatch:
             await dispatcher.start()
             _, deliveries_grace = shutdown_budget(settings)
@@ -97,4 +112,6 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
         limiter = None
         if settings.rate_limit is not None:
             limiter = RateLimiter(settings.rate_limit, burst=max(1.0, 2 * settings.rate_limit))
-        yield Bridge(settings, store, router, connections, lookup, dispatcher, limiter, metrics)
+        yield Bridge(
+            settings, store, history, router, connections, lookup, dispatcher, limiter, metrics
+        )

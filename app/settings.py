@@ -18,18 +18,19 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from annotated_types import Ge, Gt
-from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
 )
 
-from app.templates import Lookup
-
 PREFECT_CLOUD_API = "https://api.prefect.cloud/api"
+PREFECT_API_VERSION = "0.8.4"  # the x-prefect-api-version header Prefect's own clients send
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
 MIN_TOKEN_LENGTH = 16
 MAX_SECRET_BYTES = 64 * 1024
@@ -61,7 +62,7 @@ def parse_duration(value: Any) -> Any:
 def database_kind(url: str) -> Literal["sqlite", "postgresql"] | None:
     """Which store a database URL names, by its scheme; None for anything else."""
     scheme = url.partition(":")[0].strip().lower()
-    if scheme in ("sqlite", "sqlite+aiosqlite"):
+    if scheme in ("sqlite", "sqlite+pysqlite"):
         return "sqlite"
     if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         return "postgresql"
@@ -108,7 +109,19 @@ class PublicSettings(BaseSettings):
         # platform's own PORT, HOST or DATABASE_URL must not reconfigure the service.
         for source in (env_settings, dotenv_settings, file_secret_settings):
             source.config = {**source.config, "populate_by_name": False, "validate_by_name": False}
-        return init_settings, env_settings, dotenv_settings, file_secret_settings
+        sources = [init_settings, env_settings, dotenv_settings, file_secret_settings]
+        if "environment" in settings_cls.model_fields:
+            assert isinstance(env_settings, EnvSettingsSource)  # pydantic-settings' own
+            assert isinstance(dotenv_settings, EnvSettingsSource)
+            assert isinstance(file_secret_settings, SecretsSettingsSource)
+            environment = _Environment(
+                settings_cls, env_settings, dotenv_settings, file_secret_settings
+            )
+            # Given as arguments (tests), they are the whole of it: nothing is merged in.
+            given = getattr(init_settings, "init_kwargs", {})
+            environment.skip = {name for name in ("environment", "secret_files") if name in given}
+            sources.insert(1, environment)
+        return tuple(sources)
 
     jobs: CommaList = Field(default_factory=list, validation_alias="BRIDGE_JOBS")
     public_url: str | None = Field(None, validation_alias="BRIDGE_PUBLIC_URL")
@@ -144,7 +157,7 @@ class Settings(PublicSettings):
     prefect_api_auth_string: SecretStr | None = Field(
         None, validation_alias="PREFECT_API_AUTH_STRING"
     )
-    prefect_api_version: str = Field("0.8.4", validation_alias="PREFECT_API_VERSION")
+    prefect_api_version: str = Field(PREFECT_API_VERSION, validation_alias="PREFECT_API_VERSION")
     prefect_flow_id: UUID | None = Field(None, validation_alias="PREFECT_FLOW_ID")
     prefect_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias="BRIDGE_PREFECT_TIMEOUT"
@@ -183,6 +196,18 @@ class Settings(PublicSettings):
     db_pool_size: Annotated[int, Ge(1)] = Field(5, validation_alias="BRIDGE_DB_POOL_SIZE")
     db_pool_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias="BRIDGE_DB_POOL_TIMEOUT"
+    )
+
+    # What ${{variables.X}} and ${{secrets.X}} in a routes file read, as the sources of the
+    # other settings read them (never set by a variable of their own): every variable of
+    # the environment and of .env, and every file of the secrets directory.
+    # (NoDecode: a platform's own ENVIRONMENT=production is never parsed as this field; the
+    # source that sets these comes first and wins.)
+    environment: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict, exclude=True, repr=False
+    )
+    secret_files: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict, exclude=True, repr=False
     )
 
     # The dispatcher.
@@ -268,7 +293,7 @@ class Settings(PublicSettings):
     @classmethod
     def _api_version(cls, value: str) -> str:
         if not _API_VERSION.match(value):
-            raise ValueError("must look like 0.8.4")
+            raise ValueError(f"must look like {PREFECT_API_VERSION}")
         return value
 
     @field_validator("prefect_api_auth_string")
@@ -344,29 +369,37 @@ class Settings(PublicSettings):
         )
 
 
-def template_lookup(settings: Settings) -> Lookup:
-    """What ``${{variables.X}}`` and ``${{secrets.X}}`` resolve to: the environment (and
-    ``.env``) by upper-case name; secrets also from the secret settings and secret files."""
-    variables = {k.upper(): v for k, v in dotenv_values(".env").items() if v is not None}
-    variables.update({k.upper(): v for k, v in os.environ.items()})
-    secrets = {k: SecretStr(v) for k, v in variables.items()}
-    directory = secrets_dir()
-    if directory is not None:
-        for path in directory.iterdir():
-            secret = _secret_file(path)
-            if secret is not None:
-                secrets[path.name.upper()] = secret
-    for name, info in Settings.model_fields.items():
-        if not isinstance(info.validation_alias, str):
-            continue
-        value = getattr(settings, name)
-        if isinstance(value, SecretStr):
-            secrets[info.validation_alias] = value
-        if _is_secret_field(info.annotation):
-            # A secret setting is never readable as plain ${{variables.X}} text.
-            variables.pop(info.validation_alias, None)
-    variables.pop("BRIDGE_DATABASE_URL", None)  # a PostgreSQL URL may carry a password
-    return Lookup(variables=variables, secrets=secrets)
+class _Environment(PydanticBaseSettingsSource):
+    """The ``environment`` and ``secret_files`` settings: every variable the environment
+    and .env sources read (the environment's value wins), by upper-case name, and every
+    file in the secrets directory the secrets source reads."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        env: EnvSettingsSource,
+        dotenv: EnvSettingsSource,
+        secret_files: SecretsSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self.env, self.dotenv, self.secrets = env, dotenv, secret_files
+        self.skip: set[str] = set()
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, str] = {}
+        for source in (self.dotenv, self.env):  # the environment over .env
+            found |= {k.upper(): v for k, v in source.env_vars.items() if v is not None}
+        files: dict[str, SecretStr] = {}
+        directory = self.secrets.secrets_dir
+        if isinstance(directory, str | os.PathLike) and Path(directory).is_dir():
+            for path in Path(directory).iterdir():
+                if (secret := _secret_file(path)) is not None:
+                    files[path.name.upper()] = secret
+        read = {"environment": found, "secret_files": files}
+        return {name: value for name, value in read.items() if name not in self.skip}
 
 
 def _secret_file(path: Path) -> SecretStr | None:
@@ -377,10 +410,6 @@ def _secret_file(path: Path) -> SecretStr | None:
         return SecretStr(path.read_text(encoding="utf-8").strip())
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def _is_secret_field(annotation: Any) -> bool:
-    return "SecretStr" in repr(annotation)
 
 
 def secrets_dir() -> Path | None:

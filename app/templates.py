@@ -18,6 +18,7 @@ from uuid import UUID
 from pydantic import SecretStr
 
 from app.event import METADATA, ErathosEvent, format_value
+from app.settings import Settings
 
 PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 NAMESPACES = ("variables", "secrets", "erathos")
@@ -49,7 +50,7 @@ class _Ref:
 
 
 @dataclass(frozen=True)
-class Text:
+class Template:
     """A compiled template string: literal parts and references, in order."""
 
     parts: tuple[str | _Ref, ...]
@@ -83,7 +84,7 @@ class Text:
         return "".join(out)
 
 
-def compile_text(text: str, lookup: Lookup, *, where: str) -> Text:
+def compile_text(text: str, lookup: Lookup, *, where: str) -> Template:
     """Compile one string; ``where`` names the setting or field for error messages."""
     parts: list[str | _Ref] = []
     position = 0
@@ -125,7 +126,7 @@ def compile_text(text: str, lookup: Lookup, *, where: str) -> Text:
             merged[-1] += part
         else:
             merged.append(part)
-    return Text(tuple(merged))
+    return Template(tuple(merged))
 
 
 def compile_json(value: Any, lookup: Lookup, *, where: str) -> Any:
@@ -144,7 +145,7 @@ def render_json(
 ) -> Any:
     """Render a compiled JSON value. A string that is exactly one ``${{erathos.x}}``
     keeps the metadata's type (``rows`` stays an integer)."""
-    if isinstance(compiled, Text):
+    if isinstance(compiled, Template):
         name = compiled.single_metadata
         if name is not None and event is not None:
             return _json_value(event.value(name))
@@ -160,3 +161,25 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, UUID | date | time):
         return format_value(value)
     return value
+
+
+def template_lookup(settings: Settings) -> Lookup:
+    """What ``${{variables.X}}`` and ``${{secrets.X}}`` resolve to: the environment (and
+    ``.env``) by upper-case name; secrets also from the secret settings and secret files."""
+    secrets = settings.environment | settings.secret_files
+    variables = {name: value.get_secret_value() for name, value in settings.environment.items()}
+    for name, info in Settings.model_fields.items():
+        if not isinstance(info.validation_alias, str):
+            continue
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            secrets[info.validation_alias] = value
+        if _is_secret_field(info.annotation):
+            # A secret setting is never readable as plain ${{variables.X}} text.
+            variables.pop(info.validation_alias, None)
+    variables.pop("BRIDGE_DATABASE_URL", None)  # a PostgreSQL URL may carry a password
+    return Lookup(variables=variables, secrets=secrets)
+
+
+def _is_secret_field(annotation: Any) -> bool:
+    return "SecretStr" in repr(annotation)

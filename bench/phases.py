@@ -12,6 +12,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from app.settings import PREFECT_API_VERSION
 from bench.body import WEBHOOK_PATH, execution_id
 from bench.client import Connection
 from bench.harness import TOKEN, FakePrefect, Harness, Service, first_ok, starved
@@ -22,7 +23,7 @@ from tools.localprefect import PrefectServer, free_port
 
 BURST_CONCURRENCY = 16
 CAPPED_RATE = "100"  # BRIDGE_MAX_RATE of the capped drain; the report reads it back
-API_VERSION_HEADER = {"x-prefect-api-version": "0.8.4"}
+API_VERSION_HEADER = {"x-prefect-api-version": PREFECT_API_VERSION}
 
 
 def wrk_ceiling(h: Harness) -> None:

@@ -14,13 +14,12 @@ import argparse
 import asyncio
 import random
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
-from tests.erathos import execution
+from tests.erathos import webhook_body
 
 
 async def burst(
@@ -57,9 +56,9 @@ async def burst(
                 return 200 <= status < 300
 
             async def send(i: int) -> None:
-                body = {k.lower(): v for k, v in execution(table_name=f"t{i}").items()}
-                body["execution_id"] = str(uuid.uuid4())
+                body = webhook_body(table_name=f"t{i}")  # a new execution id each
                 if rate is not None:
+                    # Pacing, not waiting for an outcome: event i starts at i / rate s.
                     await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
                 replicas = [i % len(urls)]
                 if i in twice and len(urls) > 1:

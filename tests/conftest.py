@@ -21,7 +21,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from app.database import Database
+from app.history import History
 from app.main import create_app
+from app.records import DeliveryRecord, EventRecord
 from app.settings import Settings
 from tests.databases import (
     BACKENDS,
@@ -145,3 +148,13 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def stored_events(settings: Settings) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
+    """Every event the service stored, newest first (read from its database, after it
+    stopped or beside it)."""
+    database = await Database.open(settings.database_url)
+    try:
+        return await History(database).list_events(limit=500)
+    finally:
+        await database.close()

@@ -1,7 +1,7 @@
 """What Erathos does with a webhook definition: substitute its placeholders into strings.
 
 Used by the tests to send exactly what Erathos would send for the template the
-service prints (every value a string), never a hand-made body.
+service prints (every value a string), never a hand-made body: :func:`webhook_body`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 import re
 import uuid
 from typing import Any
+
+from app.cli import webhook_body_template
 
 PLACEHOLDER = re.compile(r"\$\{\{\s*(variables|secrets|erathos)\.([A-Za-z0-9_]+)\s*\}\}")
 
@@ -37,6 +39,13 @@ def execution(**overrides: Any) -> dict[str, str]:
     }
     values.update({k.upper(): str(v) for k, v in overrides.items()})
     return values
+
+
+def webhook_body(**metadata: Any) -> dict[str, str]:
+    """The body Erathos sends for the printed template, for one execution: every
+    documented field, every value a string; ``metadata`` overrides the sample's."""
+    body: dict[str, str] = render(webhook_body_template(), execution(**metadata))
+    return body
 
 
 def render(

@@ -3,18 +3,19 @@ ask of them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import ADMIN_TOKEN, TOKEN
+from tests.waiting import eventually, settled
 from tools.localprefect import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +65,14 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.env['BRIDGE_PORT']}"
 
     def start(self, wait: float = 30.0) -> None:
+        """Spawn it and wait until it is ready, for synchronous callers."""
         self.spawn()
         self.wait_ready(wait)
+
+    async def launch(self, within: float = 30.0) -> None:
+        """Spawn it and wait until it is ready, for asynchronous callers."""
+        self.spawn()
+        await self.ready(within)
 
     def spawn(self) -> None:
         """Start the process without waiting (several replicas start at once)."""
@@ -79,19 +86,33 @@ class ServiceProcess:
                 start_new_session=True,
             )
 
-    def wait_ready(self, wait: float = 30.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+    async def ready(self, within: float = 30.0) -> None:
+        """Wait until ``/readyz`` answers 200; fail at once, with the end of its log, if
+        the process exits first."""
+        process = self.process
+        assert process is not None
+
+        async def answers_ready() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"the service exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the service did not become ready in {wait} s")
+            return await readiness(self) == 200
+
+        await eventually(answers_ready, within=within, what=f"{self.url}/readyz 200")
+
+    def wait_ready(self, wait: float = 30.0) -> None:
+        """:meth:`ready` for synchronous callers: in an event loop of its own, on a thread
+        of its own (the caller's thread may be running a loop already)."""
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, self.ready(wait)).result()
+
+    def client(self) -> httpx.AsyncClient:
+        """An HTTP client for the process's API (its admin API takes ADMIN_TOKEN)."""
+        return httpx.AsyncClient(base_url=self.url, timeout=10)
+
+    async def settled(self, within: float) -> None:
+        """Wait until none of its events has a pending delivery."""
+        async with self.client() as client:
+            await settled(client, within=within)
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
@@ -112,24 +133,13 @@ def acknowledged(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {within} s")
-        time.sleep(0.1)
-
-
-def pending(service: ServiceProcess, admin_token: str) -> int:
-    """How many events still have a pending delivery (up to 500), by the admin API."""
-    response = httpx.get(
-        f"{service.url}/events",
-        params={"state": "pending", "limit": 500},
-        headers={"Authorization": f"Bearer {admin_token}"},
-        timeout=10,
-    )
-    response.raise_for_status()
-    return len(response.json()["events"])
+async def readiness(service: ServiceProcess) -> int:
+    """The status ``/readyz`` answers with; 0 when nothing answers."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return (await client.get(f"{service.url}/readyz")).status_code
+    except httpx.HTTPError:
+        return 0
 
 
 def burst(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
-from tests.erathos import execution
+from tests.erathos import webhook_body
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +42,7 @@ async def test_the_webhook_token_does_not_open_the_admin_api(
 
 
 async def test_the_admin_token_does_not_open_the_webhook(make_settings: SettingsFactory) -> None:
-    body = {k.lower(): v for k, v in execution().items()}
+    body = webhook_body()
     async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
         response = await client.post("/webhooks/erathos", json=body, headers=auth(ADMIN_TOKEN))
 
@@ -52,7 +52,7 @@ async def test_the_admin_token_does_not_open_the_webhook(make_settings: Settings
 async def test_simulate_reports_the_default_route_without_sending(
     make_settings: SettingsFactory,
 ) -> None:
-    body = {k.lower(): v for k, v in execution(status="FAILED").items()}
+    body = webhook_body(status="FAILED")
     async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
         report = await client.post("/simulate", json=body, headers=auth(ADMIN_TOKEN))
         events = await client.get("/events", headers=auth(ADMIN_TOKEN))

@@ -14,9 +14,9 @@ import pytest
 from fastapi.routing import APIRoute
 
 from app.admin import admin
-from app.api import webhooks
 from app.dropin import dropin
 from app.main import create_app
+from app.webhook import webhooks
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
 
 pytestmark = pytest.mark.anyio

@@ -12,9 +12,12 @@ import pytest
 
 from app.cli import main
 from app.event import METADATA
+from app.records import EventState
+from app.service import open_bridge
 from app.settings import load_settings
-from app.store import Store
 from tests.conftest import TOKEN, auth, open_client
+from tests.erathos import webhook_body
+from tests.waiting import eventually
 from tools.localprefect import PrefectServer
 
 JOB = "6b0f4a52-8d3e-4f5a-9c1b-2e7d8f9a0b1c"
@@ -156,24 +159,19 @@ def test_events_lists_dead_letters_and_replay_sends_them_again(
 
 async def _send(execution_id: str) -> None:
     async with open_client(load_settings()) as client:
-        body = {"execution_id": execution_id, "status": "FINISHED", "table_name": "orders"}
+        body = webhook_body(execution_id=execution_id)
         response = await client.post("/webhooks/erathos", json=body, headers=auth())
         assert response.json()["status"] == "failed"
 
 
 async def _settle() -> None:
     """Run the service until nothing is pending (what a running service does by itself)."""
-    settings = load_settings()
-    async with open_client(settings):
-        store = await Store.open(settings.database_url)
-        try:
-            for _ in range(100):
-                if not await store.list_events(state="pending"):
-                    return
-                await asyncio.sleep(0.1)
-        finally:
-            await store.close()
-    raise AssertionError("deliveries still pending")
+    async with open_bridge(load_settings()) as bridge:
+
+        async def settled() -> bool:
+            return not await bridge.history.list_events(state=EventState.PENDING, limit=1)
+
+        await eventually(settled, within=30, what="every delivery settled")
 
 
 def test_check_and_simulate_never_print_a_configured_secret(
@@ -192,7 +190,7 @@ def test_check_and_simulate_never_print_a_configured_secret(
     environment.setenv("PREFECT_API_URL", prefect.api_url)
     environment.setenv("PREFECT_FLOW_ID", flow_id)
     event = tmp_path / "event.json"
-    event.write_text(json.dumps({"execution_id": str(uuid.uuid4()), "status": "FINISHED"}))
+    event.write_text(json.dumps(webhook_body()))
 
     assert main(["simulate", str(event)]) == 0
     assert main(["check"]) == 0

@@ -3,40 +3,44 @@ separate client process loses no acknowledged event and doubles none."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import ADMIN_TOKEN, TOKEN
+import pytest
+
+from tests.conftest import TOKEN
 from tests.processes import (
     ServiceProcess,
     acknowledged,
     burst,
     fast_service_environment,
-    pending,
-    wait_for,
 )
+from tests.waiting import eventually
 from tools.localprefect import PrefectServer
 
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
+
+async def test_kill_9_during_a_burst_loses_and_doubles_nothing_acknowledged(
     tmp_path: Path, prefect: PrefectServer, flow_id: str
 ) -> None:
     env = fast_service_environment(prefect.api_url, flow_id, f"sqlite:///{tmp_path / 'bridge.db'}")
     service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
-    service.start()
+    await service.launch()
     client, acked, _ = burst([service], TOKEN, tmp_path, 500, concurrency="16", rate="100")
     try:
-        wait_for(lambda: len(acknowledged(acked)) >= 150, within=120, what="150 acknowledgements")
+        await eventually(
+            lambda: len(acknowledged(acked)) >= 150, within=120, what="150 acknowledgements"
+        )
         service.signal(signal.SIGKILL)
-        service.wait()
-        assert client.wait(120) == 0
+        await asyncio.to_thread(service.wait)
+        assert await asyncio.to_thread(client.wait, 120) == 0
         before_restart = acknowledged(acked)
 
-        service.start()
-        wait_for(
-            lambda: pending(service, ADMIN_TOKEN) == 0, within=120, what="every delivery settled"
-        )
+        await service.launch()
+        await service.settled(within=120)
     finally:
         client.kill()
         service.stop()

@@ -5,50 +5,19 @@ Each test runs on both stores, SQLite and PostgreSQL (see ``every_database``).""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
-from tests.erathos import execution
+from tests.erathos import webhook_body
 from tests.faults import FaultProxy
+from tests.waiting import pending_count, settled
 from tools.localprefect import PrefectServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
-
-
-def event_body(**metadata: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in execution(**metadata).items()}
-
-
-async def eventually(
-    check: Callable[[httpx.AsyncClient], Awaitable[bool]],
-    client: httpx.AsyncClient,
-    within: float = 30.0,
-) -> None:
-    """Wait until ``check(client)`` holds, polling what the service exposes."""
-    deadline = time.monotonic() + within
-    while not await check(client):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within} s")
-        await asyncio.sleep(0.1)
-
-
-async def pending_count(client: httpx.AsyncClient) -> int:
-    response = await client.get(
-        "/events", params={"state": "pending", "limit": 500}, headers=auth(ADMIN_TOKEN)
-    )
-    assert response.status_code == 200, response.text
-    return len(response.json()["events"])
-
-
-async def all_delivered(client: httpx.AsyncClient) -> bool:
-    return await pending_count(client) == 0
 
 
 def fast_retries(
@@ -67,6 +36,7 @@ def fast_retries(
     return make_settings(**(values | more))
 
 
+@pytest.mark.slow
 async def test_every_fault_ends_in_exactly_one_flow_run_with_the_backoff_recorded(
     make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
 ) -> None:
@@ -74,14 +44,14 @@ async def test_every_fault_ends_in_exactly_one_flow_run_with_the_backoff_recorde
     proxy = FaultProxy(f"http://127.0.0.1:{prefect.port}", script, stall=1.5)
     await proxy.start()
     settings = fast_retries(make_settings, f"{proxy.url}/api", flow_id, max_concurrency=1)
-    bodies = [event_body(table_name=f"t{i}") for i in range(6)]
+    bodies = [webhook_body(table_name=f"t{i}") for i in range(6)]
     try:
         async with open_client(settings) as client:
             answers = [
                 await client.post("/webhooks/erathos", json=b, headers=auth()) for b in bodies
             ]
             assert {a.status_code for a in answers} == {202}
-            await eventually(all_delivered, client, within=60)
+            await settled(client, within=60)
             details = [
                 (
                     await client.get(f"/events/{a.json()['event_id']}", headers=auth(ADMIN_TOKEN))
@@ -111,6 +81,7 @@ async def test_every_fault_ends_in_exactly_one_flow_run_with_the_backoff_recorde
     assert len(first_event["attempts_made"]) > 1
 
 
+@pytest.mark.slow
 async def test_prefect_down_while_100_events_arrive_then_exactly_100_flow_runs(
     make_settings: SettingsFactory, tmp_path: Any
 ) -> None:
@@ -118,7 +89,7 @@ async def test_prefect_down_while_100_events_arrive_then_exactly_100_flow_runs(
     flow_id = prefect.create_flow("dbt-outage")
     prefect.stop()  # nothing listens on its port now
     settings = fast_retries(make_settings, prefect.api_url, flow_id, sync_wait="200ms")
-    bodies = [event_body(table_name=f"table_{i}") for i in range(100)]
+    bodies = [webhook_body(table_name=f"table_{i}") for i in range(100)]
     try:
         async with open_client(settings) as client:
             answers = await asyncio.gather(
@@ -129,7 +100,7 @@ async def test_prefect_down_while_100_events_arrive_then_exactly_100_flow_runs(
             assert await pending_count(client) == 100
 
             prefect.start()
-            await eventually(all_delivered, client, within=60)
+            await settled(client, within=60)
         runs = prefect.flow_runs(flow_id)
     finally:
         prefect.stop()
@@ -143,7 +114,7 @@ async def test_an_unknown_flow_is_dead_lettered_with_prefects_reason_and_replays
     make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
 ) -> None:
     wrong = fast_retries(make_settings, prefect.api_url, "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de")
-    body = event_body()
+    body = webhook_body()
     async with open_client(wrong) as client:
         answer = (await client.post("/webhooks/erathos", json=body, headers=auth())).json()
         [dead] = answer["deliveries"]
@@ -159,7 +130,7 @@ async def test_an_unknown_flow_is_dead_lettered_with_prefects_reason_and_replays
         assert [e["id"] for e in dead_list.json()["events"]] == [answer["event_id"]]
         replay = await client.post(f"/deliveries/{dead['id']}/replay", headers=auth(ADMIN_TOKEN))
         assert replay.status_code == 202
-        await eventually(all_delivered, client)
+        await settled(client, within=30)
         detail = (
             await client.get(f"/events/{answer['event_id']}", headers=auth(ADMIN_TOKEN))
         ).json()
@@ -176,16 +147,18 @@ async def test_a_replay_keeps_the_flow_run_unless_a_new_run_is_asked_for(
 ) -> None:
     settings = fast_retries(make_settings, prefect.api_url, flow_id)
     async with open_client(settings) as client:
-        answer = (await client.post("/webhooks/erathos", json=event_body(), headers=auth())).json()
+        answer = (
+            await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+        ).json()
         delivery_id = answer["deliveries"][0]["id"]
         await client.post(f"/deliveries/{delivery_id}/replay", headers=auth(ADMIN_TOKEN))
-        await eventually(all_delivered, client)
+        await settled(client, within=30)
         assert len(prefect.flow_runs(flow_id)) == 1
 
         await client.post(
             f"/events/{answer['event_id']}/replay?new_run=true", headers=auth(ADMIN_TOKEN)
         )
-        await eventually(all_delivered, client)
+        await settled(client, within=30)
         still_pending = await client.post(
             f"/deliveries/{delivery_id}/replay", headers=auth(ADMIN_TOKEN)
         )
@@ -216,12 +189,12 @@ async def test_shutdown_gives_in_flight_deliveries_back_and_the_next_start_sends
     try:
         async with open_client(settings) as client:
             answer = (
-                await client.post("/webhooks/erathos", json=event_body(), headers=auth())
+                await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
             ).json()
             assert answer["status"] == "queued"
         # The lease (30 s) would still hold it; shutdown released it, so it goes at once.
         async with open_client(settings) as client:
-            await eventually(all_delivered, client, within=10)
+            await settled(client, within=10)
     finally:
         await proxy.stop()
 

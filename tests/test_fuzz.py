@@ -63,6 +63,7 @@ def fuzz(operation: Any, token: str) -> None:
     calls()
 
 
+@pytest.mark.slow
 def test_no_route_answers_5xx_or_outside_its_schema(api_schema: OpenApiSchema) -> None:
     # Schemathesis's own pytest plugin does not run on this pytest; its Hypothesis
     # strategies do, one operation at a time.

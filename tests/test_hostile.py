@@ -9,21 +9,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
-from tests.erathos import execution
+from tests.erathos import webhook_body
 from tests.processes import ServiceProcess, clean_environment
 from tools.localprefect import free_port
 
 pytestmark = pytest.mark.anyio
-
-
-def body(**metadata: Any) -> dict[str, Any]:
-    return {k.lower(): v for k, v in execution(**metadata).items()}
 
 
 def raw(text: str) -> bytes:
@@ -31,7 +26,7 @@ def raw(text: str) -> bytes:
 
 
 HOSTILE: list[tuple[str, dict[str, str], bytes, int]] = [
-    ("over the cap", {}, json.dumps({**body(), "pad": "x" * 70_000}).encode(), 413),
+    ("over the cap", {}, json.dumps({**webhook_body(), "pad": "x" * 70_000}).encode(), 413),
     ("deeply nested", {}, raw("[" * 50_000 + "]" * 50_000), 413),
     (
         "nested within the cap",
@@ -42,7 +37,7 @@ HOSTILE: list[tuple[str, dict[str, str], bytes, int]] = [
     (
         "tens of thousands of keys",
         {},
-        json.dumps({**body(), **{f"k{i}": 0 for i in range(4000)}}).encode(),
+        json.dumps({**webhook_body(), **{f"k{i}": 0 for i in range(4000)}}).encode(),
         422,
     ),
     ("invalid UTF-8", {}, b'{"execution_id": "\xff\xfe"}', 400),
@@ -50,18 +45,23 @@ HOSTILE: list[tuple[str, dict[str, str], bytes, int]] = [
     ("duplicate keys", {}, raw('{"execution_id": "a", "execution_id": "b"}'), 400),
     ("same name in two cases", {}, raw('{"execution_id": "a", "EXECUTION_ID": "b"}'), 422),
     ("a huge JSON number", {}, raw('{"execution_id": "a", "rows": ' + "9" * 5000 + "}"), 400),
-    ("a huge number as a string", {}, json.dumps({**body(), "rows": "9" * 5000}).encode(), 422),
-    ("a negative count", {}, json.dumps({**body(), "rows": "-1"}).encode(), 422),
+    (
+        "a huge number as a string",
+        {},
+        json.dumps({**webhook_body(), "rows": "9" * 5000}).encode(),
+        422,
+    ),
+    ("a negative count", {}, json.dumps({**webhook_body(), "rows": "-1"}).encode(), 422),
     ("not an object", {}, raw('["execution_id"]'), 422),
     ("null", {}, raw("null"), 422),
     ("empty", {}, b"", 400),
-    ("text/plain", {"Content-Type": "text/plain"}, json.dumps(body()).encode(), 415),
+    ("text/plain", {"Content-Type": "text/plain"}, json.dumps(webhook_body()).encode(), 415),
     ("form", {"Content-Type": "application/x-www-form-urlencoded"}, b"execution_id=1", 415),
-    ("no content type", {"Content-Type": ""}, json.dumps(body()).encode(), 415),
+    ("no content type", {"Content-Type": ""}, json.dumps(webhook_body()).encode(), 415),
     (
         "placeholders everywhere",
         {},
-        json.dumps({k: "${{secrets.PREFECT_API_KEY}}" for k in body()}).encode(),
+        json.dumps({k: "${{secrets.PREFECT_API_KEY}}" for k in webhook_body()}).encode(),
         422,
     ),
 ]
@@ -120,7 +120,9 @@ async def test_a_placeholder_in_incoming_data_stays_literal_text(
         prefect_api_url="http://127.0.0.1:9/api",
         sync_wait="50ms",
     )
-    sent = body(table_name="${{secrets.PREFECT_API_KEY}}", schema_name="${{variables.HOME}}")
+    sent = webhook_body(
+        table_name="${{secrets.PREFECT_API_KEY}}", schema_name="${{variables.HOME}}"
+    )
     async with open_client(settings) as client:
         accepted = await client.post("/webhooks/erathos", json=sent, headers=auth())
         report = await client.post("/simulate", json=sent, headers=auth(ADMIN_TOKEN))
@@ -139,7 +141,8 @@ async def test_over_the_rate_limit_a_token_gets_429_with_retry_after_before_the_
     settings = make_settings(rate_limit=1, admin_token=ADMIN_TOKEN, sync_wait="50ms")
     async with open_client(settings) as client:
         answers = [
-            await client.post("/webhooks/erathos", json=body(), headers=auth()) for _ in range(4)
+            await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+            for _ in range(4)
         ]
         stored = await client.get("/events", headers=auth(ADMIN_TOKEN))
 

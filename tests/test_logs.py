@@ -20,7 +20,7 @@ import structlog
 
 from app.logs import configure_logging, configured_secrets
 from app.settings import Settings
-from tests.erathos import execution
+from tests.erathos import webhook_body
 from tests.processes import ServiceProcess, clean_environment
 from tools.localprefect import PrefectServer, free_port
 
@@ -44,10 +44,6 @@ SECRETS = {
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def event_body(job_id: str, **metadata: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in execution(job_id=job_id, **metadata).items()}
 
 
 @pytest.fixture
@@ -83,8 +79,8 @@ def test_a_full_scenario_logs_json_with_identity_and_request_ids_and_no_secret(
     service: Any,
 ) -> None:
     process, known_job, failing_job = service
-    delivered = event_body(known_job, table_name="orders")
-    dead = event_body(failing_job, table_name="invoices")
+    delivered = webhook_body(job_id=known_job, table_name="orders")
+    dead = webhook_body(job_id=failing_job, table_name="invoices")
     answers: list[httpx.Response] = []
     with httpx.Client(base_url=process.url, timeout=30) as client:
 

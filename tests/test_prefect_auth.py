@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
+import httpx
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
+from app import __version__
 from app.prefect import PrefectConnection, PrefectRequest
+from app.settings import PREFECT_API_VERSION
 from tests.conftest import SettingsFactory, auth, open_client
-from tests.erathos import execution
-from tests.stub import connection_to, stub_server
+from tests.erathos import webhook_body
+from tests.stub import mock_connection, recording
 from tools.localprefect import PrefectServer
 
 ACCOUNT = "0f6a9b9e-3a8c-4c43-9a57-1d0c5c0b6a11"
@@ -32,10 +33,6 @@ def guarded() -> Iterator[PrefectServer]:
         server.stop()
 
 
-def body() -> dict[str, Any]:
-    return {k.lower(): v for k, v in execution().items()}
-
-
 @pytest.mark.anyio
 async def test_right_basic_credentials_on_a_cloud_shaped_url_create_the_run(
     make_settings: SettingsFactory, guarded: PrefectServer
@@ -46,7 +43,7 @@ async def test_right_basic_credentials_on_a_cloud_shaped_url_create_the_run(
         prefect_flow_id=flow_id,
         prefect_api_auth_string=AUTH_STRING,
     )
-    sent = body()
+    sent = webhook_body()
     async with open_client(settings) as client:
         answer = (await client.post("/webhooks/erathos", json=sent, headers=auth())).json()
         ready = (await client.get("/readyz")).json()
@@ -68,7 +65,9 @@ async def test_wrong_basic_credentials_are_a_clear_permanent_error(
         prefect_api_auth_string="admin:wrong-password-here",
     )
     async with open_client(settings) as client:
-        answer = (await client.post("/webhooks/erathos", json=body(), headers=auth())).json()
+        answer = (
+            await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+        ).json()
         ready = (await client.get("/readyz")).json()
 
     [delivery] = answer["deliveries"]
@@ -82,33 +81,30 @@ async def test_wrong_basic_credentials_are_a_clear_permanent_error(
 
 @pytest.mark.anyio
 async def test_an_api_key_is_sent_as_a_bearer_token_with_the_api_version() -> None:
-    seen: list[web.Request] = []
-
-    async def cloud(request: web.Request) -> web.Response:
-        # Prefect Cloud itself cannot run here; this stands in for its flow_runs endpoint.
-        seen.append(request)
-        return web.json_response({"id": "run-1"}, status=201)
+    # Prefect Cloud itself cannot run here; this stands in for its flow_runs endpoint.
+    seen, cloud = recording(lambda request: httpx.Response(201, json={"id": "run-1"}))
 
     workspace = workspace_path()
-    async with (
-        stub_server(cloud) as url,
-        connection_to(
-            url + workspace, api_key=SecretStr("pnu_secret_key"), api_version="0.8.4"
-        ) as connection,
-    ):
+    async with mock_connection(
+        cloud, api_url=f"https://api.prefect.cloud{workspace}", api_key=SecretStr("pnu_secret_key")
+    ) as connection:
         result = await connection.create_flow_run(PrefectRequest("flow_runs/", {"flow_id": "x"}))
 
     [request] = seen
-    assert request.path == f"{workspace}/flow_runs/"
+    assert (request.url.host, request.url.path) == ("api.prefect.cloud", f"{workspace}/flow_runs/")
     assert request.headers["authorization"] == "Bearer pnu_secret_key"
-    assert request.headers["x-prefect-api-version"] == "0.8.4"
-    assert request.headers["user-agent"].startswith("erathos-prefect-bridge/")
+    assert request.headers["x-prefect-api-version"] == PREFECT_API_VERSION
+    assert request.headers["user-agent"] == f"erathos-prefect-bridge/{__version__}"
     assert result.flow_run_id == "run-1"
 
 
-def test_a_cloud_run_links_to_its_page_in_the_cloud_ui() -> None:
-    connection = PrefectConnection("cloud", f"https://api.prefect.cloud{workspace_path()}")
-    assert connection.flow_run_url("run-1") == (
+@pytest.mark.anyio
+async def test_a_cloud_run_links_to_its_page_in_the_cloud_ui() -> None:
+    async with PrefectConnection(
+        "cloud", f"https://api.prefect.cloud{workspace_path()}", api_version=PREFECT_API_VERSION
+    ) as connection:
+        url = connection.flow_run_url("run-1")
+    assert url == (
         f"https://app.prefect.cloud/account/{ACCOUNT}/workspace/{WORKSPACE}/runs/flow-run/run-1"
     )
 

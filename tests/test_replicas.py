@@ -16,17 +16,19 @@ import pytest
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.database import deliveries, events
-from tests.conftest import ADMIN_TOKEN, TOKEN
+from app.records import DeliveryState
+from app.schema import deliveries, events
+from tests.conftest import TOKEN
 from tests.processes import (
     ServiceProcess,
     acknowledged,
     burst,
     fast_service_environment,
-    pending,
-    wait_for,
 )
+from tests.waiting import eventually
 from tools.localprefect import PrefectServer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 def replica(
@@ -54,23 +56,19 @@ def replicas(
             service.stop()
 
 
-def query(url: str, *statements: Select[int]) -> list[int]:
+async def query(url: str, *statements: Select[int]) -> list[int]:
     """Counts from the shared database."""
-
-    async def run() -> list[int]:
-        engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://"))
-        try:
-            async with engine.connect() as conn:
-                return [int(await conn.scalar(s) or 0) for s in statements]
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://"))
+    try:
+        async with engine.connect() as conn:
+            return [int(await conn.scalar(s) or 0) for s in statements]
+    finally:
+        await engine.dispose()
 
 
-def stored_counts(url: str) -> tuple[int, int]:
+async def stored_counts(url: str) -> tuple[int, int]:
     """(events, deliveries) in the shared database."""
-    n_events, n_deliveries = query(
+    n_events, n_deliveries = await query(
         url,
         select(func.count()).select_from(events),
         select(func.count()).select_from(deliveries),
@@ -78,13 +76,13 @@ def stored_counts(url: str) -> tuple[int, int]:
     return n_events, n_deliveries
 
 
-def retried(url: str) -> int:
+async def retried(url: str) -> int:
     """Delivered deliveries that were claimed more than once."""
-    [count] = query(
+    [count] = await query(
         url,
         select(func.count())
         .select_from(deliveries)
-        .where(deliveries.c.attempts > 1, deliveries.c.state == "delivered"),
+        .where(deliveries.c.attempts > 1, deliveries.c.state == DeliveryState.DELIVERED),
     )
     return count
 
@@ -106,7 +104,7 @@ def delivered_by(service: ServiceProcess) -> int:
     )
 
 
-def test_two_replicas_turn_1000_events_with_concurrent_duplicates_into_1000_flow_runs(
+async def test_two_replicas_turn_1000_events_with_concurrent_duplicates_into_1000_flow_runs(
     replicas: list[ServiceProcess],
     tmp_path: Path,
     prefect: PrefectServer,
@@ -117,8 +115,8 @@ def test_two_replicas_turn_1000_events_with_concurrent_duplicates_into_1000_flow
         replicas, TOKEN, tmp_path, 1000, duplicates="0.1", concurrency="16"
     )
     try:
-        assert client.wait(180) == 0
-        wait_for(lambda: pending(replicas[0], ADMIN_TOKEN) == 0, within=120, what="every delivery")
+        assert await asyncio.to_thread(client.wait, 180) == 0
+        await replicas[0].settled(within=120)
     finally:
         client.kill()
 
@@ -132,7 +130,7 @@ def test_two_replicas_turn_1000_events_with_concurrent_duplicates_into_1000_flow
         assert {index for _, index in got} == {0, 1}
     assert {s for a in sent.values() for s, _ in a} <= {200, 202}
     assert sorted(acknowledged(acked)) == sorted(sent)
-    assert stored_counts(postgres_url) == (1000, 1000)
+    assert await stored_counts(postgres_url) == (1000, 1000)
     runs = Counter(run["idempotency_key"] for run in prefect.flow_runs(flow_id))
     assert len(runs) == 1000
     assert set(runs) == set(sent)
@@ -141,7 +139,7 @@ def test_two_replicas_turn_1000_events_with_concurrent_duplicates_into_1000_flow
     assert all(delivered_by(service) > 0 for service in replicas)
 
 
-def test_a_replica_killed_mid_burst_leaves_its_deliveries_to_the_survivor(
+async def test_a_replica_killed_mid_burst_leaves_its_deliveries_to_the_survivor(
     replicas: list[ServiceProcess],
     tmp_path: Path,
     prefect: PrefectServer,
@@ -153,11 +151,13 @@ def test_a_replica_killed_mid_burst_leaves_its_deliveries_to_the_survivor(
         replicas, TOKEN, tmp_path, 600, duplicates="0.1", concurrency="16", rate="150"
     )
     try:
-        wait_for(lambda: len(acknowledged(acked)) >= 150, within=120, what="150 acknowledgements")
+        await eventually(
+            lambda: len(acknowledged(acked)) >= 150, within=120, what="150 acknowledgements"
+        )
         doomed.signal(signal.SIGKILL)
-        doomed.wait()
-        assert client.wait(180) == 0
-        wait_for(lambda: pending(survivor, ADMIN_TOKEN) == 0, within=120, what="every delivery")
+        await asyncio.to_thread(doomed.wait)
+        assert await asyncio.to_thread(client.wait, 180) == 0
+        await survivor.settled(within=120)
     finally:
         client.kill()
 
@@ -171,4 +171,4 @@ def test_a_replica_killed_mid_burst_leaves_its_deliveries_to_the_survivor(
     assert set(runs.values()) == {1}
     # The deliveries the dead replica held (leased, some already sent) were claimed
     # again by the survivor once their leases ran out, and delivered: one run each.
-    assert retried(postgres_url) > 0
+    assert await retried(postgres_url) > 0

@@ -17,9 +17,10 @@ from app.diagnose import simulate
 from app.event import ErathosEvent
 from app.routes_file import load_routes_file
 from app.service import connect
-from app.settings import ConfigurationError, Settings, template_lookup
+from app.settings import ConfigurationError, Settings
+from app.templates import template_lookup
 from tests.conftest import TOKEN, SettingsFactory
-from tests.erathos import execution
+from tests.erathos import webhook_body
 from tools.localprefect import PrefectServer
 
 FINISHED = {"variable_name": "STATUS", "operation": "EQUAL", "value": "FINISHED"}
@@ -265,7 +266,7 @@ async def test_simulate_shows_matches_reasons_and_the_exact_masked_request(
     settings = settings_for(make_settings, tmp_path, document)
     routing = load(settings)
     connections = {name: connect(spec, settings) for name, spec in routing.connections.items()}
-    event = ErathosEvent.model_validate({k.lower(): v for k, v in execution(rows="7").items()})
+    event = ErathosEvent.model_validate(webhook_body(rows="7"))
 
     report = simulate(event, routing.router, connections, template_lookup(settings))
     for connection in connections.values():

@@ -13,7 +13,7 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
-from tests.erathos import execution
+from tests.erathos import webhook_body
 from tools.localprefect import PrefectServer
 
 pytestmark = pytest.mark.anyio
@@ -110,14 +110,12 @@ def routed(
     )
 
 
-def body(**metadata: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in execution(**metadata).items()}
-
-
 async def test_one_load_fans_out_to_two_deployments_with_typed_parameters(
     routed: Settings, prefect: PrefectServer, dbt: Flow
 ) -> None:
-    sent = body(table_name="orders", rows="1520", force_history="true", schema_name="raw_shop")
+    sent = webhook_body(
+        table_name="orders", rows="1520", force_history="true", schema_name="raw_shop"
+    )
     async with open_client(routed) as client:
         first = await client.post("/webhooks/erathos", json=sent, headers=auth())
         again = await client.post("/webhooks/erathos", json=sent, headers=auth())
@@ -143,7 +141,9 @@ async def test_a_failed_load_goes_only_to_the_failure_route(
     routed: Settings, prefect: PrefectServer, dbt: Flow
 ) -> None:
     async with open_client(routed) as client:
-        answer = await client.post("/webhooks/erathos", json=body(status="FAILED"), headers=auth())
+        answer = await client.post(
+            "/webhooks/erathos", json=webhook_body(status="FAILED"), headers=auth()
+        )
 
     assert [d["route"] for d in answer.json()["deliveries"]] == ["on-failure"]
     runs = runs_by_deployment(prefect, dbt)
@@ -154,7 +154,7 @@ async def test_an_empty_load_skips_the_route_that_wants_rows(
     routed: Settings, prefect: PrefectServer, dbt: Flow
 ) -> None:
     async with open_client(routed) as client:
-        answer = await client.post("/webhooks/erathos", json=body(rows="0"), headers=auth())
+        answer = await client.post("/webhooks/erathos", json=webhook_body(rows="0"), headers=auth())
 
     assert [d["route"] for d in answer.json()["deliveries"]] == ["finance"]
     assert list(runs_by_deployment(prefect, dbt)) == ["finance"]
@@ -174,7 +174,9 @@ async def test_parameters_that_fail_the_schema_are_dead_lettered_with_prefects_m
         prefect_api_url=prefect.api_url, routes_file=write_routes(tmp_path, routes)
     )
     async with open_client(settings) as client:
-        answer = (await client.post("/webhooks/erathos", json=body(), headers=auth())).json()
+        answer = (
+            await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+        ).json()
 
     [dead] = answer["deliveries"]
     assert dead["state"] == "dead"
@@ -192,7 +194,9 @@ async def test_an_unknown_deployment_name_is_a_permanent_error(
         prefect_api_url=prefect.api_url, routes_file=write_routes(tmp_path, routes)
     )
     async with open_client(settings) as client:
-        answer = (await client.post("/webhooks/erathos", json=body(), headers=auth())).json()
+        answer = (
+            await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+        ).json()
 
     [dead] = answer["deliveries"]
     assert dead["state"] == "dead"

@@ -12,13 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.routes import default_router
-from app.settings import (
-    ConfigurationError,
-    Settings,
-    load_settings,
-    template_lookup,
-)
-from app.templates import TemplateError
+from app.settings import ConfigurationError, Settings, load_settings
+from app.templates import TemplateError, template_lookup
 
 FLOW_ID = "3f2a1b0c-9d8e-4f7a-8b6c-5d4e3f2a1b01"
 ACCOUNT_ID = "a1a1a1a1-b2b2-4c3c-8d4d-e5e5e5e5e5e5"
@@ -42,7 +37,7 @@ VALID_ENV = {
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No PREFECT_*/BRIDGE_* (nor a variable spelled like a field) from the developer's
     environment, no .env, and an empty secrets directory instead of /run/secrets."""
-    fields = set(Settings.model_fields)
+    fields = set(Settings.model_fields) - {"environment", "secret_files"}
     for name in list(os.environ):
         if name.upper().startswith(("PREFECT_", "BRIDGE_")) or name.lower() in fields:
             monkeypatch.delenv(name)
@@ -179,6 +174,11 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
             {"BRIDGE_DATABASE_URL": "postgresql+psycopg2://db/bridge"},
             "BRIDGE_DATABASE_URL",
             id="database-another-driver",
+        ),
+        pytest.param(
+            {"BRIDGE_DATABASE_URL": "sqlite+aiosqlite:////data/bridge.db"},
+            "BRIDGE_DATABASE_URL",
+            id="database-a-driver-no-longer-used",
         ),
         pytest.param({"BRIDGE_DB_POOL_SIZE": "0"}, "BRIDGE_DB_POOL_SIZE", id="no-pool"),
         pytest.param({"BRIDGE_DB_POOL_TIMEOUT": "0s"}, "BRIDGE_DB_POOL_TIMEOUT", id="pool-0s"),
@@ -317,6 +317,52 @@ def test_a_secret_setting_is_not_readable_as_a_plain_variable(
         assert lookup.secret(name) is not None, name
     for secret in (API_KEY, TOKEN, ADMIN_TOKEN):
         assert secret not in repr(lookup)
+
+
+def test_settings_built_without_a_dotenv_file_never_read_the_developers(
+    monkeypatch: pytest.MonkeyPatch, clean_environment: Path
+) -> None:
+    Path(".env").write_text("TEAM=analytics\nREGION=from-dotenv\n")
+    (clean_environment / "dbt_token").write_text("dbt-TOPSECRET-value\n")
+    monkeypatch.setenv("REGION", "sa-east-1")
+
+    isolated = template_lookup(build())
+    configured = template_lookup(load_settings_with(monkeypatch))
+
+    assert (isolated.variable("TEAM"), isolated.variable("REGION")) == (None, "sa-east-1")
+    assert isolated.secret("DBT_TOKEN") is None
+    assert (configured.variable("TEAM"), configured.variable("REGION")) == (
+        "analytics",
+        "sa-east-1",  # the environment wins over .env, as for every setting
+    )
+    secret = configured.secret("DBT_TOKEN")
+    assert secret is not None
+    assert secret.get_secret_value() == "dbt-TOPSECRET-value"
+
+
+def test_variables_given_as_arguments_are_the_whole_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REGION", "sa-east-1")
+
+    lookup = template_lookup(build(environment={"TEAM": "analytics"}))
+
+    assert (lookup.variable("TEAM"), lookup.variable("REGION")) == ("analytics", None)
+
+
+def test_a_platforms_environment_variable_named_like_an_internal_field_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, ENVIRONMENT="production", SECRET_FILES="not json", REGION="eu")
+
+    lookup = template_lookup(load_settings())
+
+    assert (lookup.variable("ENVIRONMENT"), lookup.variable("REGION")) == ("production", "eu")
+
+
+def load_settings_with(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    set_env(monkeypatch)
+    return load_settings()
 
 
 @pytest.mark.parametrize(
@@ -552,7 +598,7 @@ def test_an_unrelated_database_url_in_the_environment_does_not_stop_start_up(
     "url",
     [
         "sqlite:///./data/bridge.db",
-        "sqlite+aiosqlite:////data/bridge.db",
+        "sqlite+pysqlite:////data/bridge.db",
         "postgresql://bridge:pw@db:5432/bridge",
         "postgres://bridge:pw@db/bridge?sslmode=require",
         "postgresql+asyncpg://bridge@db/bridge",

@@ -18,9 +18,10 @@ import pytest
 from app.service import shutdown_budget
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN
-from tests.erathos import execution
+from tests.erathos import webhook_body
 from tests.faults import FaultProxy
-from tests.processes import ServiceProcess, clean_environment, pending
+from tests.processes import ServiceProcess, clean_environment
+from tests.waiting import eventually
 from tools.localprefect import PrefectServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -29,15 +30,21 @@ GRACE = 3.0
 EXIT_MARGIN = 1.5  # interpreter start-up aside, closing the store and the clients
 
 
-def post_event(url: str) -> tuple[str, httpx.Response]:
-    body = {k.lower(): v for k, v in execution().items()}
-    answer = httpx.post(
-        f"{url}/webhooks/erathos",
-        json=body,
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=30,
-    )
+async def post_event(url: str, body: dict[str, str]) -> tuple[str, httpx.Response]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(
+            f"{url}/webhooks/erathos", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
     return body["execution_id"], answer
+
+
+def accepted(service: ServiceProcess, execution_id: str) -> bool:
+    """Whether the service has logged the event as stored (it then waits for Prefect,
+    up to BRIDGE_SYNC_WAIT, before it answers)."""
+    return any(
+        '"event accepted"' in line and execution_id in line
+        for line in service.log_path.read_text().splitlines()
+    )
 
 
 def deliveries(database: Path) -> list[tuple[str, str | None]]:
@@ -46,6 +53,7 @@ def deliveries(database: Path) -> list[tuple[str, str | None]]:
         return db.execute("SELECT state, lease_owner FROM deliveries").fetchall()
 
 
+@pytest.mark.slow
 async def test_sigterm_with_deliveries_in_flight_exits_0_in_its_grace_and_loses_nothing(
     tmp_path: Path, prefect: PrefectServer, flow_id: str
 ) -> None:
@@ -67,26 +75,34 @@ async def test_sigterm_with_deliveries_in_flight_exits_0_in_its_grace_and_loses_
     )
     service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
     try:
-        await asyncio.to_thread(service.start)
-        # One delivery stalls in Prefect; the others wait for their turn behind it.
-        queued = await asyncio.gather(
-            *(asyncio.to_thread(post_event, service.url) for _ in range(3))
+        await service.launch()
+        # One delivery stalls in Prefect: its flow run is made, the answer never comes.
+        stalled = asyncio.create_task(post_event(service.url, webhook_body()))
+        await eventually(
+            lambda: proxy.creations.total() == 1, within=10, what="the first creation in Prefect"
         )
-        # A webhook still waiting for Prefect when SIGTERM comes.
-        in_flight = asyncio.create_task(asyncio.to_thread(post_event, service.url))
-        await asyncio.sleep(0.3)
+        # A webhook still waiting for Prefect when SIGTERM comes: its delivery, claimed as
+        # it was stored, waits for its turn behind the stalled one (BRIDGE_SYNC_WAIT).
+        last = webhook_body()
+        in_flight = asyncio.create_task(post_event(service.url, last))
+        await eventually(
+            lambda: accepted(service, last["execution_id"]),
+            within=10,
+            what="the waiting webhook stored",
+            every=0.02,
+        )
+        # Two more queue behind them (answered at once: nothing more can be claimed).
+        queued = await asyncio.gather(*(post_event(service.url, webhook_body()) for _ in range(2)))
+        assert not in_flight.done(), "answered before SIGTERM: it was not waiting any more"
         started = time.monotonic()
         service.signal(signal.SIGTERM)
         code = await asyncio.to_thread(service.wait, GRACE + EXIT_MARGIN + 5)
         took = time.monotonic() - started
-        answered = [*queued, await in_flight]
+        answered = [await stalled, await in_flight, *queued]
         left = deliveries(tmp_path / "bridge.db")
 
-        await asyncio.to_thread(service.start)  # the proxy passes everything now
-        deadline = time.monotonic() + 60
-        while await asyncio.to_thread(pending, service, ADMIN_TOKEN):
-            assert time.monotonic() < deadline, "deliveries still pending after the restart"
-            await asyncio.sleep(0.2)
+        await service.launch()  # the proxy passes everything now
+        await service.settled(within=60)
     finally:
         service.stop()
         await proxy.stop()

@@ -1,48 +1,53 @@
-"""The durable store against real databases: ingest exactly once, leases and their
-fencing, release, resume, replay, listing, pruning, schema and durability settings.
-
-Every test that takes ``database_url`` (or ``store``) runs twice, on a SQLite file and
-on a fresh PostgreSQL database. The tests of SQLite's own settings and locks take a
-file path instead and run on SQLite only; PostgreSQL has its own equivalents below.
-"""
+"""The delivery path's store (app/store.py) on SQLite and PostgreSQL: ingest exactly once,
+claims, leases and their fencing, group commit, schema, durability, locks, failures."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.database import APPLICATION_NAME, attempts, deliveries, display_url, events, meta
-from app.settings import Durability
-from app.store import (
-    DEAD,
-    DELIVERED,
-    PENDING,
-    SCHEMA_VERSION,
-    DeliveryRecord,
-    EventRecord,
-    NewDelivery,
+from app.database import APPLICATION_NAME, Database, display_url
+from app.history import History
+from app.records import (
+    AttemptRecord,
+    DeliveryState,
+    DeliveryStillPending,
+    DeliveryUpdate,
     Recorded,
-    Store,
     StoreUnavailable,
 )
+from app.schema import SCHEMA_VERSION, deliveries, events, meta
+from app.settings import Durability
+from app.store import Store
+from tests.stores import (
+    CONNECTION,
+    EXPIRED,
+    LONG,
+    complete,
+    delivery,
+    ending,
+    finished,
+    opened,
+    record,
+    rows,
+    set_columns,
+)
+from tests.waiting import ManualClock
 from tools.localprefect import free_port
 
+# Tests taking database_url (or store) run on a SQLite file and on a fresh PostgreSQL
+# database; those taking db_path or postgres_url run on that one only. The store's time
+# is a ManualClock, moved by hand.
 pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
-
-CONNECTION = "prefect"
-EXPIRED = -1.0  # a lease that has run out at birth, so no test waits for one
-LONG = 60.0  # a lease that outlives any test
 
 
 def url(path: Path) -> str:
@@ -55,109 +60,63 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(database_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-async def record(
-    store: Store,
-    execution_id: str | None = None,
-    *,
-    routes: Sequence[str] = ("main",),
-    connection: str = CONNECTION,
-    claim_for: str | None = None,
-    lease_seconds: float = 0.0,
-    job_id: str | None = "job-1",
-    table_name: str | None = "orders",
-    ignored_reason: str | None = None,
-    payload: dict[str, Any] | None = None,
-) -> Recorded:
-    """Record an event with one delivery per route (none: an ignored event)."""
-    execution_id = execution_id or uuid.uuid4().hex
-    return await store.record_event(
-        execution_id,
-        payload if payload is not None else {"execution_id": execution_id},
-        job_id=job_id,
-        schema_name="raw_shop",
-        table_name=table_name,
-        status="FINISHED",
-        new_deliveries=[NewDelivery(r, connection, f"{execution_id}:{r}") for r in routes],
-        ignored_reason=ignored_reason,
-        claim_for=claim_for,
-        lease_seconds=lease_seconds,
-    )
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with opened(database_url) as database:
+        yield database
 
 
-async def complete(
-    store: Store, delivery: DeliveryRecord, owner: str, outcome: str = "delivered", **changes: Any
-) -> bool:
-    """Record an attempt of a held delivery and apply ``changes``."""
-    return await store.complete_attempt(
-        delivery,
-        owner,
-        started_at=time.time(),
-        duration_ms=12.5,
-        outcome=outcome,
-        status_code=201 if outcome == "delivered" else 503,
-        error=None if outcome == "delivered" else "HTTP 503",
-        response_excerpt=None,
-        retry_in=None,
-        changes=changes,
-    )
+@pytest.fixture
+def store(database: Database, clock: ManualClock) -> Store:
+    return Store(database, clock)
 
 
-async def finished(store: Store, state: str, **kwargs: Any) -> Recorded:
-    """An event whose single delivery was tried once and ended ``state``."""
-    recorded = await record(store, claim_for="worker", lease_seconds=LONG, **kwargs)
-    [delivery] = recorded.deliveries
-    outcome = "delivered" if state == DELIVERED else "permanent"
-    assert await complete(store, delivery, "worker", outcome, state=state, finished_at=time.time())
-    return recorded
+@pytest.fixture
+def history(database: Database, clock: ManualClock) -> History:
+    """The operators' view of the store's database, to read back what it stored."""
+    return History(database, clock)
 
 
-async def rows(store: Store, table: Table) -> int:
-    count = select(func.count()).select_from(table)
-    return await store.run(lambda conn: int(conn.scalar(count) or 0))
-
-
-async def set_columns(store: Store, table: Table, row_id: str, **values: Any) -> None:
-    """Arrange a row directly (times the store would otherwise take from the clock)."""
-    arranged = update(table).where(table.c.id == row_id).values(**values)
-    await store.run(lambda conn: conn.execute(arranged))
-
-
-async def delivery(store: Store, delivery_id: str) -> DeliveryRecord:
-    found = await store.get_delivery(delivery_id)
-    assert found is not None
-    return found
+async def probed_at(store: Store) -> float:
+    """The time the last readiness probe committed, read raw through ``store``."""
+    query = select(meta.c.value).where(meta.c.key == "ready_probe")
+    [(value,)] = await store.run(lambda conn: conn.execute(query).all())
+    return float(value)
 
 
 # -- ingest -----------------------------------------------------------------------------
 
 
-async def test_an_event_and_its_deliveries_are_stored_together(store: Store) -> None:
+async def test_an_event_and_its_deliveries_are_stored_together(
+    store: Store, history: History, clock: ManualClock
+) -> None:
     recorded = await record(store, "exec-1", routes=("a", "b"), payload={"rows": 1520})
 
     assert recorded.created
     assert recorded.event.execution_id == "exec-1"
     assert recorded.event.payload == {"rows": 1520}
+    assert recorded.event.received_at == clock()
     assert [d.route for d in recorded.deliveries] == ["a", "b"]
     assert {d.event_id for d in recorded.deliveries} == {recorded.event.id}
     assert {(d.state, d.attempts, d.lease_owner) for d in recorded.deliveries} == {
-        (PENDING, 0, None)
+        (DeliveryState.PENDING, 0, None)
     }
-    stored = await store.get_event(recorded.event.id)
+    assert {
+        (d.created_at, d.window_started_at, d.next_attempt_at) for d in recorded.deliveries
+    } == {(clock(), clock(), clock())}
+    stored = await history.get_event(recorded.event.id)
     assert stored == (recorded.event, recorded.deliveries)
 
 
 async def test_a_repeated_execution_id_returns_the_earlier_event_and_stores_nothing(
-    store: Store,
+    store: Store, clock: ManualClock
 ) -> None:
     first = await record(store, "exec-1", routes=("a", "b"), payload={"first": True})
+    clock.advance(5)
 
     again = await record(
         store, "exec-1", routes=("a", "b", "c"), payload={"first": False}, claim_for="w"
@@ -166,15 +125,15 @@ async def test_a_repeated_execution_id_returns_the_earlier_event_and_stores_noth
     assert not again.created
     assert again.event == first.event
     assert again.deliveries == first.deliveries
-    assert await rows(store, events) == 1
-    assert await rows(store, deliveries) == 2
+    assert await rows(store.database, events) == 1
+    assert await rows(store.database, deliveries) == 2
 
 
 async def test_concurrent_duplicates_across_two_stores_make_exactly_one_event(
-    database_url: str,
+    database_url: str, clock: ManualClock
 ) -> None:
-    one = await Store.open(database_url)
-    two = await Store.open(database_url)
+    one = await Store.open(database_url, clock=clock)
+    two = await Store.open(database_url, clock=clock)
     try:
         results = await asyncio.gather(
             *(record(one if i % 2 else two, "exec-dup", routes=("a", "b")) for i in range(20))
@@ -185,58 +144,65 @@ async def test_concurrent_duplicates_across_two_stores_make_exactly_one_event(
         assert {tuple(d.id for d in r.deliveries) for r in results} == {
             tuple(d.id for d in created.deliveries)
         }
-        assert await rows(one, events) == 1
-        assert await rows(two, deliveries) == 2
+        assert await rows(one.database, events) == 1
+        assert await rows(two.database, deliveries) == 2
     finally:
         await one.close()
         await two.close()
 
 
 async def test_text_postgresql_refuses_and_long_keys_are_stored_all_the_same(
-    store: Store,
+    store: Store, history: History, clock: ManualClock
 ) -> None:
     """NUL is valid in JSON strings but not in PostgreSQL text; keys run up to 400
     characters (Prefect-shaped requests). Neither may turn an event into a 503."""
     long_key = "k" * 400
     recorded = await record(store, long_key, table_name="orders\x00v2", job_id="job\x00")
 
-    stored = await store.get_event(recorded.event.id)
+    stored = await history.get_event(recorded.event.id)
     assert stored is not None
     assert stored[0].execution_id == long_key
     assert stored[0].table_name in ("orders\x00v2", "orders\ufffdv2")  # SQLite, PostgreSQL
     assert stored[1][0].idempotency_key == f"{long_key}:main"
     assert not (await record(store, long_key)).created
     [d] = recorded.deliveries
-    assert (
-        await store.complete_attempt(
-            d,
-            "nobody",
-            started_at=time.time(),
-            duration_ms=1.0,
-            outcome="transient",
-            status_code=502,
-            error="bad gateway\x00",
-            response_excerpt="<html>\x00</html>",
-            retry_in=1.0,
-            changes={"last_error": "bad gateway\x00"},
-        )
-        is False
-    )  # not held by "nobody": recorded, not applied
-    [attempt] = await store.attempts_of([d.id])
-    assert attempt.error in ("bad gateway\x00", "bad gateway\ufffd")
+    attempt = AttemptRecord(
+        id=0,
+        delivery_id=d.id,
+        number=1,
+        started_at=clock(),
+        duration_ms=1.0,
+        outcome="transient",
+        status_code=502,
+        error="bad gateway\x00",
+        response_excerpt="<html>\x00</html>",
+        retry_in=1.0,
+    )
+    retry = DeliveryUpdate(
+        DeliveryState.PENDING, 502, "bad gateway\x00", next_attempt_at=clock() + 1.0
+    )
+    # Not held by "nobody": the attempt is recorded, the update is not applied.
+    assert await store.complete_attempt(attempt, retry, "nobody") is False
+    [stored_attempt] = await history.attempts_of([d.id])
+    assert stored_attempt.error in ("bad gateway\x00", "bad gateway\ufffd")
+    assert stored_attempt.response_excerpt in ("<html>\x00</html>", "<html>\ufffd</html>")
+    assert await delivery(history, d.id) == d
 
 
-async def test_stores_opened_at_once_create_the_schema_once(database_url: str) -> None:
+async def test_stores_opened_at_once_create_the_schema_once(
+    database_url: str, clock: ManualClock
+) -> None:
     """Replicas starting together: each waits for the one creating the schema (an
     advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), then finds it current."""
-    opened = await asyncio.gather(
-        *(Store.open(database_url) for _ in range(4)), return_exceptions=True
+    opening = await asyncio.gather(
+        *(Store.open(database_url, clock=clock) for _ in range(4)), return_exceptions=True
     )
-    stores = [s for s in opened if isinstance(s, Store)]
+    stores = [s for s in opening if isinstance(s, Store)]
     try:
-        assert len(stores) == 4, [e for e in opened if not isinstance(e, Store)]
+        assert len(stores) == 4, [e for e in opening if not isinstance(e, Store)]
         recorded = await record(stores[0], "exec-1")
-        assert [await s.get_event(recorded.event.id) is not None for s in stores] == [True] * 4
+        found = [await History(s.database, clock).get_event(recorded.event.id) for s in stores]
+        assert found == [(recorded.event, recorded.deliveries)] * 4
         query = select(meta.c.value).where(meta.c.key == "schema_version")
         versions = await stores[1].run(lambda conn: conn.execute(query).all())
         assert versions == [(str(SCHEMA_VERSION),)]
@@ -245,7 +211,9 @@ async def test_stores_opened_at_once_create_the_schema_once(database_url: str) -
             await s.close()
 
 
-async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(tmp_path: Path) -> None:
+async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(
+    tmp_path: Path, clock: ManualClock
+) -> None:
     """Switching a new file to WAL needs its exclusive lock, and SQLite answers "locked"
     at once, without its busy handler, while another connection holds the write lock (a
     replica starting on the same file). Opening waits for it instead."""
@@ -253,7 +221,9 @@ async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(tmp_path:
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        opening = asyncio.create_task(Store.open(f"sqlite:///{path}"))
+        opening = asyncio.create_task(Store.open(url(path), clock=clock))
+        # Nothing outside SQLite shows the opening thread retrying, so give it the time
+        # to have failed, were it going to fail at once (its lock timeout is 5 s).
         await asyncio.sleep(0.3)
         assert not opening.done(), opening.exception()
         other.execute("COMMIT")
@@ -261,24 +231,46 @@ async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(tmp_path:
     finally:
         other.close()
     try:
-        assert await store.pending_summary() == {}
+        await store.check_writable()
+        assert await History(store.database, clock).pending_summary() == {}
     finally:
         await store.close()
 
 
-async def test_readiness_probes_of_replicas_at_once_all_succeed(database_url: str) -> None:
-    one, two = await Store.open(database_url), await Store.open(database_url)
+async def test_readiness_probes_of_replicas_at_once_all_succeed_and_are_committed(
+    database_url: str, clock: ManualClock
+) -> None:
+    """Each probe commits a real write, an upsert of one row: probes of several replicas
+    at once neither collide on its key nor fail, and the row carries a probe's time."""
+    other_clock = ManualClock(clock() + 7.25)
+    one = await Store.open(database_url, clock=clock)
+    two = await Store.open(database_url, clock=other_clock)
     try:
-        await asyncio.gather(*(s.check_writable() for s in (one, two) * 10))
+        outcomes = await asyncio.gather(
+            *(s.check_writable() for s in (one, two) * 10), return_exceptions=True
+        )
+        assert outcomes == [None] * 20
+        # Read through each store's own connection: what the other wrote is committed.
+        assert await probed_at(one) == await probed_at(two)
+        assert await probed_at(one) in (clock(), other_clock())
+
+        other_clock.advance(60)
+        await two.check_writable()
+        assert await probed_at(one) == other_clock()
+        clock.advance(120)
+        await one.check_writable()
+        assert await probed_at(two) == clock()
     finally:
         await one.close()
         await two.close()
 
 
-async def test_stores_claiming_at_once_take_each_due_delivery_once(database_url: str) -> None:
+async def test_stores_claiming_at_once_take_each_due_delivery_once(
+    database_url: str, clock: ManualClock
+) -> None:
     """Replicas polling together split the due deliveries between them (PostgreSQL:
     FOR UPDATE SKIP LOCKED; SQLite: one writer at a time)."""
-    stores = [await Store.open(database_url) for _ in range(3)]
+    stores = [await Store.open(database_url, clock=clock) for _ in range(3)]
     try:
         recorded = [await record(stores[0]) for _ in range(60)]
 
@@ -293,9 +285,10 @@ async def test_stores_claiming_at_once_take_each_due_delivery_once(database_url:
         everything = [i for t in taken for i in t]
         assert sorted(everything) == sorted(r.deliveries[0].id for r in recorded)
         assert len(set(everything)) == len(everything) == 60
+        history = History(stores[0].database, clock)
         for owner, ids in enumerate(taken):
             for delivery_id in ids[:3]:
-                found = await delivery(stores[0], delivery_id)
+                found = await delivery(history, delivery_id)
                 assert (found.lease_owner, found.attempts) == (f"replica-{owner}", 1)
     finally:
         for s in stores:
@@ -306,24 +299,30 @@ async def test_stores_claiming_at_once_take_each_due_delivery_once(database_url:
 
 
 async def test_deliveries_claimed_at_insert_are_held_until_their_lease_runs_out(
-    store: Store,
+    store: Store, clock: ManualClock
 ) -> None:
-    recorded = await record(store, routes=("a", "b"), claim_for="webhook", lease_seconds=0.2)
-    assert {(d.lease_owner, d.attempts) for d in recorded.deliveries} == {("webhook", 1)}
+    lease = 30.0
+    recorded = await record(store, routes=("a", "b"), claim_for="webhook", lease_seconds=lease)
+    assert {(d.lease_owner, d.attempts, d.lease_expires_at) for d in recorded.deliveries} == {
+        ("webhook", 1, clock() + lease)
+    }
 
     assert await store.claim_due("loop", CONNECTION, 10, LONG) == []
+    clock.advance(lease - 0.001)
+    assert await store.claim_due("loop", CONNECTION, 10, LONG) == []
 
-    await asyncio.sleep(0.25)  # the lease running out is the behaviour under test
+    clock.advance(0.002)  # the lease running out is the behaviour under test
     taken = await store.claim_due("loop", CONNECTION, 10, LONG)
     assert sorted(c.delivery.id for c in taken) == sorted(d.id for d in recorded.deliveries)
     assert {(c.delivery.lease_owner, c.delivery.attempts) for c in taken} == {("loop", 2)}
+    assert {c.delivery.lease_expires_at for c in taken} == {clock() + LONG}
     assert all(c.event == recorded.event for c in taken)
 
 
-async def test_claim_due_leases_the_oldest_due_deliveries_of_one_connection(
-    store: Store,
+async def test_claims_take_the_oldest_due_deliveries_of_one_connection_first(
+    store: Store, clock: ManualClock
 ) -> None:
-    now = time.time()
+    now = clock()
     # (name, connection, next_attempt_at, created_at) relative to now; all pending
     layout = [
         ("third", CONNECTION, -10.0, -50.0),
@@ -331,19 +330,19 @@ async def test_claim_due_leases_the_oldest_due_deliveries_of_one_connection(
         ("second-newer", CONNECTION, -20.0, -30.0),  # stored first, yet created later
         ("second-older", CONNECTION, -20.0, -40.0),
         ("fourth", CONNECTION, -1.0, -60.0),
-        ("not-yet-due", CONNECTION, +60.0, -90.0),
+        ("not-yet-due", CONNECTION, +30.0, -90.0),
         ("other-connection", "elsewhere", -90.0, -90.0),
     ]
     ids: dict[str, str] = {}
     for name, connection, due_in, created in layout:
         [d] = (await record(store, name, connection=connection)).deliveries
         await set_columns(
-            store, deliveries, d.id, next_attempt_at=now + due_in, created_at=now + created
+            store.database, deliveries, d.id, next_attempt_at=now + due_in, created_at=now + created
         )
         ids[d.id] = name
-    for state in (DELIVERED, DEAD):
+    for state in (DeliveryState.DELIVERED, DeliveryState.DEAD):
         [d] = (await finished(store, state)).deliveries
-        await set_columns(store, deliveries, d.id, next_attempt_at=now - 100)
+        await set_columns(store.database, deliveries, d.id, next_attempt_at=now - 100)
 
     first_two = await store.claim_due("loop", CONNECTION, 2, LONG)
     rest = await store.claim_due("loop", CONNECTION, 10, LONG)
@@ -357,78 +356,85 @@ async def test_claim_due_leases_the_oldest_due_deliveries_of_one_connection(
     assert await store.claim_due("loop", CONNECTION, 0, LONG) == []
     [elsewhere] = await store.claim_due("loop", "elsewhere", 10, LONG)
     assert ids[elsewhere.delivery.id] == "other-connection"
+    clock.advance(31)  # still within the leases taken above
+    [later] = await store.claim_due("loop", CONNECTION, 10, LONG)
+    assert ids[later.delivery.id] == "not-yet-due"
 
 
-async def test_complete_attempt_is_fenced_by_the_lease(store: Store) -> None:
+async def test_an_attempt_updates_its_delivery_only_while_its_lease_is_held(
+    store: Store, history: History, clock: ManualClock
+) -> None:
+    """Fencing: a holder whose lease ran out and was taken over records its attempt, but
+    the delivery is left to the new holder."""
     recorded = await record(store, claim_for="stalled", lease_seconds=EXPIRED)
     [stale] = recorded.deliveries
     [takeover] = await store.claim_due("fresh", CONNECTION, 10, LONG)
 
-    lost = await complete(store, stale, "stalled", state=DELIVERED, flow_run_id="run-stale")
+    lost = await complete(
+        store, stale, "stalled", ending(DeliveryState.DELIVERED, clock(), flow_run_id="run-1")
+    )
 
     assert lost is False
-    after_loss = await delivery(store, stale.id)
+    after_loss = await delivery(history, stale.id)
     assert after_loss == takeover.delivery
-    assert [(a.number, a.outcome) for a in await store.attempts_of([stale.id])] == [
+    assert [(a.number, a.outcome) for a in await history.attempts_of([stale.id])] == [
         (1, "delivered")
     ]
 
-    held = await complete(
-        store, takeover.delivery, "fresh", state=DELIVERED, flow_run_id="run-fresh"
-    )
+    clock.advance(3)
+    fresh = ending(DeliveryState.DELIVERED, clock(), flow_run_id="run-fresh")
+    held = await complete(store, takeover.delivery, "fresh", fresh)
 
     assert held is True
-    done = await delivery(store, stale.id)
+    done = await delivery(history, stale.id)
     assert (done.state, done.flow_run_id, done.lease_owner, done.lease_expires_at) == (
-        DELIVERED,
+        DeliveryState.DELIVERED,
         "run-fresh",
         None,
         None,
     )
-    assert [a.number for a in await store.attempts_of([stale.id])] == [1, 2]
+    assert done.finished_at == clock()
+    assert done == fresh.applied_to(takeover.delivery)
+    assert [a.number for a in await history.attempts_of([stale.id])] == [1, 2]
 
 
 async def test_an_expired_lease_nobody_took_over_still_lets_its_holder_complete(
-    store: Store,
+    store: Store, history: History, clock: ManualClock
 ) -> None:
     [d] = (await record(store, claim_for="slow", lease_seconds=EXPIRED)).deliveries
 
-    assert await complete(store, d, "slow", state=DELIVERED, flow_run_id="run-1")
-    assert (await delivery(store, d.id)).state == DELIVERED
+    assert await complete(
+        store, d, "slow", ending(DeliveryState.DELIVERED, clock(), flow_run_id="run-1")
+    )
+    assert (await delivery(history, d.id)).state is DeliveryState.DELIVERED
 
 
-async def test_renew_extends_only_a_lease_still_held_on_a_pending_delivery(
-    store: Store,
+async def test_renewing_extends_only_a_lease_still_held_on_a_pending_delivery(
+    store: Store, history: History, clock: ManualClock
 ) -> None:
     [held] = (await record(store, claim_for="me", lease_seconds=1.0)).deliveries
     [lost] = (await record(store, claim_for="me", lease_seconds=EXPIRED)).deliveries
     [taken] = await store.claim_due("other", CONNECTION, 10, LONG)
-    [done] = (await finished(store, DELIVERED)).deliveries
-    before = time.time()
+    [done] = (await finished(store, DeliveryState.DELIVERED)).deliveries
+    clock.advance(0.5)
 
     assert await store.renew(held.id, "me", LONG) is True
     assert await store.renew(lost.id, "me", LONG) is False  # taken over: not ours to send
     assert await store.renew(done.id, "worker", LONG) is False
     assert taken.delivery.id == lost.id
-    renewed = await delivery(store, held.id)
+    renewed = await delivery(history, held.id)
     assert renewed.lease_owner == "me"
-    assert renewed.lease_expires_at is not None
-    assert renewed.lease_expires_at >= before + LONG
-    assert (await delivery(store, lost.id)).lease_owner == "other"
-
-
-def test_a_database_url_is_shown_without_its_password() -> None:
-    shown = display_url("postgresql://bridge:s3cret@db:5432/bridge")
-
-    assert "s3cret" not in shown
-    assert shown == "postgresql://bridge:***@db:5432/bridge"
-    assert display_url("sqlite:///./data/bridge.db") == "sqlite:///./data/bridge.db"
+    assert renewed.lease_expires_at == clock() + LONG
+    assert (await delivery(history, lost.id)).lease_owner == "other"
+    assert (await delivery(history, done.id)).lease_owner is None
 
 
 @pytest.mark.parametrize(("untried", "attempts_after"), [(False, 1), (True, 0)])
-async def test_release_gives_the_lease_back_at_once(
-    store: Store, untried: bool, attempts_after: int
+async def test_a_released_lease_can_be_claimed_again_at_once(
+    store: Store, history: History, untried: bool, attempts_after: int
 ) -> None:
+    """Released leases (on shutdown, or a delivery not tried after all) are given back
+    to their holder's claims only; ``untried`` also returns the attempt the claim counted."""
     recorded = await record(store, routes=("a", "b"))
     claims = await store.claim_due("leaving", CONNECTION, 10, LONG)
     [a, b] = sorted(c.delivery.id for c in claims)
@@ -439,255 +445,92 @@ async def test_release_gives_the_lease_back_at_once(
     await store.release("leaving", [a], untried=untried)
     await store.release("leaving", [])
 
-    released = await delivery(store, a)
+    released = await delivery(history, a)
     assert (released.lease_owner, released.lease_expires_at) == (None, None)
     assert released.attempts == attempts_after
-    assert (await delivery(store, b)).lease_owner == "leaving"
+    assert (await delivery(history, b)).lease_owner == "leaving"
     [again] = await store.claim_due("staying", CONNECTION, 10, LONG)
     assert again.delivery.id == a
     assert again.delivery.attempts == attempts_after + 1
     assert again.event == recorded.event
 
 
-async def test_resume_makes_every_pending_delivery_of_a_connection_due_now(
-    store: Store,
+async def test_resuming_a_connection_makes_every_pending_delivery_of_it_due_now(
+    store: Store, history: History, clock: ManualClock
 ) -> None:
-    later = time.time() + 3600
+    later = clock() + 3600
     waiting = []
     for _ in range(3):
         [d] = (await record(store)).deliveries
-        await set_columns(store, deliveries, d.id, next_attempt_at=later)
+        await set_columns(store.database, deliveries, d.id, next_attempt_at=later)
         waiting.append(d.id)
     [due] = (await record(store)).deliveries
-    [done] = (await finished(store, DELIVERED)).deliveries
-    await set_columns(store, deliveries, done.id, next_attempt_at=later)
+    [done] = (await finished(store, DeliveryState.DELIVERED)).deliveries
+    await set_columns(store.database, deliveries, done.id, next_attempt_at=later)
     [elsewhere] = (await record(store, connection="elsewhere")).deliveries
-    await set_columns(store, deliveries, elsewhere.id, next_attempt_at=later)
+    await set_columns(store.database, deliveries, elsewhere.id, next_attempt_at=later)
+    clock.advance(10)
 
     assert await store.resume(CONNECTION) == 3
 
     claimed = await store.claim_due("loop", CONNECTION, 10, LONG)
     assert sorted(c.delivery.id for c in claimed) == sorted([*waiting, due.id])
+    assert claimed[0].delivery.id == due.id  # due before the resumed ones became due
+    assert {c.delivery.id: c.delivery.next_attempt_at for c in claimed} == {
+        due.id: due.next_attempt_at,
+        **dict.fromkeys(waiting, clock()),
+    }
     assert await store.claim_due("loop", "elsewhere", 10, LONG) == []
-    assert (await delivery(store, elsewhere.id)).next_attempt_at == later
-    assert (await delivery(store, done.id)).state == DELIVERED
+    assert (await delivery(history, elsewhere.id)).next_attempt_at == later
+    assert (await delivery(history, done.id)).state is DeliveryState.DELIVERED
     assert await store.resume(CONNECTION) == 0
 
 
-# -- replay -----------------------------------------------------------------------------
-
-REPLAY_KEY = re.compile(r"^(?P<original>.+):replay-[0-9a-f]{8}$")
+# -- group commit -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", [DEAD, DELIVERED])
-@pytest.mark.parametrize("new_run", [False, True])
-async def test_replay_makes_a_finished_delivery_pending_and_due_now(
-    store: Store, state: str, new_run: bool
+async def test_a_failing_operation_among_many_at_once_fails_alone(
+    database_url: str, clock: ManualClock
 ) -> None:
-    [original] = (await finished(store, state)).deliveries
-    await set_columns(store, deliveries, original.id, flow_run_id="run-1", flow_run_url="http://x")
-    before = time.time()
-
-    replayed = await store.replay(original.id, new_run=new_run)
-
-    assert replayed == await delivery(store, original.id)
-    assert replayed.state == PENDING
-    assert replayed.attempts == 0
-    assert before <= replayed.window_started_at <= time.time()
-    assert before <= replayed.next_attempt_at <= time.time()
-    assert (replayed.lease_owner, replayed.lease_expires_at, replayed.finished_at) == (
-        None,
-        None,
-        None,
-    )
-    if new_run:
-        match = REPLAY_KEY.match(replayed.idempotency_key)
-        assert match is not None
-        assert match["original"] == original.idempotency_key
-        assert (replayed.flow_run_id, replayed.flow_run_url) == (None, None)
-    else:
-        assert replayed.idempotency_key == original.idempotency_key
-        assert (replayed.flow_run_id, replayed.flow_run_url) == ("run-1", "http://x")
-    [claim] = await store.claim_due("loop", CONNECTION, 10, LONG)
-    assert claim.delivery.id == original.id
-
-
-async def test_replaying_with_a_new_run_twice_derives_from_the_original_key(
-    store: Store,
-) -> None:
-    [original] = (await finished(store, DELIVERED)).deliveries
-
-    keys = []
-    for _ in range(2):
-        keys.append((await store.replay(original.id, new_run=True)).idempotency_key)
-        [claim] = await store.claim_due("loop", CONNECTION, 10, LONG)
-        assert await complete(store, claim.delivery, "loop", state=DELIVERED)
-
-    assert keys[0] != keys[1]
-    for key in keys:
-        match = REPLAY_KEY.match(key)
-        assert match is not None
-        assert match["original"] == original.idempotency_key
-
-
-async def test_replay_refuses_a_pending_delivery_and_an_unknown_one(store: Store) -> None:
-    [pending] = (await record(store)).deliveries
-
-    with pytest.raises(ValueError, match="still pending"):
-        await store.replay(pending.id)
-    with pytest.raises(LookupError):
-        await store.replay(uuid.uuid4().hex)
-    assert await delivery(store, pending.id) == pending
-
-
-async def test_a_failing_operation_among_many_at_once_fails_alone(database_url: str) -> None:
     """SQLite commits what arrives together in one transaction: a refused replay in the
     middle of a burst of new events is its caller's error, and every event is stored."""
-    opened = await Store.open(database_url)
+    store = await Store.open(database_url, clock=clock)
+    history = History(store.database, clock)
     try:
-        [pending] = (await record(opened)).deliveries
+        [pending] = (await record(store)).deliveries
         ids = [uuid.uuid4().hex for _ in range(40)]
         done = await asyncio.gather(
-            *(record(opened, i) for i in ids[:20]),
-            opened.replay(pending.id),
-            *(record(opened, i) for i in ids[20:]),
+            *(record(store, i) for i in ids[:20]),
+            history.replay(pending.id),
+            *(record(store, i) for i in ids[20:]),
             return_exceptions=True,
         )
         refused = done.pop(20)
-        assert isinstance(refused, ValueError), refused
+        assert isinstance(refused, DeliveryStillPending), refused
+        assert refused.delivery_id == pending.id
         assert [r.created for r in done if isinstance(r, Recorded)] == [True] * 40, done
-        assert await rows(opened, events) == 41
+        assert await rows(store.database, events) == 41
     finally:
-        await opened.close()
+        await store.close()
     with pytest.raises(StoreUnavailable, match="closed"):
-        await opened.pending_summary()
-
-
-# -- listing ----------------------------------------------------------------------------
-
-
-async def test_list_events_filters_by_state(store: Store) -> None:
-    pending = await record(store, "pending")
-    delivered = await finished(store, DELIVERED, execution_id="delivered")
-    dead = await finished(store, DEAD, execution_id="dead")
-    ignored = await record(store, "ignored", routes=(), ignored_reason="no route matched")
-    mixed = await record(store, "delivered-and-dead", routes=("a", "b"), claim_for="w")
-    a, b = mixed.deliveries
-    assert await complete(store, a, "w", state=DELIVERED)
-    assert await complete(store, b, "w", "permanent", state=DEAD)
-    half = await record(store, "pending-and-dead", routes=("a", "b"), claim_for="w")
-    assert await complete(store, half.deliveries[0], "w", "permanent", state=DEAD)
-
-    expected = {
-        "pending": [half, pending],
-        "delivered": [delivered],
-        "dead": [half, mixed, dead],
-        "ignored": [ignored],
-    }
-    for state, wanted in expected.items():
-        listed = await store.list_events(state=state)
-        assert [e.id for e, _ in listed] == [r.event.id for r in wanted], state
-    with pytest.raises(ValueError, match="state must be one of"):
-        await store.list_events(state="lost")
-
-
-async def test_list_events_filters_by_job_table_and_time(store: Store) -> None:
-    first = (await record(store, "e1", job_id="job-a", table_name="orders")).event
-    second = (await record(store, "e2", job_id="job-b", table_name="orders")).event
-    third = (await record(store, "e3", job_id="job-a", table_name="customers")).event
-
-    cases: list[tuple[dict[str, Any], list[EventRecord]]] = [
-        ({}, [third, second, first]),
-        ({"job_id": "job-a"}, [third, first]),
-        ({"table_name": "orders"}, [second, first]),
-        ({"job_id": "job-a", "table_name": "orders"}, [first]),
-        ({"job_id": "job-z"}, []),
-        ({"since": second.received_at}, [third, second]),
-        ({"until": second.received_at}, [first]),
-        ({"since": second.received_at, "until": third.received_at}, [second]),
-    ]
-    for filters, wanted in cases:
-        listed = await store.list_events(**filters)
-        assert [e.execution_id for e, _ in listed] == [e.execution_id for e in wanted], filters
-
-
-@pytest.mark.parametrize("tied", [False, True], ids=["distinct-times", "tied-times"])
-async def test_list_events_pages_through_everything_newest_first(store: Store, tied: bool) -> None:
-    recorded = [await record(store, f"e{i:02}") for i in range(25)]
-    if tied:  # several events share a received_at: the id breaks the tie
-        base = time.time()
-        for i, r in enumerate(recorded):
-            await set_columns(store, events, r.event.id, received_at=base + i // 4)
-    everything = await store.list_events(limit=100)
-
-    pages: list[list[str]] = []
-    before: tuple[float, str] | None = None
-    for _ in range(5):  # bounded: a cursor that does not advance must fail, not hang
-        page = await store.list_events(limit=10, before=before)
-        if not page:
-            break
-        pages.append([e.id for e, _ in page])
-        last = page[-1][0]
-        before = (last.received_at, last.id)
-
-    assert [len(p) for p in pages] == [10, 10, 5]
-    assert [i for p in pages for i in p] == [e.id for e, _ in everything]
-    assert len(everything) == 25
-    keys = [(e.received_at, e.id) for e, _ in everything]
-    assert keys == sorted(keys, reverse=True)
-    assert all(len(ds) == 1 for _, ds in everything)
-
-
-# -- prune ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("batch", [500, 2])
-async def test_prune_deletes_old_finished_events_with_their_deliveries_and_attempts(
-    store: Store, batch: int
-) -> None:
-    old_finished = [await finished(store, DELIVERED) for _ in range(4)]
-    old_finished.append(await record(store, routes=(), ignored_reason="no route"))
-    old_dead = await finished(store, DEAD)
-    old_pending = await record(store)
-    old_mixed = await record(store, routes=("a", "b"), claim_for="w")
-    assert await complete(store, old_mixed.deliveries[0], "w", state=DELIVERED)
-    assert await complete(store, old_mixed.deliveries[1], "w", "permanent", state=DEAD)
-    cut_off = time.time()
-    newer = await finished(store, DELIVERED)
-    newer_ignored = await record(store, routes=(), ignored_reason="no route")
-    pruned_deliveries = [d.id for r in old_finished for d in r.deliveries]
-    assert len(await store.attempts_of(pruned_deliveries)) == 4
-
-    removed = await store.prune(cut_off, batch=batch)
-
-    assert removed == 5
-    for r in old_finished:
-        assert await store.get_event(r.event.id) is None
-    for r in (old_dead, old_pending, old_mixed, newer, newer_ignored):
-        assert await store.get_event(r.event.id) == (r.event, await _deliveries_of(store, r))
-    assert await store.attempts_of(pruned_deliveries) == []
-    assert await rows(store, deliveries) == 1 + 1 + 2 + 1
-    assert await rows(store, attempts) == 1 + 2 + 1
-    assert await store.prune(cut_off, batch=batch) == 0
-
-
-async def _deliveries_of(store: Store, recorded: Recorded) -> list[DeliveryRecord]:
-    return [await delivery(store, d.id) for d in recorded.deliveries]
+        await history.pending_summary()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.check_writable()
 
 
 # -- schema and durability --------------------------------------------------------------
 
 
-async def test_reopening_a_database_keeps_its_events(database_url: str) -> None:
-    first = await Store.open(database_url)
+async def test_reopening_a_database_keeps_its_events(database_url: str, clock: ManualClock) -> None:
+    first = await Store.open(database_url, clock=clock)
     try:
         recorded = await record(first, "exec-1")
     finally:
         await first.close()
 
-    second = await Store.open(database_url)
+    second = await Store.open(database_url, clock=clock)
     try:
-        assert await second.get_event(recorded.event.id) == (
+        assert await History(second.database, clock).get_event(recorded.event.id) == (
             recorded.event,
             recorded.deliveries,
         )
@@ -696,21 +539,31 @@ async def test_reopening_a_database_keeps_its_events(database_url: str) -> None:
         await second.close()
 
 
-async def test_a_database_from_a_newer_release_refuses_to_open(database_url: str) -> None:
-    opened = await Store.open(database_url)
+async def test_a_database_from_a_newer_release_refuses_to_open(
+    database_url: str, clock: ManualClock
+) -> None:
+    store = await Store.open(database_url, clock=clock)
     newer = SCHEMA_VERSION + 1
     try:
         newer_version = update(meta).where(meta.c.key == "schema_version")
-        await opened.run(lambda conn: conn.execute(newer_version.values(value=str(newer))))
+        await store.run(lambda conn: conn.execute(newer_version.values(value=str(newer))))
     finally:
-        await opened.close()
+        await store.close()
 
     with pytest.raises(StoreUnavailable) as refused:
-        await Store.open(database_url)
+        await Store.open(database_url, clock=clock)
 
     message = str(refused.value)
     assert f"schema version {newer}" in message
     assert f"({SCHEMA_VERSION})" in message
+
+
+def test_a_database_url_is_shown_without_its_password() -> None:
+    shown = display_url("postgresql://bridge:s3cret@db:5432/bridge")
+
+    assert "s3cret" not in shown
+    assert shown == "postgresql://bridge:***@db:5432/bridge"
+    assert display_url("sqlite:///./data/bridge.db") == "sqlite:///./data/bridge.db"
 
 
 # SQLite only: its journal, synchronous level and file lock.
@@ -719,38 +572,41 @@ async def test_a_database_from_a_newer_release_refuses_to_open(database_url: str
 @pytest.mark.parametrize(
     ("durability", "synchronous"), [(Durability.POWER, 2), (Durability.CRASH, 1)]
 )
-async def test_durability_sets_synchronous_on_a_wal_journal(
-    db_path: Path, durability: Durability, synchronous: int
+async def test_sqlite_durability_sets_synchronous_on_a_wal_journal(
+    db_path: Path, clock: ManualClock, durability: Durability, synchronous: int
 ) -> None:
-    opened = await Store.open(url(db_path), durability)
+    store = await Store.open(url(db_path), clock=clock, durability=durability)
     try:
-        found, journal = await opened.run(
+        found, journal = await store.run(
             lambda conn: (
                 conn.exec_driver_sql("PRAGMA synchronous").scalar(),
                 conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
             )
         )
     finally:
-        await opened.close()
+        await store.close()
 
     assert found == synchronous
     assert journal == "wal"
 
 
-async def test_check_writable_fails_while_another_connection_holds_the_write_lock(
-    db_path: Path,
+async def test_readiness_fails_while_another_connection_holds_the_sqlite_write_lock(
+    db_path: Path, clock: ManualClock
 ) -> None:
-    opened = await Store.open(url(db_path), lock_timeout=0.2)
+    store = await Store.open(url(db_path), clock=clock, lock_timeout=0.2)
     try:
-        await opened.check_writable()
+        await store.check_writable()
         with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
             other.execute("BEGIN EXCLUSIVE")
+            clock.advance(1)
             with pytest.raises(StoreUnavailable, match="locked"):
-                await opened.check_writable()
+                await store.check_writable()
             other.execute("ROLLBACK")
-        await opened.check_writable()
+        assert await probed_at(store) == clock() - 1  # the refused probe left nothing
+        await store.check_writable()
+        assert await probed_at(store) == clock()
     finally:
-        await opened.close()
+        await store.close()
 
 
 # PostgreSQL only: what the service asks of its sessions, its locks, its connections.
@@ -758,11 +614,13 @@ async def test_check_writable_fails_while_another_connection_holds_the_write_loc
 
 @pytest.mark.parametrize("durability", list(Durability))
 async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
-    postgres_url: str, durability: Durability
+    postgres_url: str, clock: ManualClock, durability: Durability
 ) -> None:
     """Both durabilities mean the server's own durability: a commit is in its WAL before
     the webhook answers (synchronous_commit=on, whatever the server's default)."""
-    opened = await Store.open(postgres_url, durability, lock_timeout=1.5, pool_size=3)
+    store = await Store.open(
+        postgres_url, clock=clock, durability=durability, lock_timeout=1.5, pool_size=3
+    )
     try:
         names = (
             "synchronous_commit",
@@ -771,12 +629,12 @@ async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
             "application_name",
             "transaction_isolation",
         )
-        shown = await opened.run(
+        shown = await store.run(
             lambda conn: {name: conn.execute(text(f"SHOW {name}")).scalar() for name in names}
         )
-        status = opened.engine.pool.status()
+        status = store.database.engine.pool.status()
     finally:
-        await opened.close()
+        await store.close()
 
     assert shown == {
         "synchronous_commit": "on",
@@ -789,35 +647,37 @@ async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
 
 
 async def test_a_write_waiting_on_a_postgresql_lock_fails_within_the_lock_timeout(
-    postgres_url: str,
+    postgres_url: str, clock: ManualClock
 ) -> None:
-    opened = await Store.open(postgres_url, lock_timeout=0.3)
+    store = await Store.open(postgres_url, clock=clock, lock_timeout=0.3)
     other = create_async_engine(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
     try:
         async with other.begin() as conn:
             await conn.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+            # The lock timeout is the server's to measure, in real time.
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match=r"lock timeout|statement timeout"):
-                await record(opened, "exec-locked")
+                await record(store, "exec-locked")
             waited = time.monotonic() - started
-        recorded = await record(opened, "exec-locked")
+        recorded = await record(store, "exec-locked")
     finally:
         await other.dispose()
-        await opened.close()
+        await store.close()
 
     assert 0.25 <= waited < 3.0
     assert recorded.created  # nothing of the refused attempt was kept
 
 
 async def test_a_postgresql_store_replaces_connections_the_server_dropped(
-    postgres_url: str,
+    postgres_url: str, clock: ManualClock
 ) -> None:
     """What a server restart does to the pool: every connection is gone at once. The
     next transaction notices at checkout (pre-ping) and opens a new one."""
-    opened = await Store.open(postgres_url)
+    store = await Store.open(postgres_url, clock=clock)
+    history = History(store.database, clock)
     other = create_async_engine(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
     try:
-        first = await record(opened)
+        first = await record(store)
         async with other.connect() as conn:
             killed = (
                 await conn.execute(
@@ -828,12 +688,12 @@ async def test_a_postgresql_store_replaces_connections_the_server_dropped(
                     {"name": APPLICATION_NAME},
                 )
             ).scalar()
-        second = await record(opened)
-        assert await opened.get_event(first.event.id) is not None
-        assert await opened.get_event(second.event.id) is not None
+        second = await record(store)
+        assert await history.get_event(first.event.id) is not None
+        assert await history.get_event(second.event.id) is not None
     finally:
         await other.dispose()
-        await opened.close()
+        await store.close()
 
     assert killed is not None
     assert killed >= 1
@@ -854,13 +714,13 @@ async def test_a_postgresql_server_that_is_not_there_is_store_unavailable() -> N
     [("postgresql", ""), ("postgres", "?sslmode=disable"), ("postgresql+asyncpg", "?ssl=disable")],
 )
 async def test_every_spelling_of_a_postgresql_url_opens_the_store(
-    postgres_url: str, scheme: str, query: str
+    postgres_url: str, clock: ManualClock, scheme: str, query: str
 ) -> None:
     spelled = scheme + postgres_url.removeprefix("postgresql") + query
 
-    opened = await Store.open(spelled)
+    store = await Store.open(spelled, clock=clock)
     try:
-        assert opened.postgres
-        assert (await record(opened)).created
+        assert store.database.postgres
+        assert (await record(store)).created
     finally:
-        await opened.close()
+        await store.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
-from tests.erathos import execution
+from tests.erathos import webhook_body
 
 pytestmark = pytest.mark.anyio
 
@@ -17,7 +17,7 @@ async def test_a_store_that_cannot_commit_answers_503_and_acknowledges_nothing(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     settings = make_settings(db_lock_timeout="200ms", admin_token=ADMIN_TOKEN)
-    body = {k.lower(): v for k, v in execution(status="FAILED").items()}
+    body = webhook_body(status="FAILED")
     async with open_client(settings) as client:
         # Another process holds the database's write lock past our lock timeout.
         locker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)

@@ -12,8 +12,8 @@ from app.event import METADATA, ErathosEvent
 from app.templates import (
     MASK,
     Lookup,
+    Template,
     TemplateError,
-    Text,
     compile_json,
     compile_text,
     render_json,
@@ -357,7 +357,7 @@ def test_a_template_that_uses_a_secret_gets_it_only_where_it_asked(payload: str)
 def test_the_compiled_template_is_a_text_of_parts() -> None:
     compiled = compile_text("a${{variables.HOME}}b${{erathos.rows}}", LOOKUP, where="T")
 
-    assert isinstance(compiled, Text)
+    assert isinstance(compiled, Template)
     assert compiled.parts[0] == f"a{HOME}b"
     assert compiled.single_metadata is None
     assert compile_text("${{erathos.ROWS}}", LOOKUP, where="T").single_metadata == "rows"

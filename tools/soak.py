@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tests.erathos import execution
+from tests.erathos import webhook_body
 from tests.faults import FaultProxy
 from tests.processes import ServiceProcess, clean_environment
 from tools.localprefect import PrefectServer, free_port
@@ -106,7 +106,7 @@ class Soak:
             await asyncio.gather(*pending)
 
     async def _send(self, client: httpx.AsyncClient) -> None:
-        body = {k.lower(): v for k, v in execution().items()}
+        body = webhook_body()
         body["execution_id"] = str(uuid.uuid4())
         try:
             response = await client.post(

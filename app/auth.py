@@ -1,0 +1,63 @@
+"""Who may call what: bearer tokens checked in constant time, as FastAPI dependencies.
+
+The webhook and the Prefect-shaped endpoints take ``BRIDGE_WEBHOOK_TOKEN`` (any of
+its comma-separated tokens, each with its own ``BRIDGE_RATE_LIMIT`` bucket); the admin
+API ``BRIDGE_ADMIN_TOKEN``; ``/metrics`` ``BRIDGE_METRICS_TOKEN`` when it is set.
+Tokens are read from ``Authorization: Bearer`` only, never from the query string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+from fastapi import Request
+from pydantic import SecretStr
+
+from app.errors import TooManyRequests, Unauthorized
+from app.service import BridgeDep
+
+
+def bearer_token(request: Request) -> bytes | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip().encode()
+
+
+def matching_token(presented: bytes | None, accepted: Sequence[SecretStr]) -> int | None:
+    """The index of the accepted token presented, or None. Every token is compared, each
+    as a SHA-256 digest in constant time, so neither content nor length leaks in timing."""
+    offered = hashlib.sha256(presented or b"").digest()
+    found = None
+    for index, token in enumerate(accepted):
+        expected = hashlib.sha256(token.get_secret_value().encode()).digest()
+        if hmac.compare_digest(offered, expected) and presented is not None:
+            found = index
+    return found
+
+
+async def require_webhook_token(request: Request, bridge: BridgeDep) -> None:
+    """401 without one of the webhook tokens; 429 past BRIDGE_RATE_LIMIT for that token,
+    before anything is read or stored."""
+    index = matching_token(bearer_token(request), bridge.settings.webhook_tokens)
+    if index is None:
+        raise Unauthorized()
+    if bridge.limiter is not None and (wait := bridge.limiter.retry_after(index)) is not None:
+        raise TooManyRequests(
+            f"more than {bridge.limiter.rate:g} requests per second for this token",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+async def require_admin_token(request: Request, bridge: BridgeDep) -> None:
+    token = bridge.settings.admin_token
+    if token is None or matching_token(bearer_token(request), [token]) is None:
+        raise Unauthorized("a valid 'Authorization: Bearer <admin token>' is required")
+
+
+async def require_metrics_token(request: Request, bridge: BridgeDep) -> None:
+    token = bridge.settings.metrics_token
+    if token is not None and matching_token(bearer_token(request), [token]) is None:
+        raise Unauthorized("a valid 'Authorization: Bearer <metrics token>' is required")

@@ -1,0 +1,155 @@
+"""One delivery's turn, as plain functions: ``attempt_delivery`` sends its request to
+Prefect, ``plan_next`` decides what the answer means for it (delivered, retried after a
+backoff, or dead), and ``log_attempt`` writes the one line each attempt gets. The
+:class:`app.dispatcher.Dispatcher` only schedules them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import structlog
+
+from app.event import ErathosEvent
+from app.prefect import AttemptResult, Outcome, PrefectConnection, PrefectRequest
+from app.records import Claim, DeliveryRecord, DeliveryState, DeliveryUpdate
+from app.routes import DROP_IN_ROUTE, DeploymentTarget, Router
+from app.settings import Settings
+from app.templates import Lookup
+
+log = structlog.get_logger("erathos_prefect_bridge.dispatcher")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter and a cap; a delivery dies after ``max_attempts``
+    or once ``max_age`` has passed since it was first (or last replayed) due."""
+
+    max_attempts: int = 30
+    max_age: float = 86400.0
+    base: float = 5.0
+    cap: float = 3600.0
+    jitter: float = 0.2  # +/- 20 %
+    overload_retries: int = 3  # 503/429 without Retry-After: retried in ~1 s this often
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            max_age=settings.max_age.total_seconds(),
+            base=settings.retry_base.total_seconds(),
+            cap=settings.retry_cap.total_seconds(),
+        )
+
+    def busy_retry(self) -> float:
+        """Delay after a 503/429 without Retry-After: about a second."""
+        return float(random.uniform(1 - self.jitter, 1 + self.jitter))  # noqa: S311
+
+    def backoff(self, attempt: int) -> float:
+        """Delay after the ``attempt``-th failed attempt (1-based)."""
+        delay = min(self.cap, self.base * 2 ** min(attempt - 1, 40))
+        spread = random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311 (jitter, not crypto)
+        return float(delay * spread)
+
+
+def plan_next(
+    delivery: DeliveryRecord, result: AttemptResult, policy: RetryPolicy, now: float
+) -> tuple[DeliveryUpdate, float | None]:
+    """What this attempt makes of the delivery, and the retry delay (if any)."""
+    status = result.status_code
+    if result.outcome is Outcome.DELIVERED:
+        update = DeliveryUpdate(
+            DeliveryState.DELIVERED, status, None, flow_run_id=result.flow_run_id, finished_at=now
+        )
+        return update, None
+    if result.outcome is Outcome.PERMANENT:
+        return DeliveryUpdate(DeliveryState.DEAD, status, result.error, finished_at=now), None
+    if result.retry_after is not None:
+        delay = result.retry_after
+    elif status in (429, 503) and delivery.attempts <= policy.overload_retries:
+        # "Busy, try again": Prefect is up, and the connection's window has just halved.
+        # Coming back in about a second keeps the backlog moving in order, where an
+        # exponential backoff would hold this delivery back long after Prefect recovered.
+        delay = policy.busy_retry()
+    else:
+        delay = policy.backoff(delivery.attempts)
+    retry_at = now + delay
+    if delivery.attempts >= policy.max_attempts:
+        error = f"gave up after {delivery.attempts} attempts; last: {result.error}"
+        return DeliveryUpdate(DeliveryState.DEAD, status, error, finished_at=now), None
+    if retry_at - delivery.window_started_at > policy.max_age:
+        age = now - delivery.window_started_at
+        error = f"gave up after {age:.0f} s and {delivery.attempts} attempts; last: {result.error}"
+        return DeliveryUpdate(DeliveryState.DEAD, status, error, finished_at=now), None
+    update = DeliveryUpdate(DeliveryState.PENDING, status, result.error, next_attempt_at=retry_at)
+    return update, delay
+
+
+async def attempt_delivery(
+    claim: Claim, router: Router, connections: dict[str, PrefectConnection], lookup: Lookup
+) -> tuple[AttemptResult, PrefectConnection | None]:
+    """Send one delivery's flow run request, built from the current route configuration
+    (so a fixed setting takes effect on the next retry or replay)."""
+    if claim.delivery.route == DROP_IN_ROUTE:
+        connection = connections.get(claim.delivery.connection)
+        if connection is None:
+            return _config_error(f"connection {claim.delivery.connection!r} is gone"), None
+        request = PrefectRequest(**claim.event.payload[DROP_IN_ROUTE])
+        return await connection.create_flow_run(request), connection
+    route = router.route(claim.delivery.route)
+    if route is None:
+        return _config_error(f"route {claim.delivery.route!r} is no longer configured"), None
+    connection = connections.get(route.connection)
+    if connection is None:
+        return _config_error(f"connection {route.connection!r} is not configured"), None
+    try:
+        event = ErathosEvent.model_validate(claim.event.payload)
+        body = route.flow_run_body(event, claim.delivery.idempotency_key, lookup)
+    except ValueError as exc:  # pydantic's ValidationError, a template that cannot render
+        # Never a crash loop: an event stored by an older release that this one reads
+        # differently is a dead letter with the reason, to fix and replay.
+        return _config_error(f"the stored event cannot be rendered: {exc}"), connection
+    deployment_id = None
+    if isinstance(route.target, DeploymentTarget) and route.target.name is not None:
+        deployment_id, failure = await connection.resolve_deployment(route.target.name_path)
+        if failure is not None:
+            return failure, connection
+    return await connection.create_flow_run(route.request(body, deployment_id)), connection
+
+
+def _config_error(message: str) -> AttemptResult:
+    return AttemptResult(Outcome.PERMANENT, 0.0, error=message)
+
+
+_LEVELS = {DeliveryState.DELIVERED: logging.INFO, DeliveryState.PENDING: logging.WARNING}
+
+
+def log_attempt(
+    claim: Claim,
+    connection: str,
+    result: AttemptResult,
+    update: DeliveryUpdate,
+    retry_in: float | None,
+) -> None:
+    """One line per attempt: info when delivered, warning when retried, error when dead."""
+    log.log(
+        _LEVELS.get(update.state, logging.ERROR),
+        "delivery attempt",
+        execution_id=claim.event.execution_id,
+        event_id=claim.event.id,
+        delivery_id=claim.delivery.id,
+        job_id=claim.event.job_id,
+        table_name=claim.event.table_name,
+        route=claim.delivery.route,
+        connection=connection,
+        attempt=claim.delivery.attempts,
+        outcome=result.outcome.value,
+        status_code=result.status_code,
+        state=update.state.value,
+        flow_run_id=result.flow_run_id,
+        duration_ms=round(result.duration_ms, 1),
+        retry_in=round(retry_in, 3) if retry_in is not None else None,
+        error=result.error,
+    )

@@ -1,0 +1,214 @@
+"""What operators read and change: events with their deliveries and attempts, the queue
+at a glance (for metrics), replays, and pruning past the retention period. Used by the
+admin API, the CLI, the metrics endpoint and the dispatcher's pruning; the path of one
+webhook never needs it (that is :mod:`app.store`)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, assert_never
+
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement
+
+from app.database import Database
+from app.records import (
+    AttemptRecord,
+    DeliveryNotFound,
+    DeliveryRecord,
+    DeliveryStillPending,
+    EventRecord,
+    EventState,
+)
+from app.schema import attempts, deliveries, events
+from app.store import DEAD, DELIVERED, PENDING, Clock, delivery_of, event_of, with_deliveries
+
+_REPLAY_SUFFIX = re.compile(r":replay-[0-9a-f]{8}$")
+
+
+class History:
+    """The stored events, for operators. Raises :class:`app.records.StoreUnavailable`
+    when the store cannot be used, and :class:`DeliveryNotFound` or
+    :class:`DeliveryStillPending` for a replay that cannot be made."""
+
+    def __init__(self, database: Database, clock: Clock = time.time) -> None:
+        self.database = database
+        self.clock = clock
+
+    async def get_event(self, event_id: str) -> tuple[EventRecord, list[DeliveryRecord]] | None:
+        def work(conn: Connection) -> tuple[EventRecord, list[DeliveryRecord]] | None:
+            row = conn.execute(select(events).where(events.c.id == event_id)).one_or_none()
+            if row is None:
+                return None
+            found = with_deliveries(conn, row, created=False)
+            return found.event, found.deliveries
+
+        return await self.database.run(work)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        query = select(deliveries).where(deliveries.c.id == delivery_id)
+        row = await self.database.run(lambda conn: conn.execute(query).one_or_none())
+        return delivery_of(row._mapping) if row is not None else None
+
+    async def attempts_of(self, delivery_ids: Sequence[str]) -> list[AttemptRecord]:
+        query = (
+            select(attempts)
+            .where(attempts.c.delivery_id.in_(delivery_ids))
+            .order_by(attempts.c.delivery_id, attempts.c.id)
+        )
+        found = await self.database.run(lambda conn: conn.execute(query).all())
+        return [AttemptRecord(**row._mapping) for row in found]
+
+    async def pending_summary(self) -> dict[str, tuple[int, float]]:
+        """Per connection: how many deliveries are pending and when the oldest became due
+        (its ``window_started_at``). One query on the ``deliveries_due`` index (state
+        first), reading pending rows only: cheap enough for every metrics scrape."""
+        query = (
+            select(
+                deliveries.c.connection,
+                func.count(),
+                func.min(deliveries.c.window_started_at),
+            )
+            .where(deliveries.c.state == PENDING)
+            .group_by(deliveries.c.connection)
+        )
+        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        return {row[0]: (int(row[1]), float(row[2])) for row in rows}
+
+    async def list_events(
+        self,
+        *,
+        state: EventState | None = None,
+        job_id: str | None = None,
+        table_name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
+        """Newest first; ``before`` is the (received_at, id) cursor of the previous page."""
+        query = select(events)
+        if job_id is not None:
+            query = query.where(events.c.job_id == job_id)
+        if table_name is not None:
+            query = query.where(events.c.table_name == table_name)
+        if since is not None:
+            query = query.where(events.c.received_at >= since)
+        if until is not None:
+            query = query.where(events.c.received_at < until)
+        if before is not None:
+            received_at, last_id = before
+            query = query.where(
+                or_(
+                    events.c.received_at < received_at,
+                    and_(events.c.received_at == received_at, events.c.id < last_id),
+                )
+            )
+        if state is not None:
+            query = query.where(_in_state(state))
+        query = query.order_by(events.c.received_at.desc(), events.c.id.desc()).limit(limit)
+
+        def work(conn: Connection) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
+            rows = conn.execute(query).all()
+            found = conn.execute(
+                select(deliveries)
+                .where(deliveries.c.event_id.in_([row.id for row in rows]))
+                .order_by(deliveries.c.route)
+            )
+            by_event: dict[str, list[DeliveryRecord]] = {}
+            for d in found:
+                by_event.setdefault(d.event_id, []).append(delivery_of(d._mapping))
+            return [(event_of(row._mapping), by_event.get(row.id, [])) for row in rows]
+
+        return await self.database.run(work)
+
+    async def replay(self, delivery_id: str, *, new_run: bool = False) -> DeliveryRecord:
+        """Make a delivered or dead delivery pending again, due now, with a fresh budget.
+
+        It keeps its idempotency key (Prefect answers with the run it already made, if
+        any) unless ``new_run`` asks for a new key, and so a new flow run. Raises
+        :class:`DeliveryNotFound` or :class:`DeliveryStillPending`.
+        """
+        now = self.clock()
+
+        def work(conn: Connection) -> DeliveryRecord:
+            row = conn.execute(
+                select(deliveries).where(deliveries.c.id == delivery_id)
+            ).one_or_none()
+            if row is None:
+                raise DeliveryNotFound(delivery_id)
+            if row.state == PENDING:
+                raise DeliveryStillPending(delivery_id)
+            changes: dict[str, Any] = {
+                "state": PENDING,
+                "attempts": 0,
+                "window_started_at": now,
+                "next_attempt_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "finished_at": None,
+            }
+            if new_run:
+                changes |= {
+                    "idempotency_key": replay_key(row.idempotency_key),
+                    "flow_run_id": None,
+                    "flow_run_url": None,
+                }
+            updated = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.state != PENDING)
+                .values(**changes)
+                .returning(*deliveries.c)
+            ).one_or_none()
+            if updated is None:  # replayed by another process since we read it
+                raise DeliveryStillPending(delivery_id)
+            return delivery_of(updated._mapping)
+
+        return await self.database.run(work)
+
+    async def prune(self, older_than: float, batch: int = 500) -> int:
+        """Delete finished events received before ``older_than``; dead letters stay."""
+        unfinished = exists().where(
+            deliveries.c.event_id == events.c.id, deliveries.c.state.in_((PENDING, DEAD))
+        )
+        chosen = (
+            select(events.c.id)
+            .where(events.c.received_at < older_than, ~unfinished)
+            .limit(batch)
+            .scalar_subquery()
+        )
+        removal = delete(events).where(events.c.id.in_(chosen))
+        removed = 0
+        while True:  # in batches, so no transaction holds the write lock for long
+            count = await self.database.run(lambda conn: int(conn.execute(removal).rowcount))
+            removed += count
+            if count < batch:
+                return removed
+
+
+def replay_key(key: str) -> str:
+    """A new idempotency key derived from the original: ``<key>:replay-<8 hex>``."""
+    return f"{_REPLAY_SUFFIX.sub('', key)}:replay-{uuid.uuid4().hex[:8]}"
+
+
+def _in_state(state: EventState) -> ColumnElement[bool]:
+    """Events with a pending (or dead) delivery; delivered: all are; ignored: none."""
+
+    def has(*states: str) -> ColumnElement[bool]:
+        return exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state.in_(states))
+
+    match state:
+        case EventState.PENDING:
+            return has(PENDING)
+        case EventState.DEAD:
+            return has(DEAD)
+        case EventState.DELIVERED:
+            return and_(has(DELIVERED), ~has(PENDING, DEAD))
+        case EventState.IGNORED:
+            return ~has(PENDING, DELIVERED, DEAD)
+        case _:
+            assert_never(state)

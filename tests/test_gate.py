@@ -1,0 +1,331 @@
+"""The connection gate on a clock moved by hand: the concurrency window and what may be
+claimed, the circuit (open, probed, half-open, closed again) and the rate cap."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import httpx
+import pytest
+
+import app.gate
+from app.gate import (
+    GROWTH_SUCCESSES,
+    PROBE_CAP,
+    PROBE_FIRST,
+    Circuit,
+    ConnectionGate,
+    GateClosed,
+)
+from app.prefect import AttemptResult, Outcome, PrefectConnection
+from app.settings import PREFECT_API_VERSION
+from tests.stub import REFUSED_URL, mock_connection
+from tests.waiting import ManualClock, eventually
+
+pytestmark = pytest.mark.anyio
+
+MAX_CONCURRENCY = 4
+SUCCESS = AttemptResult(Outcome.DELIVERED, 20.0, 201, flow_run_id="run-1")
+DOWN = AttemptResult(Outcome.TRANSIENT, 20.0, 503, "HTTP 503: busy")
+
+
+def slow_down(retry_after: float) -> AttemptResult:
+    return AttemptResult(
+        Outcome.TRANSIENT, 20.0, 429, "HTTP 429: slow down", retry_after=retry_after
+    )
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    fake = ManualClock()
+    monkeypatch.setattr(app.gate, "time", fake)  # the gate's clock only, not asyncio's
+    return fake
+
+
+@pytest.fixture
+def gate(clock: ManualClock) -> ConnectionGate:
+    return ConnectionGate(max_concurrency=MAX_CONCURRENCY)
+
+
+def grow(gate: ConnectionGate, limit: int) -> None:
+    """Deliver until the window lets ``limit`` requests be in flight."""
+    for _ in range((GROWTH_SUCCESSES + 1) * limit):
+        if gate.limit == limit:
+            return
+        gate.observe(SUCCESS)
+    raise AssertionError(f"the window never grew to {limit}")
+
+
+def open_gate(gate: ConnectionGate) -> None:
+    for _ in range(3):
+        gate.observe(DOWN)
+    assert gate.circuit is Circuit.OPEN
+
+
+async def enter(gate: ConnectionGate) -> None:
+    async with gate.slot():
+        pass
+
+
+# -- the window -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 2, MAX_CONCURRENCY])
+def test_a_closed_gate_lets_one_window_in_flight_and_one_more_waiting_be_claimed(
+    gate: ConnectionGate, limit: int
+) -> None:
+    grow(gate, limit)
+    assert (gate.circuit, gate.admits, gate.limit) == (Circuit.CLOSED, True, limit)
+
+    for load in range(2 * limit + 1):
+        gate.load = load
+        assert gate.free == 2 * limit - load
+
+    gate.load = 2 * limit + 1  # the window halved under deliveries already claimed
+    assert (gate.admits, gate.free) == (True, 0)
+
+
+@pytest.mark.parametrize("limit", [1, 2, MAX_CONCURRENCY])
+async def test_no_more_than_the_window_is_in_flight_and_the_next_starts_when_one_leaves(
+    gate: ConnectionGate, limit: int
+) -> None:
+    grow(gate, limit)
+    log: list[tuple[str, int]] = []
+    leave = [asyncio.Event() for _ in range(limit + 1)]
+
+    async def deliver(number: int) -> None:
+        async with gate.slot():
+            log.append(("in", number))
+            await leave[number].wait()
+            log.append(("out", number))
+
+    deliveries = [asyncio.create_task(deliver(n)) for n in range(limit + 1)]
+    await eventually(lambda: len(log) == limit, within=5, what=f"{limit} in flight")
+    for _ in range(20):  # every delivery has had its turn: the last one is still waiting
+        await asyncio.sleep(0)
+    assert (log, gate.in_flight) == ([("in", n) for n in range(limit)], limit)
+
+    leave[0].set()
+    await eventually(lambda: len(log) == limit + 2, within=5, what="the last one started")
+    assert log[limit:] == [("out", 0), ("in", limit)]
+    assert gate.in_flight == limit
+
+    for event in leave:
+        event.set()
+    await asyncio.gather(*deliveries)
+    assert gate.in_flight == 0
+
+
+def test_the_window_halves_on_a_busy_answer_and_never_exceeds_the_maximum(
+    gate: ConnectionGate,
+) -> None:
+    for _ in range(GROWTH_SUCCESSES * MAX_CONCURRENCY * 2):
+        gate.observe(SUCCESS)
+    assert (gate.window, gate.limit) == (MAX_CONCURRENCY, MAX_CONCURRENCY)
+
+    gate.observe(slow_down(0.0))
+    assert gate.limit == MAX_CONCURRENCY // 2
+    gate.observe(AttemptResult(Outcome.TRANSIENT, 10_000.0, None, "timed out", timed_out=True))
+    assert gate.limit == 1
+    gate.observe(DOWN)
+    assert gate.limit == 1  # never below one
+
+
+def test_the_window_grows_by_one_every_growth_successes(gate: ConnectionGate) -> None:
+    for limit in range(2, MAX_CONCURRENCY + 1):
+        for _ in range(GROWTH_SUCCESSES):
+            gate.observe(SUCCESS)
+        assert gate.limit == limit
+
+
+# -- the circuit ------------------------------------------------------------------------
+
+
+def test_the_third_consecutive_transient_failure_opens_the_gate(gate: ConnectionGate) -> None:
+    gate.observe(DOWN)
+    gate.observe(DOWN)
+    assert (gate.admits, gate.circuit, gate.free) == (True, Circuit.CLOSED, 2)
+
+    gate.observe(DOWN)
+
+    assert (gate.admits, gate.free, gate.circuit) == (False, 0, Circuit.OPEN)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [SUCCESS, AttemptResult(Outcome.PERMANENT, 20.0, 409, "HTTP 409: conflict")],
+    ids=["delivered", "permanent"],
+)
+def test_an_answer_between_failures_starts_the_count_again(
+    gate: ConnectionGate, answer: AttemptResult
+) -> None:
+    for _ in range(2):
+        gate.observe(DOWN)
+    gate.observe(answer)
+    for _ in range(2):
+        gate.observe(DOWN)
+    assert gate.circuit is Circuit.CLOSED
+    assert not gate.recovered
+
+
+def test_retry_after_opens_the_gate_until_then_and_it_half_opens_by_itself(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    gate.observe(slow_down(30.0))
+    assert (gate.circuit, gate.admits, gate.free) == (Circuit.OPEN, False, 0)
+
+    clock.advance(29.9)
+    assert (gate.admits, gate.free) == (False, 0)
+    assert not gate.needs_probe()  # it said when to come back: no probing meanwhile
+
+    clock.advance(0.1)
+    assert (gate.admits, gate.free) == (True, 1)
+    assert gate.circuit is Circuit.HALF_OPEN
+
+
+async def test_a_half_open_gate_admits_one_trial_and_its_success_closes_it(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    gate.observe(slow_down(1.0))
+    clock.advance(1.0)
+    assert (gate.free, gate.circuit) == (1, Circuit.HALF_OPEN)
+
+    async with gate.slot():
+        assert (gate.admits, gate.free) == (False, 0)
+    gate.observe(SUCCESS)
+
+    assert (gate.admits, gate.circuit, gate.free) == (True, Circuit.CLOSED, 2 * gate.limit)
+    assert gate.recovered
+
+
+async def test_a_failed_trial_opens_the_gate_again_and_the_delivery_behind_it_is_not_tried(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    gate.observe(slow_down(1.0))
+    clock.advance(1.0)
+
+    waiting = asyncio.Event()
+
+    async def second_delivery() -> None:
+        waiting.set()
+        await enter(gate)
+
+    async with gate.slot():
+        behind = asyncio.create_task(second_delivery())
+        await waiting.wait()
+    gate.observe(DOWN)
+
+    with pytest.raises(GateClosed):  # not tried: it is given back, untouched
+        await behind
+    assert (gate.circuit, gate.admits, gate.free, gate.in_flight) == (Circuit.OPEN, False, 0, 0)
+    assert not gate.recovered
+    clock.advance(PROBE_FIRST)
+    assert gate.needs_probe()
+
+
+def test_a_half_open_gate_with_a_delivery_assigned_has_no_room(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    gate.observe(slow_down(1.0))
+    clock.advance(1.0)
+    gate.load = 1
+    assert (gate.admits, gate.free) == (True, 0)
+
+
+def test_needs_probe_only_when_open_without_retry_after_and_the_time_has_come(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    assert not gate.needs_probe()  # closed
+
+    open_gate(gate)
+    assert not gate.needs_probe()
+    clock.advance(PROBE_FIRST - 0.01)
+    assert not gate.needs_probe()
+    clock.advance(0.01)
+    assert gate.needs_probe()
+
+    gate.circuit = Circuit.HALF_OPEN
+    assert not gate.needs_probe()
+
+
+async def test_slot_raises_gate_closed_while_the_gate_is_open(gate: ConnectionGate) -> None:
+    open_gate(gate)
+    with pytest.raises(GateClosed):
+        await enter(gate)
+    assert gate.in_flight == 0
+
+
+# -- the probe --------------------------------------------------------------------------
+
+
+async def test_a_successful_probe_half_opens_the_gate(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    open_gate(gate)
+    clock.advance(PROBE_FIRST)
+    asked: list[str] = []
+
+    def healthy(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(200, json=True if request.url.path == "/api/health" else [])
+
+    async with mock_connection(healthy) as connection:
+        await gate.probe(connection)
+
+    assert asked[0] == "/api/health"
+    assert (gate.circuit, gate.admits, gate.free) == (Circuit.HALF_OPEN, True, 1)
+    assert not gate.needs_probe()
+
+
+async def test_a_failed_probe_keeps_the_gate_open_and_waits_longer_up_to_the_cap(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    open_gate(gate)
+    clock.advance(PROBE_FIRST)
+    gaps = []
+    async with PrefectConnection(
+        "main", REFUSED_URL, api_version=PREFECT_API_VERSION, timeout=5.0
+    ) as connection:
+        for _ in range(7):
+            assert gate.needs_probe()
+            await gate.probe(connection)
+            assert (gate.circuit, gate.admits) == (Circuit.OPEN, False)
+            gaps.append(time_to_next_probe(gate, clock))
+
+    assert gaps == [0.5, 1.0, 2.0, 4.0, PROBE_CAP, PROBE_CAP, PROBE_CAP]
+
+
+def time_to_next_probe(gate: ConnectionGate, clock: ManualClock, step: float = 0.25) -> float:
+    """Advance the clock in steps until the gate wants a probe; the time that took."""
+    waited = 0.0
+    while not gate.needs_probe():
+        clock.advance(step)
+        waited += step
+        assert waited <= 2 * PROBE_CAP, "the probe interval is not capped"
+    return waited
+
+
+# -- the rate cap (real time: the cap sleeps on asyncio's clock) --------------------------
+
+RATE = 20.0
+# The start times are read just after the gate's own reading: a little slack for that.
+CLOCK_SLACK = 0.1 / RATE
+
+
+async def test_the_rate_cap_spaces_out_starts_even_when_the_window_has_room() -> None:
+    gate = ConnectionGate(max_concurrency=MAX_CONCURRENCY, max_rate=RATE)
+    grow(gate, MAX_CONCURRENCY)  # four may be in flight: only the cap holds starts back
+    starts: list[float] = []
+
+    async def deliver() -> None:
+        async with gate.slot():
+            starts.append(time.monotonic())
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(deliver() for _ in range(10)))
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert len(gaps) == 9
+    assert min(gaps) >= 1 / RATE - CLOCK_SLACK, gaps
