@@ -13,8 +13,8 @@
     └── ServiceUnavailable    503   nothing was acknowledged; send it again
 
 Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}``. The
-store's :class:`app.database.StoreUnavailable` is answered as a 503; anything else
-unexpected as a 500, logged once with its traceback (:class:`CatchUnexpected`).
+store's :class:`app.records.StoreUnavailable` is answered as a 503; anything else
+unexpected as a 500, logged once with its traceback (by :class:`app.logs.RequestContext`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.records import StoreUnavailable
 
@@ -193,34 +192,8 @@ def install_error_handlers(app: FastAPI) -> None:
         down = ServiceUnavailable("the store cannot be used right now; nothing was changed")
         return error_response(down.status_code, down.code, down.message, headers=down.headers)
 
-    app.add_middleware(CatchUnexpected)
 
-
-class CatchUnexpected:
-    """ASGI middleware: an exception no handler took is logged here, once, with its
-    traceback, and answered 500 in the error shape. Starlette's own last resort would
-    answer too, but then re-raise for the server to log it a second time."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watch(message: Message) -> None:
-            nonlocal started
-            started |= message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        except Exception as exc:
-            log.error("unexpected error", exc_info=exc)
-            if not started:  # else the client sees the connection end: nothing more to say
-                answer = error_response(
-                    500, "internal_error", "internal error; see the service's log"
-                )
-                await answer(scope, receive, send)
+def internal_error() -> JSONResponse:
+    """The answer to an exception no handler took (:class:`app.logs.RequestContext` logs
+    it): nothing of the exception is said."""
+    return error_response(500, "internal_error", "internal error; see the service's log")

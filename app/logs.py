@@ -28,6 +28,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from app.errors import internal_error
 from app.routes_file import ConnectionSpec
 from app.settings import Settings
 
@@ -181,7 +182,9 @@ def request_id_of(scope: Scope) -> str:
 
 class RequestContext:
     """ASGI middleware: binds a request id to every log line of the request, answers it
-    in ``X-Request-ID``, and logs one line per request (never its headers or query)."""
+    in ``X-Request-ID``, and logs one line per request (never its headers or query). An
+    exception no handler took is logged here, once with its traceback, and answered 500
+    in the error shape."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -192,7 +195,7 @@ class RequestContext:
             return
         request_id = request_id_of(scope)
         started = time.perf_counter()
-        status = 500  # unless the app answers: an exception escaped it
+        status: int | None = None  # until the app answers
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -204,8 +207,15 @@ class RequestContext:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                # The last resort, here so that it is logged once: Starlette's own would
+                # answer too, then re-raise for the server to log it a second time.
+                log.error("unexpected error", exc_info=exc)
+                if status is None:  # else the client sees the connection end
+                    await internal_error()(scope, receive, send_with_id)
             finally:
                 path: str = scope["path"]
+                status = 500 if status is None else status
                 quiet = path in QUIET_PATHS and status < 400
                 log.log(
                     logging.DEBUG if quiet else logging.INFO,

@@ -26,6 +26,7 @@ from app.history import History
 from app.main import create_app
 from app.records import DeliveryRecord, EventRecord
 from app.settings import Settings
+from app.store import Store
 from tests.databases import (
     BACKENDS,
     SERVER_VARIABLE,
@@ -33,10 +34,11 @@ from tests.databases import (
     create_database,
     drop_database,
 )
+from tests.tokens import ADMIN_TOKEN as ADMIN_TOKEN
+from tests.tokens import TOKEN as TOKEN
+from tests.tokens import auth as auth
+from tests.waiting import ManualClock
 from tools.localprefect import PrefectServer
-
-TOKEN = "test-webhook-token-0123456789"
-ADMIN_TOKEN = "test-admin-token-0123456789"
 
 SettingsFactory = Callable[..., Settings]
 
@@ -84,6 +86,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'bridge.db'}"
         return
     yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The store's clock, moved by hand: no test waits for a lease or a backoff."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """This test's database, its schema created, closed afterwards."""
+    opened = await Database.open(database_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def store(database: Database, clock: ManualClock) -> Store:
+    """The queries of one event's path, on this test's database and clock."""
+    return Store(database, clock)
+
+
+@pytest.fixture
+def history(database: Database, clock: ManualClock) -> History:
+    """The operators' queries, on the same database and clock as ``store``."""
+    return History(database, clock)
 
 
 @pytest.fixture(scope="session")
@@ -144,10 +174,6 @@ async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with open_client(settings) as c:
         yield c
-
-
-def auth(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def stored_events(settings: Settings) -> list[tuple[EventRecord, list[DeliveryRecord]]]:

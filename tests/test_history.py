@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from app.database import Database
 from app.history import History, replay_key
 from app.records import (
     DeliveryNotFound,
@@ -47,28 +45,6 @@ from tests.waiting import ManualClock
 pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
 
 REPLAY_KEY = re.compile(r"^(?P<original>.+):replay-[0-9a-f]{8}$")
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    async with opened(database_url) as database:
-        yield database
-
-
-@pytest.fixture
-def store(database: Database, clock: ManualClock) -> Store:
-    """The delivery path's store, to record and try the events the tests read."""
-    return Store(database, clock)
-
-
-@pytest.fixture
-def history(database: Database, clock: ManualClock) -> History:
-    return History(database, clock)
 
 
 async def deliveries_of(history: History, recorded: Recorded) -> list[DeliveryRecord]:

@@ -7,7 +7,6 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.database import APPLICATION_NAME, Database, display_url
+from app.database import APPLICATION_NAME, display_url
 from app.history import History
 from app.records import (
     AttemptRecord,
@@ -36,7 +35,6 @@ from tests.stores import (
     delivery,
     ending,
     finished,
-    opened,
     record,
     rows,
     set_columns,
@@ -57,28 +55,6 @@ def url(path: Path) -> str:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "bridge.db"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    async with opened(database_url) as database:
-        yield database
-
-
-@pytest.fixture
-def store(database: Database, clock: ManualClock) -> Store:
-    return Store(database, clock)
-
-
-@pytest.fixture
-def history(database: Database, clock: ManualClock) -> History:
-    """The operators' view of the store's database, to read back what it stored."""
-    return History(database, clock)
 
 
 async def probed_at(store: Store) -> float:

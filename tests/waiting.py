@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN, auth
+from tests.tokens import ADMIN_TOKEN, auth
 
 
 async def eventually(
