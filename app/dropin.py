@@ -165,7 +165,7 @@ async def _flow_run(bridge: Bridge, flow_run_id: str | None) -> str | None:
     connection = bridge.connections[DEFAULT_CONNECTION]
     try:
         response = await connection.get(f"flow_runs/{flow_run_id}")
-    except (TimeoutError, httpx.HTTPError) as exc:
+    except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
         log.warning("flow run not read back from Prefect", flow_run_id=flow_run_id, error=str(exc))
         return None
     if not response.is_success:

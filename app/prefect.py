@@ -130,8 +130,9 @@ class PrefectConnection:
         self._client = httpx.AsyncClient(
             base_url=f"{self.api_url}/",
             headers=self.headers,
-            # Each phase (connect, write, read, pool) gets the whole budget; the request
-            # as a whole gets it too (see _request), so a lease always outlasts it.
+            # Each phase (connect, write, read, pool) gets the whole budget, and so does
+            # the request as a whole (see _request): BRIDGE_PREFECT_TIMEOUT is the most
+            # one request may take.
             timeout=httpx.Timeout(timeout),
             # A redirect is answered, never followed: it is a permanent error (a wrong
             # URL), and following it would carry the credentials elsewhere.
@@ -253,7 +254,7 @@ class PrefectConnection:
             return Health(True, None, f"{type(exc).__name__}: {self._redact(str(exc))}")
         if probe.status_code in (401, 403):
             return Health(True, False, f"credentials refused (HTTP {probe.status_code})")
-        if probe.status_code >= 400:
+        if not probe.is_success:  # a redirect too: never followed, every delivery fails
             message = self._redact(_error_message(probe))
             return Health(True, None, f"HTTP {probe.status_code}: {message}")
         return Health(True, True, "ok")

@@ -221,6 +221,21 @@ async def test_a_redirect_is_a_permanent_error_and_never_followed(
     ]
 
 
+async def test_an_api_that_redirects_is_reported_unusable_not_authorized() -> None:
+    # An http:// URL in front of an https-only Prefect: health answers, every request
+    # that needs credentials is redirected, and no delivery would ever succeed.
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/health":
+            return httpx.Response(200, json=True)
+        return httpx.Response(308, headers={"Location": "https://prefect.test/api/x"})
+
+    async with mock_connection(handler) as connection:
+        health = await connection.health()
+
+    assert (health.reachable, health.authorized) == (True, None)
+    assert health.detail.startswith("HTTP 308")
+
+
 # -- what every request carries ---------------------------------------------------------
 
 
