@@ -96,8 +96,10 @@ async def attempt_delivery(
         connection = connections.get(claim.delivery.connection)
         if connection is None:
             return _config_error(f"connection {claim.delivery.connection!r} is gone"), None
-        request = PrefectRequest(**claim.event.payload[DROP_IN_ROUTE])
-        return await connection.create_flow_run(request), connection
+        stored = claim.event.payload[DROP_IN_ROUTE]
+        # The delivery's key, not the stored body's: a replay with a new run has a new one.
+        body = {**stored["body"], "idempotency_key": claim.delivery.idempotency_key}
+        return await connection.create_flow_run(PrefectRequest(stored["path"], body)), connection
     route = router.route(claim.delivery.route)
     if route is None:
         return _config_error(f"route {claim.delivery.route!r} is no longer configured"), None

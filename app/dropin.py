@@ -2,10 +2,14 @@
 switch to this service by changing only ``prefect_api_url`` (to this service's host)
 and the ``prefect_api_key`` secret (to this service's webhook token).
 
-``POST /api/flow_runs/`` and ``POST /api/deployments/{id}/create_flow_run`` (also
-under Prefect Cloud's ``/api/accounts/{a}/workspaces/{w}`` prefix) store the request
-durably, keyed by its ``idempotency_key``, and forward it to the environment's Prefect
-connection with the service's own credentials. The answer is Prefect's flow run JSON
+Off unless ``BRIDGE_DROPIN=true``. ``POST /api/flow_runs/`` and ``POST
+/api/deployments/{id}/create_flow_run`` (also under Prefect Cloud's
+``/api/accounts/{a}/workspaces/{w}`` prefix) then take a call only for the flows and
+deployments the service is configured for (``PREFECT_FLOW_ID``, the routes file's
+targets, ``BRIDGE_DROPIN_ALLOW``): the webhook token never starts just any deployment.
+The request is stored durably, keyed by its target and its ``idempotency_key`` (as
+Prefect deduplicates), and forwarded to the environment's Prefect connection with the
+service's own credentials. The answer is Prefect's own (the flow run, or its refusal)
 when Prefect answered within ``BRIDGE_SYNC_WAIT``; otherwise 202 with the delivery.
 """
 
@@ -23,9 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth import require_webhook_token
 from app.errors import (
+    FieldError,
+    Forbidden,
     InvalidBody,
     PayloadTooLarge,
     ServiceUnavailable,
+    TargetUnverifiable,
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
@@ -33,9 +40,11 @@ from app.errors import (
     validated,
 )
 from app.ingest import WebhookOut, count_event, read_json_body, store_and_deliver
+from app.prefect import Outcome
 from app.records import DeliveryState, NewDelivery, NewEvent
-from app.routes import DEFAULT_CONNECTION, DROP_IN_ROUTE
+from app.routes import DEFAULT_CONNECTION, DROP_IN_ROUTE, DeploymentTarget, FlowTarget
 from app.service import Bridge, BridgeDep
+from app.settings import DROPIN_GUARDED_FIELDS
 
 log = structlog.get_logger("erathos_prefect_bridge.api")
 
@@ -84,6 +93,7 @@ dropin = APIRouter(
         **responses(
             InvalidBody,
             Unauthorized,
+            Forbidden,
             PayloadTooLarge,
             UnsupportedMediaType,
             ValidationFailed,
@@ -95,14 +105,22 @@ dropin = APIRouter(
 
 async def create_flow_run(request: Request, bridge: BridgeDep) -> Response:
     body = await _validated(request, bridge, FlowRunCreate)
-    return await _forward(bridge, "flow_runs/", body)
+    flow_id = str(body["flow_id"])
+    if flow_id not in _allowed(bridge)[0]:
+        raise Forbidden(
+            f"flow {flow_id} is not one this service starts: it is neither PREFECT_FLOW_ID, "
+            "a route's target, nor listed in BRIDGE_DROPIN_ALLOW"
+        )
+    return await _forward(bridge, "flow_runs/", body, dedup=f"flow:{flow_id}")
 
 
 async def create_deployment_flow_run(
     deployment_id: UUID, request: Request, bridge: BridgeDep
 ) -> Response:
     body = await _validated(request, bridge, DeploymentFlowRunCreate)
-    return await _forward(bridge, f"deployments/{deployment_id}/create_flow_run", body)
+    await _check_deployment(bridge, str(deployment_id))
+    path = f"deployments/{deployment_id}/create_flow_run"
+    return await _forward(bridge, path, body, dedup=f"deployment:{deployment_id}")
 
 
 def _body(model: type[BaseModel]) -> dict[str, Any]:
@@ -124,25 +142,86 @@ for _prefix in PREFIXES:
         methods=["POST"],
         summary="Create a flow run of a deployment, as Prefect's own endpoint",
         openapi_extra=_body(DeploymentFlowRunCreate),
+        responses=responses(TargetUnverifiable),
     )
 
 
 async def _validated(request: Request, bridge: Bridge, model: type[_PrefectBody]) -> dict[str, Any]:
     payload = await read_json_body(request, bridge.settings)
-    return validated(model, payload).model_dump(mode="json", exclude_none=True)
+    body = validated(model, payload).model_dump(mode="json", exclude_none=True)
+    guarded = [f for f in DROPIN_GUARDED_FIELDS if f in body]
+    refused = [f for f in guarded if f not in bridge.settings.dropin_allow_fields]
+    if refused:
+        why = "may change how or where the run executes: BRIDGE_DROPIN_ALLOW_FIELDS must list it"
+        fields = [FieldError(field=field, message=why) for field in refused]
+        raise ValidationFailed("not allowed: " + ", ".join(refused), fields=fields)
+    return body
 
 
-async def _forward(bridge: Bridge, path: str, body: dict[str, Any]) -> Response:
+def _allowed(bridge: Bridge) -> tuple[set[str], set[str], list[str]]:
+    """The flow ids, deployment ids and ``flow/deployment`` names a drop-in call may
+    target: what the environment's connection is configured to run, and what
+    BRIDGE_DROPIN_ALLOW lists (a UUID there may be either kind of id)."""
+    settings = bridge.settings
+    flows = {str(settings.prefect_flow_id)} if settings.prefect_flow_id else set()
+    deployments: set[str] = set()
+    names: list[str] = []
+    for route in bridge.router.routes:
+        if route.connection != DEFAULT_CONNECTION:
+            continue
+        target = route.target
+        if isinstance(target, FlowTarget):
+            flows.add(str(target.flow_id))
+        elif target.deployment_id is not None:
+            deployments.add(str(target.deployment_id))
+        elif target.name is not None:
+            names.append(target.name)
+    for allowed in settings.dropin_allow:
+        if "/" in allowed:
+            names.append(allowed)
+        else:
+            flows.add(allowed)
+            deployments.add(allowed)
+    return flows, deployments, names
+
+
+async def _check_deployment(bridge: Bridge, deployment_id: str) -> None:
+    """403 unless the deployment is allowed by id, or by a name that resolves to it (ids
+    are looked up in Prefect once, then cached); 503 when a name cannot be looked up."""
+    _, deployments, names = _allowed(bridge)
+    if deployment_id in deployments:
+        return
+    connection = bridge.connections[DEFAULT_CONNECTION]
+    unreachable = False
+    for name in names:
+        found, failure = await connection.resolve_deployment(DeploymentTarget(name=name).name_path)
+        if found == deployment_id:
+            return
+        unreachable |= failure is not None and failure.outcome is Outcome.TRANSIENT
+    if unreachable:
+        raise TargetUnverifiable(
+            "the deployment could not be checked against the allowed deployment names "
+            "while Prefect is unreachable; nothing was stored: send it again, or allow it "
+            "by id in BRIDGE_DROPIN_ALLOW"
+        )
+    raise Forbidden(
+        f"deployment {deployment_id} is not one this service starts: it is neither a "
+        "route's target nor listed in BRIDGE_DROPIN_ALLOW"
+    )
+
+
+async def _forward(bridge: Bridge, path: str, body: dict[str, Any], *, dedup: str) -> Response:
     key: str = body["idempotency_key"]
     new = NewEvent(
-        execution_id=key,
+        # As Prefect deduplicates: the same key for another flow is another run.
+        execution_id=f"{dedup}:{key}",
         payload={DROP_IN_ROUTE: {"path": path, "body": body}},
         deliveries=[NewDelivery(DROP_IN_ROUTE, DEFAULT_CONNECTION, key)],
         table_name=body.get("name"),
     )
     accepted = await store_and_deliver(bridge, new)
     if not accepted.created:
-        # The key was seen before (here, or as an Erathos event's execution id).
+        # The target and key were seen before: Prefect's current JSON of that run.
         delivered = [
             turn.delivery
             for turn in accepted.turns
@@ -153,10 +232,25 @@ async def _forward(bridge: Bridge, path: str, body: dict[str, Any]) -> Response:
         return JSONResponse(accepted.answer().model_dump(mode="json"), 200)
     [turn] = accepted.turns
     answered = turn.result
-    if answered and answered.response_body and turn.delivery.state is DeliveryState.DELIVERED:
-        status = 201 if answered.created else 200
-        return Response(answered.response_body, status, media_type="application/json")
+    if answered is not None and answered.status_code is not None and answered.response_body:
+        if answered.outcome is Outcome.DELIVERED and turn.delivery.state is DeliveryState.DELIVERED:
+            status = 201 if answered.created else 200
+            return Response(answered.response_body, status, media_type="application/json")
+        if answered.outcome is Outcome.PERMANENT:
+            # Prefect refused it for good (an unknown deployment, a bad parameter): its own
+            # answer, as a direct call would get it (credentials masked at the source).
+            return Response(
+                answered.response_body, answered.status_code, media_type=_media(answered)
+            )
     return JSONResponse(accepted.answer().model_dump(mode="json"), 202)
+
+
+def _media(answer: Any) -> str:
+    try:
+        json.loads(answer.response_body)
+    except ValueError:
+        return "text/plain; charset=utf-8"
+    return "application/json"
 
 
 async def _flow_run(bridge: Bridge, flow_run_id: str | None) -> str | None:

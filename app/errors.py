@@ -2,6 +2,7 @@
 
     BridgeError                     the base: a status code, a code and a message
     ├── Unauthorized          401   no or wrong token (with WWW-Authenticate: Bearer)
+    ├── Forbidden             403   the token may not do this (a drop-in call's target)
     ├── NotFound              404
     ├── Conflict              409   e.g. replaying a delivery that is still pending
     ├── PayloadTooLarge       413   body over BRIDGE_MAX_BODY_BYTES
@@ -10,7 +11,8 @@
     ├── RequestTimeout        408   the body did not arrive within BRIDGE_BODY_TIMEOUT
     ├── TooManyRequests       429   over BRIDGE_RATE_LIMIT for this token (Retry-After)
     ├── ValidationFailed      422   names every missing or invalid field
-    └── ServiceUnavailable    503   nothing was acknowledged; send it again
+    ├── ServiceUnavailable    503   nothing was acknowledged; send it again
+    └── TargetUnverifiable    503   a drop-in call's deployment cannot be checked now
 
 Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}``. The
 store's :class:`app.records.StoreUnavailable` is answered as a 503; anything else
@@ -79,6 +81,11 @@ class Unauthorized(BridgeError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(BridgeError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(BridgeError):
     status_code = 404
     code = "not_found"
@@ -126,6 +133,16 @@ class ServiceUnavailable(BridgeError):
     def __init__(
         self, message: str = "the event could not be stored; nothing was acknowledged"
     ) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+class TargetUnverifiable(BridgeError):
+    """Prefect could not be asked whether a drop-in call's deployment is allowed."""
+
+    status_code = 503
+    code = "target_unverifiable"
+
+    def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Retry-After": "5"})
 
 

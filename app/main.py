@@ -42,8 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContext)
     app.include_router(webhooks)
     app.include_router(health)
-    if settings.api_url is not None:
-        # Prefect-shaped endpoints forward to the environment's connection.
+    if settings.dropin:
+        # Prefect-shaped endpoints (off by default) forward to the environment's connection.
         app.include_router(dropin)
     if settings.admin_token is not None:
         # Without an admin token the admin endpoints do not exist at all.

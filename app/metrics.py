@@ -32,6 +32,8 @@ REJECTED_BY_CODE = {
     "store_unavailable": "store_unavailable",
     "rate_limited": "rate_limited",
     "request_timeout": "body_timeout",
+    "forbidden": "forbidden",
+    "target_unverifiable": "target_unverifiable",
 }
 DUPLICATE, NO_ROUTE = "duplicate", "no_route"
 REJECTION_REASONS = (*REJECTED_BY_CODE.values(), DUPLICATE, NO_ROUTE)

@@ -202,6 +202,7 @@ class PrefectConnection:
             error=f"HTTP {response.status_code}: {self._redact(_error_message(response))}",
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             response_excerpt=excerpt,
+            response_body=text,
         )
 
     async def resolve_deployment(self, name_path: str) -> tuple[str | None, AttemptResult | None]:

@@ -3,6 +3,9 @@ start, by whichever replica gets the migration lock first)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 from sqlalchemy import (
     Column,
     Dialect,
@@ -19,13 +22,15 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from app.records import StoreUnavailable
+from app.routes import DROP_IN_ROUTE
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # pg_advisory_xact_lock key that serialises schema creation and upgrades between
 # replicas starting at once (any constant; this one spells "EPBS" in ASCII).
 MIGRATION_LOCK_KEY = 0x45504253
@@ -129,8 +134,11 @@ def migrate(conn: Connection) -> None:
         )
     if version == SCHEMA_VERSION:
         return
-    # Version 0 is an empty database; later versions add their steps here.
-    metadata.create_all(conn, checkfirst=True)
+    if version == 0:  # an empty database: the current schema at once
+        metadata.create_all(conn, checkfirst=True)
+    else:
+        for step in UPGRADES[version - 1 :]:
+            step(conn)
     upsert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(meta)
     conn.execute(
         upsert.on_conflict_do_update(
@@ -138,3 +146,33 @@ def migrate(conn: Connection) -> None:
         ),
         {"key": "schema_version", "value": str(SCHEMA_VERSION)},
     )
+
+
+def _key_drop_in_events_by_target(conn: Connection) -> None:
+    """1 -> 2: a Prefect-shaped request's event is keyed by its target and its
+    idempotency key (``flow:<id>:<key>``, ``deployment:<id>:<key>``), as Prefect
+    deduplicates; version 1 keyed it by the idempotency key alone, so one flow's run
+    could stand in for another's."""
+    found = conn.execute(
+        select(events.c.id, events.c.execution_id, events.c.payload).where(
+            events.c.payload.like(f'%"{DROP_IN_ROUTE}"%')
+        )
+    )
+    for row in found.all():
+        stored = json.loads(row.payload).get(DROP_IN_ROUTE)
+        if not isinstance(stored, dict):
+            continue  # an Erathos event that merely carries the word
+        path, body = str(stored.get("path", "")), stored.get("body") or {}
+        if path == "flow_runs/":
+            target = f"flow:{body.get('flow_id')}"
+        elif path.startswith("deployments/"):
+            target = f"deployment:{path.split('/')[1]}"
+        else:
+            continue
+        keyed = update(events).where(events.c.id == row.id)
+        conn.execute(keyed.values(execution_id=f"{target}:{row.execution_id}"))
+
+
+# UPGRADES[n] turns a database of version n + 1 into one of version n + 2.
+UPGRADES: tuple[Callable[[Connection], None], ...] = (_key_drop_in_events_by_target,)
+assert len(UPGRADES) == SCHEMA_VERSION - 1

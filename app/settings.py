@@ -30,6 +30,9 @@ from pydantic_settings import (
 )
 
 PREFECT_CLOUD_API = "https://api.prefect.cloud/api"
+# Fields of Prefect's create-run bodies that change how or where a run executes, or what
+# it becomes: refused on the drop-in endpoints unless BRIDGE_DROPIN_ALLOW_FIELDS lists them.
+DROPIN_GUARDED_FIELDS = ("state", "context", "job_variables", "work_queue_name", "work_pool_name")
 PREFECT_API_VERSION = "0.8.4"  # the x-prefect-api-version header Prefect's own clients send
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
 MIN_TOKEN_LENGTH = 16
@@ -176,6 +179,14 @@ class Settings(PublicSettings):
     )
     body_timeout: Duration = Field(timedelta(seconds=10), validation_alias="BRIDGE_BODY_TIMEOUT")
     rate_limit: Annotated[float, Gt(0)] | None = Field(None, validation_alias="BRIDGE_RATE_LIMIT")
+    # The Prefect-shaped endpoints: off unless turned on, and then only for the targets the
+    # service is configured for (and those listed), without the fields that change how or
+    # where a run executes (unless listed).
+    dropin: bool = Field(False, validation_alias="BRIDGE_DROPIN")
+    dropin_allow: CommaList = Field(default_factory=list, validation_alias="BRIDGE_DROPIN_ALLOW")
+    dropin_allow_fields: CommaList = Field(
+        default_factory=list, validation_alias="BRIDGE_DROPIN_ALLOW_FIELDS"
+    )
     flow_run_name: str = Field(
         "erathos_run_${{erathos.table_name}}", validation_alias="BRIDGE_FLOW_RUN_NAME"
     )
@@ -258,6 +269,38 @@ class Settings(PublicSettings):
             if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
                 raise ValueError(f"every token must be at least {MIN_TOKEN_LENGTH} characters long")
         return tokens
+
+    @field_validator("dropin_allow", "dropin_allow_fields", mode="before")
+    @classmethod
+    def _dropin_lists(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("dropin_allow")
+    @classmethod
+    def _dropin_targets(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            flow, slash, deployment = target.partition("/")
+            if slash and flow and deployment and "/" not in deployment:
+                continue
+            try:
+                UUID(target)
+            except ValueError:
+                raise ValueError(
+                    f"{target[:80]!r} is neither a flow or deployment id (UUID) nor a "
+                    "'flow-name/deployment-name'"
+                ) from None
+        return [str(UUID(t)) if "/" not in t else t for t in targets]
+
+    @field_validator("dropin_allow_fields")
+    @classmethod
+    def _dropin_fields(cls, fields: list[str]) -> list[str]:
+        unknown = sorted(set(fields) - set(DROPIN_GUARDED_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not a field that can be allowed "
+                f"(one of {', '.join(DROPIN_GUARDED_FIELDS)})"
+            )
+        return fields
 
     @field_validator("admin_token", "metrics_token")
     @classmethod
@@ -349,6 +392,11 @@ class Settings(PublicSettings):
             raise ValueError(
                 "PREFECT_API_AUTH_STRING: set either it (self-hosted Basic auth) or "
                 "PREFECT_API_KEY (Prefect Cloud), not both"
+            )
+        if self.dropin and self.api_url is None:
+            raise ValueError(
+                "BRIDGE_DROPIN: needs PREFECT_API_URL (or the Prefect Cloud ids): drop-in "
+                "calls are forwarded to the environment's Prefect"
             )
         if self.lease <= self.prefect_timeout:
             raise ValueError("BRIDGE_LEASE: must be longer than BRIDGE_PREFECT_TIMEOUT")

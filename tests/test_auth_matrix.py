@@ -59,8 +59,16 @@ def all_paths(routes: list[Any]) -> set[str]:
     return paths
 
 
+def test_the_prefect_shaped_endpoints_do_not_exist_unless_turned_on(
+    make_settings: SettingsFactory,
+) -> None:
+    paths = all_paths(create_app(make_settings(admin_token=ADMIN_TOKEN)).routes)
+
+    assert not paths & {r.path for r in dropin.routes if isinstance(r, APIRoute)}
+
+
 def test_every_route_is_classified(make_settings: SettingsFactory) -> None:
-    app = create_app(make_settings(admin_token=ADMIN_TOKEN))
+    app = create_app(make_settings(admin_token=ADMIN_TOKEN, dropin=True))
     paths = all_paths(app.routes)
 
     assert paths <= OPEN | WEBHOOK | ADMIN, paths - (OPEN | WEBHOOK | ADMIN)
@@ -72,7 +80,7 @@ def test_every_route_is_classified(make_settings: SettingsFactory) -> None:
 async def test_no_route_but_the_open_ones_answers_without_its_token(
     make_settings: SettingsFactory, wrong: str
 ) -> None:
-    async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
+    async with open_client(make_settings(admin_token=ADMIN_TOKEN, dropin=True)) as client:
         for path in sorted(WEBHOOK | ADMIN):
             method = "GET" if path == "/events" or path == "/events/{event_id}" else "POST"
             response = await client.request(method, concrete(path), headers=WRONG[wrong], json={})
@@ -83,7 +91,7 @@ async def test_no_route_but_the_open_ones_answers_without_its_token(
 async def test_tokens_are_not_interchangeable_nor_read_from_the_query_string(
     make_settings: SettingsFactory,
 ) -> None:
-    async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
+    async with open_client(make_settings(admin_token=ADMIN_TOKEN, dropin=True)) as client:
         for path in sorted(WEBHOOK):
             admin_token = await client.post(concrete(path), headers=auth(ADMIN_TOKEN), json={})
             in_query = await client.post(concrete(path), params={"token": TOKEN}, json={})
@@ -98,7 +106,7 @@ async def test_tokens_are_not_interchangeable_nor_read_from_the_query_string(
 
 
 async def test_the_right_token_passes_the_door(make_settings: SettingsFactory) -> None:
-    async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
+    async with open_client(make_settings(admin_token=ADMIN_TOKEN, dropin=True)) as client:
         webhook = await client.post("/webhooks/erathos", headers=auth(), json={})
         admin_listing = await client.get("/events", headers=auth(ADMIN_TOKEN))
 
@@ -113,7 +121,7 @@ async def test_open_routes_need_nothing(make_settings: SettingsFactory) -> None:
 
 
 async def test_the_openapi_page_documents_the_401(make_settings: SettingsFactory) -> None:
-    async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
+    async with open_client(make_settings(admin_token=ADMIN_TOKEN, dropin=True)) as client:
         schema = (await client.get("/openapi.json")).json()
 
     for path in WEBHOOK | ADMIN:

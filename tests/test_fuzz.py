@@ -28,6 +28,7 @@ def service(
         PREFECT_FLOW_ID=prefect.create_flow(f"fuzz-{uuid.uuid4().hex[:8]}"),
         BRIDGE_WEBHOOK_TOKEN=TOKEN,
         BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
+        BRIDGE_DROPIN="true",
         BRIDGE_PORT=str(free_port()),
         BRIDGE_DATABASE_URL=f"sqlite:///{tmp / 'bridge.db'}",
         BRIDGE_SYNC_WAIT="200ms",

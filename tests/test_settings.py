@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import timedelta
@@ -191,6 +192,15 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
         pytest.param({"BRIDGE_LOG_FORMAT": "xml"}, "BRIDGE_LOG_FORMAT", id="log-format"),
         pytest.param({"BRIDGE_MAX_ATTEMPTS": "0"}, "BRIDGE_MAX_ATTEMPTS", id="no-attempts"),
         pytest.param({"BRIDGE_MAX_RATE": "0"}, "BRIDGE_MAX_RATE", id="zero-rate"),
+        pytest.param({"BRIDGE_DROPIN": "sometimes"}, "BRIDGE_DROPIN", id="dropin-not-a-boolean"),
+        pytest.param(
+            {"BRIDGE_DROPIN_ALLOW": "dbt-build"}, "BRIDGE_DROPIN_ALLOW", id="dropin-allow-name"
+        ),
+        pytest.param(
+            {"BRIDGE_DROPIN_ALLOW_FIELDS": "state,flow_id"},
+            "BRIDGE_DROPIN_ALLOW_FIELDS",
+            id="dropin-allow-unknown-field",
+        ),
     ],
 )
 def test_a_misconfiguration_is_a_configuration_error_naming_the_variable(
@@ -199,6 +209,20 @@ def test_a_misconfiguration_is_a_configuration_error_naming_the_variable(
     message = configuration_error(monkeypatch, **env)
 
     assert re.search(rf"(^|; ){variable}: ", message), message
+
+
+def test_the_drop_in_needs_the_environments_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("routes.json").write_text(json.dumps({"routes": [{"name": "x", "flow_id": FLOW_ID}]}))
+
+    message = configuration_error(
+        monkeypatch,
+        PREFECT_API_URL=None,
+        PREFECT_FLOW_ID=None,
+        BRIDGE_ROUTES_FILE="routes.json",
+        BRIDGE_DROPIN="true",
+    )
+
+    assert message.startswith("BRIDGE_DROPIN: needs PREFECT_API_URL"), message
 
 
 def test_several_bad_variables_are_all_named(monkeypatch: pytest.MonkeyPatch) -> None:
