@@ -150,6 +150,7 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import ConnectionLimits, limited_http_protocol
 
     # Once uvicorn has shut down gracefully it raises the signal that stopped it again;
     # the stop was clean, so the process exits 0 (and a SIGTERM before uvicorn listens,
@@ -160,6 +161,10 @@ def _serve(settings: Settings) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        # httptools (for its speed) with header timeout, header size and connection limits.
+        http=limited_http_protocol(ConnectionLimits.of(settings)),
+        # Annotated int, but handed to loop.call_later, which takes any float.
+        timeout_keep_alive=settings.keepalive_timeout.total_seconds(),  # type: ignore[arg-type]
         log_config=None,
         access_log=False,  # app.logs.RequestContext logs each request, with its request id
         proxy_headers=True,

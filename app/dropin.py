@@ -16,6 +16,7 @@ when Prefect answered within ``BRIDGE_SYNC_WAIT``; otherwise 202 with the delive
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 from uuid import UUID
 
@@ -83,25 +84,6 @@ class DeploymentFlowRunCreate(_PrefectBody):
 
 PREFIXES = ("/api", "/api/accounts/{account_id}/workspaces/{workspace_id}")
 
-dropin = APIRouter(
-    tags=["prefect-compatible"],
-    dependencies=[Depends(count_event), Depends(require_webhook_token)],
-    responses={
-        200: {"description": "Prefect's flow run (this idempotency key was seen before)"},
-        201: {"description": "Prefect's flow run, created now"},
-        202: {"model": WebhookOut, "description": "Stored; Prefect had not answered yet"},
-        **responses(
-            InvalidBody,
-            Unauthorized,
-            Forbidden,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            ValidationFailed,
-            ServiceUnavailable,
-        ),
-    },
-)
-
 
 async def create_flow_run(request: Request, bridge: BridgeDep) -> Response:
     body = await _validated(request, bridge, FlowRunCreate)
@@ -123,27 +105,52 @@ async def create_deployment_flow_run(
     return await _forward(bridge, path, body, dedup=f"deployment:{deployment_id}")
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
+def dropin_router(allowed_fields: Collection[str] = ()) -> APIRouter:
+    """The endpoints, under both prefixes. Their documented bodies leave out the guarded
+    fields ``allowed_fields`` does not list, as the endpoints refuse them."""
+    router = APIRouter(
+        tags=["prefect-compatible"],
+        dependencies=[Depends(count_event), Depends(require_webhook_token)],
+        responses={
+            200: {"description": "Prefect's flow run (this idempotency key was seen before)"},
+            201: {"description": "Prefect's flow run, created now"},
+            202: {"model": WebhookOut, "description": "Stored; Prefect had not answered yet"},
+            **responses(
+                InvalidBody,
+                Unauthorized,
+                Forbidden,
+                PayloadTooLarge,
+                UnsupportedMediaType,
+                ValidationFailed,
+                ServiceUnavailable,
+            ),
+        },
+    )
+    for prefix in PREFIXES:
+        router.add_api_route(
+            f"{prefix}/flow_runs/",
+            create_flow_run,
+            methods=["POST"],
+            summary="Create a flow run, as Prefect's own endpoint (drop-in for Erathos's template)",
+            openapi_extra=_body(FlowRunCreate, allowed_fields),
+        )
+        router.add_api_route(
+            f"{prefix}/deployments/{{deployment_id}}/create_flow_run",
+            create_deployment_flow_run,
+            methods=["POST"],
+            summary="Create a flow run of a deployment, as Prefect's own endpoint",
+            openapi_extra=_body(DeploymentFlowRunCreate, allowed_fields),
+            responses=responses(TargetUnverifiable),
+        )
+    return router
+
+
+def _body(model: type[BaseModel], allowed_fields: Collection[str]) -> dict[str, Any]:
     schema = model.model_json_schema()
+    for field in DROPIN_GUARDED_FIELDS:
+        if field not in allowed_fields:
+            schema["properties"].pop(field, None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-for _prefix in PREFIXES:
-    dropin.add_api_route(
-        f"{_prefix}/flow_runs/",
-        create_flow_run,
-        methods=["POST"],
-        summary="Create a flow run, as Prefect's own endpoint (drop-in for Erathos's template)",
-        openapi_extra=_body(FlowRunCreate),
-    )
-    dropin.add_api_route(
-        f"{_prefix}/deployments/{{deployment_id}}/create_flow_run",
-        create_deployment_flow_run,
-        methods=["POST"],
-        summary="Create a flow run of a deployment, as Prefect's own endpoint",
-        openapi_extra=_body(DeploymentFlowRunCreate),
-        responses=responses(TargetUnverifiable),
-    )
 
 
 async def _validated(request: Request, bridge: Bridge, model: type[_PrefectBody]) -> dict[str, Any]:

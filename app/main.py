@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.admin import admin
-from app.dropin import dropin
+from app.dropin import dropin_router
 from app.errors import install_error_handlers
 from app.health import health
 from app.logs import RequestContext
@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health)
     if settings.dropin:
         # Prefect-shaped endpoints (off by default) forward to the environment's connection.
-        app.include_router(dropin)
+        app.include_router(dropin_router(settings.dropin_allow_fields))
     if settings.admin_token is not None:
         # Without an admin token the admin endpoints do not exist at all.
         app.include_router(admin)

@@ -178,6 +178,16 @@ class Settings(PublicSettings):
         65536, validation_alias="BRIDGE_MAX_BODY_BYTES"
     )
     body_timeout: Duration = Field(timedelta(seconds=10), validation_alias="BRIDGE_BODY_TIMEOUT")
+    # Connection limits (app.server): how long and how large a request head may be, how
+    # many connections may be open, and how long an idle one is kept open.
+    header_timeout: Duration = Field(timedelta(seconds=5), validation_alias="BRIDGE_HEADER_TIMEOUT")
+    max_header_bytes: Annotated[int, Ge(1024)] = Field(
+        16384, validation_alias="BRIDGE_MAX_HEADER_BYTES"
+    )
+    max_connections: Annotated[int, Ge(1)] = Field(512, validation_alias="BRIDGE_MAX_CONNECTIONS")
+    keepalive_timeout: Duration = Field(
+        timedelta(seconds=5), validation_alias="BRIDGE_KEEPALIVE_TIMEOUT"
+    )
     rate_limit: Annotated[float, Gt(0)] | None = Field(None, validation_alias="BRIDGE_RATE_LIMIT")
     # The Prefect-shaped endpoints: off unless turned on, and then only for the targets the
     # service is configured for (and those listed), without the fields that change how or
@@ -237,6 +247,8 @@ class Settings(PublicSettings):
     @field_validator(
         "prefect_timeout",
         "body_timeout",
+        "header_timeout",
+        "keepalive_timeout",
         "retention",
         "db_lock_timeout",
         "db_pool_timeout",
@@ -361,6 +373,13 @@ class Settings(PublicSettings):
     @field_validator("db_pool_timeout")
     @classmethod
     def _positive_pool_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0 s")
+        return value
+
+    @field_validator("header_timeout", "keepalive_timeout")
+    @classmethod
+    def _positive_connection_timeouts(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be longer than 0 s")
         return value

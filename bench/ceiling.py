@@ -16,6 +16,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app.server import ConnectionLimits, limited_http_protocol
+from app.settings import Settings
+
 app = FastAPI(title="bench-ceiling")
 
 
@@ -36,11 +39,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # Keep in step with app.cli._serve.
+    # Keep in step with app.cli._serve: the same protocol and limits, at their defaults.
+    defaults = Settings.model_fields
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=args.port,
+        http=limited_http_protocol(
+            ConnectionLimits(
+                header_timeout=defaults["header_timeout"].default.total_seconds(),
+                max_header_bytes=defaults["max_header_bytes"].default,
+                max_connections=defaults["max_connections"].default,
+            )
+        ),
+        timeout_keep_alive=int(defaults["keepalive_timeout"].default.total_seconds()),
         log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=10,

@@ -14,7 +14,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from app.admin import admin
-from app.dropin import dropin
+from app.dropin import dropin_router
 from app.main import create_app
 from app.webhook import webhooks
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
@@ -30,7 +30,7 @@ OPEN = {
     "/docs/oauth2-redirect",
     "/redoc",
 }
-WEBHOOK = {r.path for r in [*webhooks.routes, *dropin.routes] if isinstance(r, APIRoute)}
+WEBHOOK = {r.path for r in [*webhooks.routes, *dropin_router().routes] if isinstance(r, APIRoute)}
 ADMIN = {r.path for r in admin.routes if isinstance(r, APIRoute)}
 
 WRONG = {
@@ -64,7 +64,7 @@ def test_the_prefect_shaped_endpoints_do_not_exist_unless_turned_on(
 ) -> None:
     paths = all_paths(create_app(make_settings(admin_token=ADMIN_TOKEN)).routes)
 
-    assert not paths & {r.path for r in dropin.routes if isinstance(r, APIRoute)}
+    assert not paths & {r.path for r in dropin_router().routes if isinstance(r, APIRoute)}
 
 
 def test_every_route_is_classified(make_settings: SettingsFactory) -> None:

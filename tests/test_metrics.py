@@ -122,6 +122,8 @@ async def test_the_scraped_values_match_a_known_sequence_exactly(
         "store_unavailable": 1,
         "rate_limited": 0,
         "body_timeout": 0,
+        "forbidden": 0,
+        "target_unverifiable": 0,
         "duplicate": 1,
         "no_route": 1,
     }

@@ -187,6 +187,21 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
         pytest.param({"BRIDGE_PORT": "70000"}, "BRIDGE_PORT", id="port-too-big"),
         pytest.param({"BRIDGE_PORT": "http"}, "BRIDGE_PORT", id="port-word"),
         pytest.param({"BRIDGE_MAX_BODY_BYTES": "100"}, "BRIDGE_MAX_BODY_BYTES", id="tiny-body"),
+        pytest.param({"BRIDGE_HEADER_TIMEOUT": "0s"}, "BRIDGE_HEADER_TIMEOUT", id="header-0s"),
+        pytest.param(
+            {"BRIDGE_HEADER_TIMEOUT": "soon"}, "BRIDGE_HEADER_TIMEOUT", id="header-timeout-word"
+        ),
+        pytest.param(
+            {"BRIDGE_MAX_HEADER_BYTES": "512"}, "BRIDGE_MAX_HEADER_BYTES", id="tiny-headers"
+        ),
+        pytest.param(
+            {"BRIDGE_MAX_HEADER_BYTES": "16k"}, "BRIDGE_MAX_HEADER_BYTES", id="header-bytes-unit"
+        ),
+        pytest.param({"BRIDGE_MAX_CONNECTIONS": "0"}, "BRIDGE_MAX_CONNECTIONS", id="connections-0"),
+        pytest.param(
+            {"BRIDGE_KEEPALIVE_TIMEOUT": "-1s"}, "BRIDGE_KEEPALIVE_TIMEOUT", id="keepalive-negative"
+        ),
+        pytest.param({"BRIDGE_KEEPALIVE_TIMEOUT": "0"}, "BRIDGE_KEEPALIVE_TIMEOUT", id="idle-zero"),
         pytest.param({"BRIDGE_DURABILITY": "always"}, "BRIDGE_DURABILITY", id="durability"),
         pytest.param({"BRIDGE_LOG_LEVEL": "LOUD"}, "BRIDGE_LOG_LEVEL", id="log-level"),
         pytest.param({"BRIDGE_LOG_FORMAT": "xml"}, "BRIDGE_LOG_FORMAT", id="log-format"),
