@@ -8,7 +8,6 @@ the variable (:func:`load_settings`).
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -19,7 +18,6 @@ from uuid import UUID
 
 from annotated_types import Ge, Gt
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -29,22 +27,19 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app.sources import ConfigurationError as ConfigurationError
+from app.sources import TemplateEnvironment, secrets_dir
+
 PREFECT_CLOUD_API = "https://api.prefect.cloud/api"
 # Fields of Prefect's create-run bodies that change how or where a run executes, or what
 # it becomes: refused on the drop-in endpoints unless BRIDGE_DROPIN_ALLOW_FIELDS lists them.
 DROPIN_GUARDED_FIELDS = ("state", "context", "job_variables", "work_queue_name", "work_pool_name")
 PREFECT_API_VERSION = "0.8.4"  # the x-prefect-api-version header Prefect's own clients send
-DEFAULT_SECRETS_DIR = Path("/run/secrets")
 MIN_TOKEN_LENGTH = 16
-MAX_SECRET_BYTES = 64 * 1024
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _API_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-
-
-class ConfigurationError(Exception):
-    """The settings cannot run the service; the message names the variable."""
 
 
 class Durability(StrEnum):
@@ -117,7 +112,7 @@ class PublicSettings(BaseSettings):
             assert isinstance(env_settings, EnvSettingsSource)  # pydantic-settings' own
             assert isinstance(dotenv_settings, EnvSettingsSource)
             assert isinstance(file_secret_settings, SecretsSettingsSource)
-            environment = _Environment(
+            environment = TemplateEnvironment(
                 settings_cls, env_settings, dotenv_settings, file_secret_settings
             )
             # Given as arguments (tests), they are the whole of it: nothing is merged in.
@@ -434,58 +429,6 @@ class Settings(PublicSettings):
             f"{PREFECT_CLOUD_API}/accounts/{self.prefect_account_id}"
             f"/workspaces/{self.prefect_workspace_id}"
         )
-
-
-class _Environment(PydanticBaseSettingsSource):
-    """The ``environment`` and ``secret_files`` settings: every variable the environment
-    and .env sources read (the environment's value wins), by upper-case name, and every
-    file in the secrets directory the secrets source reads."""
-
-    def __init__(
-        self,
-        settings_cls: type[BaseSettings],
-        env: EnvSettingsSource,
-        dotenv: EnvSettingsSource,
-        secret_files: SecretsSettingsSource,
-    ) -> None:
-        super().__init__(settings_cls)
-        self.env, self.dotenv, self.secrets = env, dotenv, secret_files
-        self.skip: set[str] = set()
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # __call__ reads everything at once
-
-    def __call__(self) -> dict[str, Any]:
-        found: dict[str, str] = {}
-        for source in (self.dotenv, self.env):  # the environment over .env
-            found |= {k.upper(): v for k, v in source.env_vars.items() if v is not None}
-        files: dict[str, SecretStr] = {}
-        directory = self.secrets.secrets_dir
-        if isinstance(directory, str | os.PathLike) and Path(directory).is_dir():
-            for path in Path(directory).iterdir():
-                if (secret := _secret_file(path)) is not None:
-                    files[path.name.upper()] = secret
-        read = {"environment": found, "secret_files": files}
-        return {name: value for name, value in read.items() if name not in self.skip}
-
-
-def _secret_file(path: Path) -> SecretStr | None:
-    """A mounted secret: a small text file; anything else in the directory is skipped."""
-    if path.name.startswith(".") or not path.is_file() or path.stat().st_size > MAX_SECRET_BYTES:
-        return None
-    try:
-        return SecretStr(path.read_text(encoding="utf-8").strip())
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def secrets_dir() -> Path | None:
-    """Where mounted secret files live, when that directory exists."""
-    configured = os.environ.get("BRIDGE_SECRETS_DIR")
-    path = Path(configured) if configured else DEFAULT_SECRETS_DIR
-    if configured and not path.is_dir():
-        raise ConfigurationError(f"BRIDGE_SECRETS_DIR: {configured} is not a directory")
-    return path if path.is_dir() else None
 
 
 @overload
