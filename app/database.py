@@ -159,10 +159,10 @@ class Database:
     fetch), on PostgreSQL through asyncpg (``run_sync``). Each transaction is a function
     of a blocking SQLAlchemy connection."""
 
-    def __init__(self, engine: AsyncEngine | Engine) -> None:
+    def __init__(self, engine: AsyncEngine | Engine, lock_timeout: float = 5.0) -> None:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
-        self._writer = None if isinstance(engine, AsyncEngine) else _Writer(engine)
+        self._writer = None if isinstance(engine, AsyncEngine) else _Writer(engine, lock_timeout)
         self._closed = False
 
     @classmethod
@@ -184,7 +184,7 @@ class Database:
             )
         else:
             engine = _sqlite_engine(url, durability, lock_timeout)
-        database = cls(engine)
+        database = cls(engine, lock_timeout)
         try:
             await database.run(migrate)
         except BaseException:
@@ -225,19 +225,28 @@ class Database:
             raise
 
 
+_Submitted = tuple[Callable[[Connection], Any], Future[Any], float]  # work, outcome, deadline
+
+
 class _Writer:
     """SQLite's one thread: it runs the transactions one after another, and what arrived
     while one ran it commits together (group commit), so a burst of webhooks pays for one
     BEGIN IMMEDIATE and one COMMIT between many. Should one work in such a group fail,
     the group is rolled back and each work runs again on its own, so a failure is only
-    ever its own (each work is a function of the connection alone)."""
+    ever its own (each work is a function of the connection alone).
+
+    Every work has a deadline, ``lock_timeout`` after it was submitted: the time it
+    waits in the queue counts, and a group waits for another process's lock no longer
+    than its earliest deadline. A group that cannot begin fails together (no work's own
+    failure: rerun one by one, each would wait again), so a burst behind a held lock is
+    refused within one timeout, not one timeout after another."""
 
     GROUP = 64  # the most works committed together
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock_timeout: float) -> None:
         self.engine = engine
-        self._queue: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None]
-        self._queue = queue.SimpleQueue()
+        self.lock_timeout = lock_timeout
+        self._queue: queue.SimpleQueue[_Submitted | None] = queue.SimpleQueue()
         self._stopped: Future[None] = Future()
         self._closing = False
         threading.Thread(target=self._serve, name="bridge-sqlite", daemon=True).start()
@@ -246,7 +255,7 @@ class _Writer:
         if self._closing:
             raise StoreUnavailable("the store is closed")
         done: Future[T] = Future()
-        self._queue.put((work, done))
+        self._queue.put((work, done, time.monotonic() + self.lock_timeout))
         return done
 
     def stop(self) -> Future[None]:
@@ -278,22 +287,51 @@ class _Writer:
             self.engine.dispose()
             self._stopped.set_result(None)
 
-    def _together(self, group: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> bool:
+    def _together(self, group: list[_Submitted]) -> bool:
         """Run ``group`` in one transaction and settle its futures; False, settling
-        none, when it failed with more than one work in it."""
+        none, when a work failed with more than one work in it."""
+        now = time.monotonic()
+        for _, done, deadline in group:
+            if deadline <= now and not done.done():
+                done.set_exception(
+                    StoreUnavailable(
+                        "database is locked: no turn within BRIDGE_DB_LOCK_TIMEOUT "
+                        f"({self.lock_timeout:g} s)"
+                    )
+                )
+        group = [item for item in group if not item[1].done()]
         if not group:
             return True
+        began = False
         try:
-            with self.engine.begin() as conn:
-                results = [work(conn) for work, _ in group]
+            with self.engine.connect() as conn:
+                _busy_timeout(conn, min(deadline for *_, deadline in group) - now)
+                with conn.begin():
+                    began = True
+                    results = [work(conn) for work, _, _ in group]
         except BaseException as exc:  # whatever it is, the thread lives on to serve the rest
+            if not began:  # the lock is held elsewhere, or the file is gone: nobody's own
+                for _, done, _ in group:
+                    error = StoreUnavailable(_driver_message(exc))
+                    error.__cause__ = exc
+                    done.set_exception(error)
+                return True
             if len(group) > 1:
                 return False
             group[0][1].set_exception(exc)
             return True
-        for (_, done), result in zip(group, results, strict=True):
+        for (_, done, _), result in zip(group, results, strict=True):
             done.set_result(result)
         return True
+
+
+def _busy_timeout(conn: Connection, seconds: float) -> None:
+    """How long BEGIN IMMEDIATE may wait for another process's write lock (SQLite's busy
+    handler), set on the driver's connection itself: through SQLAlchemy the statement
+    would open the transaction it is meant to precede."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
 
 
 _DRIVER_MODULES = frozenset({"asyncpg", "sqlite3"})

@@ -1,6 +1,7 @@
 """One delivery's turn, as plain functions: ``attempt_delivery`` sends its request to
 Prefect, ``plan_next`` decides what the answer means for it (delivered, retried after a
-backoff, or dead), and ``log_attempt`` writes the one line each attempt gets. The
+backoff, or dead; ``unexpected_failure`` makes an exception an answer like the others),
+and ``log_attempt`` writes the one line each attempt gets. The
 :class:`app.dispatcher.Dispatcher` only schedules them.
 """
 
@@ -123,6 +124,18 @@ async def attempt_delivery(
 
 def _config_error(message: str) -> AttemptResult:
     return AttemptResult(Outcome.PERMANENT, 0.0, error=message)
+
+
+def unexpected_failure(exc: Exception) -> AttemptResult:
+    """An exception no step of a turn expected (a bug, a library's surprise) as the
+    attempt it ended: transient, so ``plan_next`` retries it with the backoff and
+    dead-letters it by the budget like any other failure, with what happened as its error."""
+    return AttemptResult(Outcome.TRANSIENT, 0.0, error=f"unexpected error: {_first_line(exc)}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).split("\n")[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _LEVELS = {DeliveryState.DELIVERED: logging.INFO, DeliveryState.PENDING: logging.WARNING}

@@ -16,13 +16,19 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 
 import structlog
 
-from app.delivery import RetryPolicy, attempt_delivery, log_attempt, plan_next
+from app.delivery import (
+    RetryPolicy,
+    attempt_delivery,
+    log_attempt,
+    plan_next,
+    unexpected_failure,
+)
 from app.gate import ConnectionGate, GateClosed
 from app.history import History
 from app.metrics import Metrics
@@ -92,6 +98,7 @@ class Dispatcher:
         # (The loop's first claim, at start, finds out what an earlier run left.)
         self._backlog = dict.fromkeys(connections, False)
         self._loop_task: asyncio.Task[None] | None = None
+        self._probes: dict[str, asyncio.Task[None]] = {}  # at most one per connection
         self._stopping = False
         self._last_prune = 0.0
 
@@ -105,6 +112,9 @@ class Dispatcher:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
+        for probe in self._probes.values():
+            probe.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
         running = dict(self._tasks)
         if not running:
             return
@@ -186,11 +196,30 @@ class Dispatcher:
         return tasks
 
     def _forget(self, task: asyncio.Task[Turn]) -> None:
-        self._tasks.pop(task.get_name().removeprefix("delivery-"), None)
+        delivery_id = task.get_name().removeprefix("delivery-")
+        self._tasks.pop(delivery_id, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # What even _deliver could not record (the store's record itself failing with
+            # a bug): logged here, for every task, as the claim loop's are awaited by
+            # nobody. Its lease runs out and it is tried again.
+            with suppress(Exception):
+                log.error("delivery turn not recorded", delivery_id=delivery_id, exc_info=exc)
         if any(self._backlog.values()):
             self._wake.set()  # a slot is free and more is due: claim now, not at the next poll
 
     async def _deliver(self, claim: Claim) -> Turn:
+        started = self.store.clock()
+        try:
+            return await self._take_turn(claim)
+        except Exception as exc:
+            # Whatever failed (a bug, a library's surprise), the turn ends in a recorded
+            # attempt: left unrecorded, the delivery would keep its lease, be sent again
+            # each time the lease ran out, and never be dead-lettered.
+            with suppress(Exception):
+                log.exception("delivery turn failed", delivery_id=claim.delivery.id)
+            return await self._record(claim, started, unexpected_failure(exc), None)
+
+    async def _take_turn(self, claim: Claim) -> Turn:
         delivery = claim.delivery
         route = self.router.route(delivery.route)
         gate = self.gates.get(route.connection if route else delivery.connection)
@@ -254,8 +283,9 @@ class Dispatcher:
         if update.flow_run_id is not None and connection is not None:
             update = replace(update, flow_run_url=connection.flow_run_url(update.flow_run_id))
         connection_name = connection.name if connection is not None else delivery.connection
-        log_attempt(claim, connection_name, result, update, retry_in)
-        self.metrics.attempted(connection_name, result, sent=connection is not None)
+        with _never_in_the_way("attempt not logged or counted", delivery.id):
+            log_attempt(claim, connection_name, result, update, retry_in)
+            self.metrics.attempted(connection_name, result, sent=connection is not None)
         attempt = AttemptRecord(
             id=0,  # given by the store
             delivery_id=delivery.id,
@@ -279,7 +309,8 @@ class Dispatcher:
             log.warning("lease lost; its new holder records the delivery", delivery_id=delivery.id)
         elif update.state is not DeliveryState.PENDING:
             waited = now - delivery.window_started_at
-            self.metrics.finished(connection_name, result, state=update.state, waited=waited)
+            with _never_in_the_way("finished delivery not counted", delivery.id):
+                self.metrics.finished(connection_name, result, state=update.state, waited=waited)
         return Turn(update.applied_to(delivery), result)
 
     # -- the polling loop -------------------------------------------------------------------
@@ -299,8 +330,7 @@ class Dispatcher:
 
     async def _claim_due(self) -> None:
         for name, gate in self.gates.items():
-            if gate.needs_probe():
-                await gate.probe(self.connections[name])
+            self._probe_if_due(name, gate)
             if gate.recovered:
                 resumed = await self.store.resume(name)  # on StoreUnavailable: next poll
                 gate.recovered = False
@@ -318,6 +348,24 @@ class Dispatcher:
             self._backlog[name] = len(claims) == free
             self._submit(claims)
 
+    def _probe_if_due(self, name: str, gate: ConnectionGate) -> None:
+        """Probe a connection whose circuit is open, in a task beside the claim loop: a
+        connection that never answers holds up only its own probe (which has a deadline
+        of its own), never the claims of every other connection."""
+        if name in self._probes or not gate.needs_probe():
+            return
+        probe = asyncio.create_task(gate.probe(self.connections[name]), name=f"probe-{name}")
+        self._probes[name] = probe
+        probe.add_done_callback(lambda _: self._probed(name))
+
+    def _probed(self, name: str) -> None:
+        probe = self._probes.pop(name)
+        if not probe.cancelled() and (exc := probe.exception()) is not None:
+            with suppress(Exception):
+                log.error("probe failed", connection=name, exc_info=exc)
+        if self.gates[name].admits:
+            self._wake.set()  # half-open now: its trial delivery is claimed at once
+
     async def _prune_if_due(self) -> None:
         now = self.store.clock()
         if now - self._last_prune < PRUNE_EVERY_SECONDS:
@@ -328,8 +376,20 @@ class Dispatcher:
             log.info("finished events past the retention period pruned", removed=removed)
 
 
+@contextmanager
+def _never_in_the_way(what: str, delivery_id: str) -> Iterator[None]:
+    """Logging and metrics never stand between Prefect's answer and its record: a failure
+    in them is logged (when logging itself works) and the turn goes on."""
+    try:
+        yield
+    except Exception:
+        with suppress(Exception):
+            log.exception(what, delivery_id=delivery_id)
+
+
 def _turn_of(task: asyncio.Task[Turn] | None, delivery: DeliveryRecord) -> Turn:
-    """The task's turn when it finished; else the delivery as it was stored, unsent."""
+    """The task's turn when it finished; else the delivery as it was stored, unsent (a
+    task that failed was logged by ``Dispatcher._forget``, with its traceback)."""
     if task is None or not task.done() or task.cancelled() or task.exception() is not None:
         return Turn(delivery)
     return task.result()

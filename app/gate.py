@@ -30,6 +30,9 @@ FAILURES_TO_OPEN = 3
 GROWTH_SUCCESSES = 20
 PROBE_FIRST = 0.5
 PROBE_CAP = 5.0
+# A probe's own deadline: a connection that accepts and never answers counts as down
+# this soon, whatever BRIDGE_PREFECT_TIMEOUT allows a delivery.
+PROBE_TIMEOUT = 5.0
 
 
 class Circuit(StrEnum):
@@ -145,9 +148,16 @@ class ConnectionGate:
         )
 
     async def probe(self, connection: PrefectConnection) -> None:
-        """Ask the connection's health endpoint whether it is back."""
-        health = await connection.health()
-        if health.reachable:
+        """Ask the connection's health endpoint whether it is back, for at most
+        ``PROBE_TIMEOUT`` seconds."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                reachable = (await connection.health()).reachable
+        except TimeoutError:
+            reachable = False
+        if self.circuit is not Circuit.OPEN or self._open_until is not None:
+            return  # a delivery's answer came first (the probe runs beside them)
+        if reachable:
             self.circuit = Circuit.HALF_OPEN
             return
         self._next_probe = time.monotonic() + self._probe_interval

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from pydantic import SecretStr
@@ -136,7 +136,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[
             _Masker(secrets),
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -160,13 +160,54 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[
     )
 
 
+class LostLines:
+    """How many log lines the sink refused (stderr closed, a broken pipe): the service
+    goes on without its log rather than fail what it was logging."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+lost_lines = LostLines()
+# What writing to a sink that is gone raises: BrokenPipeError and the other OSErrors,
+# ValueError for a file closed under us.
+_SINK_GONE = (OSError, ValueError)
+
+
 class _StderrLogger(structlog.WriteLogger):
     """One rendered line to the current ``sys.stderr``, with the logger's name (for
-    ``add_logger_name``)."""
+    ``add_logger_name``). A line the sink refuses is lost and counted, never raised:
+    a ``log.*`` call must not fail a webhook or a delivery."""
 
     def __init__(self, name: str = "") -> None:
         super().__init__(sys.stderr)
         self.name = name
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except _SINK_GONE:
+            lost_lines.count += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """The stdlib records' handler, as safe as :class:`_StderrLogger`: the base class
+    would report a failed write on the same broken stderr, and raise a ValueError."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)  # a formatting bug: reported as the stdlib does
+            return
+        try:
+            self.stream.write(line + self.terminator)
+            self.flush()
+        except _SINK_GONE:
+            lost_lines.count += 1
 
 
 def request_id_of(scope: Scope) -> str:

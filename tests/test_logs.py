@@ -1,7 +1,8 @@
 """Logs of a real service process through a full scenario: every line is one JSON object,
 the accepted-event and delivery-attempt lines carry the event's identity, the lines of
 one request share its request id, and no configured secret appears anywhere: not in
-the logs, the HTTP answers, the metrics, nor the stored attempts."""
+the logs, the HTTP answers, the metrics, nor the stored attempts. And a log sink that
+is gone loses lines, never a webhook or a delivery's record."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import json
 import logging
 import signal
+import sys
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -18,8 +20,12 @@ import httpx
 import pytest
 import structlog
 
-from app.logs import configure_logging, configured_secrets
+from app.database import Database
+from app.history import History
+from app.logs import configure_logging, configured_secrets, lost_lines
+from app.records import DeliveryState
 from app.settings import Settings
+from tests.conftest import auth, open_client, stored_events
 from tests.erathos import webhook_body
 from tests.processes import ServiceProcess, clean_environment
 from tools.localprefect import PrefectServer, free_port
@@ -211,3 +217,54 @@ def test_a_secret_that_reaches_a_log_line_anyway_is_masked(
     assert [line["msg"] for line in lines] == ["careless", "header was Bearer ********"]
     assert lines[0]["detail"] == "token ******** and password ********"
     assert not [secret for secret in SECRETS if secret in text]
+
+
+class BrokenPipe:
+    """A stderr whose reader has gone (``serve 2>&1 | head -c 1200``, once head exits)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, _: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.anyio
+async def test_a_broken_stderr_loses_log_lines_never_a_webhook_or_its_recorded_attempt(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = BrokenPipe()
+    monkeypatch.setattr(sys, "stderr", broken)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    lost_before = lost_lines.count
+    try:
+        configure_logging("json", "INFO")
+        async with open_client(settings) as client:
+            answer = await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+            logging.getLogger("uvicorn.error").error("a stdlib record, lost as well")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "delivered"
+    [(_, [delivery])] = await stored_events(settings)
+    assert delivery.state is DeliveryState.DELIVERED
+    assert delivery.flow_run_id == answer.json()["deliveries"][0]["flow_run_id"]
+    database = await Database.open(settings.database_url)
+    try:
+        [attempt] = await History(database).attempts_of([delivery.id])
+    finally:
+        await database.close()
+    assert (attempt.outcome, attempt.status_code) == ("delivered", 201)
+    assert broken.writes > 0  # the lines were written, and refused
+    assert lost_lines.count - lost_before == broken.writes
