@@ -9,6 +9,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -265,12 +266,7 @@ async def test_an_unexpected_error_in_the_last_allowed_attempt_dead_letters_the_
 ) -> None:
     settings = fast_retries(make_settings, prefect.api_url, flow_id, lease="60s", max_attempts=1)
     async with open_client(settings) as client:
-        answer = (
-            await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
-        ).json()
-        detail = (
-            await client.get(f"/events/{answer['event_id']}", headers=auth(ADMIN_TOKEN))
-        ).json()
+        answer, detail = await send_and_read_back(client)
 
     [delivery] = detail["deliveries"]
     assert (answer["status"], delivery["state"]) == ("failed", "dead")
@@ -297,12 +293,7 @@ async def test_a_failing_log_line_or_metric_never_changes_what_an_attempt_record
     monkeypatch.setattr(Metrics, "finished", broken)
     settings = fast_retries(make_settings, prefect.api_url, flow_id)
     async with open_client(settings) as client:
-        answer = (
-            await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
-        ).json()
-        detail = (
-            await client.get(f"/events/{answer['event_id']}", headers=auth(ADMIN_TOKEN))
-        ).json()
+        answer, detail = await send_and_read_back(client)
 
     assert answer["status"] == "delivered"
     [delivery] = detail["deliveries"]
@@ -333,3 +324,10 @@ async def test_a_turn_that_cannot_even_be_recorded_is_logged_with_its_traceback(
     [logged] = [line for line in logs if line["event"] == "delivery turn not recorded"]
     assert logged["delivery_id"] == answer["deliveries"][0]["id"]
     assert isinstance(logged["exc_info"], RuntimeError)
+
+
+async def send_and_read_back(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One event through the webhook: its answer, and then the admin API's view of it."""
+    answer = (await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())).json()
+    detail = await client.get(f"/events/{answer['event_id']}", headers=auth(ADMIN_TOKEN))
+    return answer, detail.json()

@@ -261,9 +261,11 @@ async def test_fields_that_change_how_a_run_executes_are_refused_unless_allowed(
 # -- one run per target and key ---------------------------------------------------------
 
 
-async def test_one_key_for_two_flows_makes_two_runs_and_again_for_one_flow_makes_none(
+@pytest.fixture
+def second_flow_allowed(
     make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
-) -> None:
+) -> tuple[Settings, str]:
+    """Settings whose drop-in may start this test's flow and a second one; and that one."""
     second_flow = prefect.create_flow(f"second-{uuid.uuid4().hex[:8]}")
     settings = make_settings(
         prefect_api_url=prefect.api_url,
@@ -271,6 +273,13 @@ async def test_one_key_for_two_flows_makes_two_runs_and_again_for_one_flow_makes
         dropin=True,
         dropin_allow=second_flow,
     )
+    return settings, second_flow
+
+
+async def test_one_key_for_two_flows_makes_two_runs_and_again_for_one_flow_makes_none(
+    second_flow_allowed: tuple[Settings, str], prefect: PrefectServer, flow_id: str
+) -> None:
+    settings, second_flow = second_flow_allowed
     key = str(uuid.uuid4())
 
     async with open_client(settings) as client:
@@ -291,15 +300,9 @@ async def test_one_key_for_two_flows_makes_two_runs_and_again_for_one_flow_makes
 
 
 async def test_a_webhook_and_a_drop_in_call_with_one_execution_id_are_two_events(
-    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+    second_flow_allowed: tuple[Settings, str], prefect: PrefectServer, flow_id: str
 ) -> None:
-    second_flow = prefect.create_flow(f"second-{uuid.uuid4().hex[:8]}")
-    settings = make_settings(
-        prefect_api_url=prefect.api_url,
-        prefect_flow_id=flow_id,
-        dropin=True,
-        dropin_allow=second_flow,
-    )
+    settings, second_flow = second_flow_allowed
     sent = webhook_body()
     key = sent["execution_id"]
 
@@ -386,18 +389,12 @@ async def test_a_call_prefect_refuses_for_good_gets_prefects_status_and_body(
 
 
 async def test_events_stored_by_version_1_keep_working_after_the_upgrade(
-    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+    second_flow_allowed: tuple[Settings, str], prefect: PrefectServer, flow_id: str
 ) -> None:
     """Version 1 keyed a drop-in event by its idempotency key alone. After the upgrade
     the same call is still a duplicate of it, the same key for another flow is a new
     run, and an Erathos event stored then is still found by its execution id."""
-    second_flow = prefect.create_flow(f"second-{uuid.uuid4().hex[:8]}")
-    settings = make_settings(
-        prefect_api_url=prefect.api_url,
-        prefect_flow_id=flow_id,
-        dropin=True,
-        dropin_allow=second_flow,
-    )
+    settings, second_flow = second_flow_allowed
     key = str(uuid.uuid4())
     existing = prefect.request("POST", "flow_runs/", {"flow_id": flow_id, "idempotency_key": key})
     erathos = webhook_body()
