@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from app.auth import require_admin_token
 from app.diagnose import simulate
@@ -23,7 +23,7 @@ from app.errors import (
     validated,
 )
 from app.event import ErathosEvent
-from app.ingest import DeliveryOut, read_json_body
+from app.ingest import DeliveryOut, read_json_body, utc_time
 from app.records import (
     AttemptRecord,
     DeliveryNotFound,
@@ -59,10 +59,16 @@ class DeliveryDetail(DeliveryOut):
     idempotency_key: str
     created_at: datetime
     finished_at: datetime | None
-    attempts_made: list[AttemptOut] = Field(default_factory=list)
 
 
-class EventOut(BaseModel):
+class DeliveryAttempts(DeliveryDetail):
+    """A delivery with every attempt it made (``attempts`` of them): only where they are
+    loaded, the single event."""
+
+    attempts_made: list[AttemptOut]
+
+
+class EventSummary(BaseModel):
     id: str
     execution_id: str
     received_at: datetime
@@ -72,10 +78,14 @@ class EventOut(BaseModel):
     status: str | None
     state: EventState
     reason: str | None
+
+
+class EventOut(EventSummary):
     deliveries: list[DeliveryDetail]
 
 
-class EventDetail(EventOut):
+class EventDetail(EventSummary):
+    deliveries: list[DeliveryAttempts]
     payload: dict[str, object]
 
 
@@ -84,49 +94,47 @@ class EventPage(BaseModel):
     next_cursor: str | None
 
 
-def _when(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
-
-
-def _delivery_detail(d: DeliveryRecord, tried: list[AttemptRecord]) -> DeliveryDetail:
+def _delivery_detail(d: DeliveryRecord) -> DeliveryDetail:
     return DeliveryDetail(
         **DeliveryOut.of(d).model_dump(),
         connection=d.connection,
         idempotency_key=d.idempotency_key,
-        created_at=_when(d.created_at),
-        finished_at=_when(d.finished_at) if d.finished_at else None,
-        attempts_made=[
-            AttemptOut(
-                number=a.number,
-                started_at=_when(a.started_at),
-                duration_ms=a.duration_ms,
-                outcome=a.outcome,
-                status_code=a.status_code,
-                error=a.error,
-                response_excerpt=a.response_excerpt,
-                retry_in_seconds=a.retry_in,
-            )
-            for a in tried
-            if a.delivery_id == d.id
-        ],
+        created_at=utc_time(d.created_at),
+        finished_at=utc_time(d.finished_at) if d.finished_at else None,
     )
 
 
-def _event_out(
-    event: EventRecord, found: list[DeliveryRecord], tried: list[AttemptRecord]
-) -> EventOut:
-    return EventOut(
+def _attempt_out(a: AttemptRecord) -> AttemptOut:
+    return AttemptOut(
+        number=a.number,
+        started_at=utc_time(a.started_at),
+        duration_ms=a.duration_ms,
+        outcome=a.outcome,
+        status_code=a.status_code,
+        error=a.error,
+        response_excerpt=a.response_excerpt,
+        retry_in_seconds=a.retry_in,
+    )
+
+
+def _event_summary(event: EventRecord, found: list[DeliveryRecord]) -> dict[str, Any]:
+    return EventSummary(
         id=event.id,
         execution_id=event.execution_id,
-        received_at=_when(event.received_at),
+        received_at=utc_time(event.received_at),
         job_id=event.job_id,
         schema_name=event.schema_name,
         table_name=event.table_name,
         status=event.status,
         state=event_state(found),
         reason=event.ignored_reason,
-        deliveries=[_delivery_detail(d, tried) for d in found],
-    )
+    ).model_dump()
+
+
+def nothing_to_replay(event: EventRecord) -> str:
+    """Why an event has nothing to replay: it made no delivery (the admin API and the CLI
+    say it alike)."""
+    return f"nothing to replay: the event was ignored: {event.ignored_reason or 'no route'}"
 
 
 @admin.get("/events", response_model=EventPage, summary="List events, newest first")
@@ -152,7 +160,10 @@ async def list_events(
         before=before,
         limit=limit,
     )
-    out = [_event_out(event, found, []) for event, found in page]
+    out = [
+        EventOut(**_event_summary(event, found), deliveries=[_delivery_detail(d) for d in found])
+        for event, found in page
+    ]
     next_cursor = None
     if len(page) == limit:
         last = page[-1][0]
@@ -193,8 +204,16 @@ async def get_event(event_id: str, bridge: BridgeDep) -> EventDetail:
         raise NotFound(f"no event {event_id}")
     event, found_deliveries = found
     tried = await bridge.history.attempts_of([d.id for d in found_deliveries])
-    out = _event_out(event, found_deliveries, tried)
-    return EventDetail(**out.model_dump(), payload=event.payload)
+    deliveries = [
+        DeliveryAttempts(
+            **_delivery_detail(d).model_dump(),
+            attempts_made=[_attempt_out(a) for a in tried if a.delivery_id == d.id],
+        )
+        for d in found_deliveries
+    ]
+    return EventDetail(
+        **_event_summary(event, found_deliveries), deliveries=deliveries, payload=event.payload
+    )
 
 
 @admin.post(
@@ -235,7 +254,10 @@ async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) ->
     response_model=list[DeliveryOut],
     status_code=202,
     summary="Replay every dead or delivered delivery of an event",
-    responses=responses(NotFound),
+    description=(
+        "409 for an event that was ignored (it has no delivery): the error says why it was ignored."
+    ),
+    responses=responses(NotFound, Conflict),
 )
 async def replay_event(
     event_id: str, bridge: BridgeDep, new_run: Annotated[bool, Query()] = False
@@ -243,7 +265,9 @@ async def replay_event(
     found = await bridge.history.get_event(event_id)
     if found is None:
         raise NotFound(f"no event {event_id}")
-    _, found_deliveries = found
+    event, found_deliveries = found
+    if not found_deliveries:
+        raise Conflict(nothing_to_replay(event))
     replayed = []
     try:
         for delivery in found_deliveries:

@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from app import __version__
+from app.admin import nothing_to_replay
 from app.database import display_url
 from app.diagnose import check_route, simulate
+from app.errors import BridgeError, validated
 from app.event import METADATA, ErathosEvent
+from app.ingest import iso_utc, parse_json
 from app.logs import configure_logging, configured_secrets
 from app.records import DeliveryState, DeliveryStillPending, EventState, StoreUnavailable
 from app.routes_file import erathos_filters, read_routes_file
 from app.service import configure, open_bridge, shutdown_budget
 from app.settings import ConfigurationError, PublicSettings, Settings, load_settings
 from app.templates import TemplateError
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+
+log = structlog.get_logger("erathos_prefect_bridge")
 
 WEBHOOK_PATH = "/webhooks/erathos"
 TOKEN_SECRET = "erathos_prefect_bridge_token"  # noqa: S105 (a secret's name, not its value)
@@ -84,17 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = configured_secrets(settings, routing.connections.values())
     configure_logging(settings.log_format, settings.log_level, secrets)
     if command == "serve":
-        return _serve(settings)
+        return _serve(settings, [route.name for route in routing.router.routes])
     try:
         if command == "check":
             return asyncio.run(_check(settings))
         if command == "simulate":
-            try:
-                event = ErathosEvent.model_validate(json.loads(args.event.read_text("utf-8")))
-            except (OSError, ValueError) as exc:
-                print(f"erathos-prefect-bridge: {args.event}: {exc}", file=sys.stderr)
-                return 2
-            return asyncio.run(_simulate(settings, event))
+            return _simulate_command(settings, args.event)
         if command == "events":
             return asyncio.run(_events(settings, args))
         if command == "replay":
@@ -129,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser(
         "simulate", help="show which routes an event matches and the requests it would send"
     )
-    simulate.add_argument("event", type=Path, help="a JSON file with an Erathos event body")
+    simulate.add_argument(
+        "event", help="a JSON file with an Erathos event body, or - to read it from stdin"
+    )
     events = sub.add_parser("events", help="list stored events, newest first")
     events.add_argument("--state", choices=[s.value for s in EventState])
     events.add_argument("--limit", type=int, default=20)
@@ -146,8 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, routes: list[str]) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from app.main import create_app
     from app.server import ConnectionLimits, limited_http_protocol
@@ -157,7 +167,7 @@ def _serve(settings: Settings) -> int:
     # during start-up, exits 0 at once).
     signal.signal(signal.SIGTERM, _exit_cleanly)
     requests_grace, _ = shutdown_budget(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -172,7 +182,27 @@ def _serve(settings: Settings) -> int:
         timeout_graceful_shutdown=requests_grace,  # type: ignore[arg-type]
         server_header=False,
     )
-    return 0
+    server = _server_logging_ready(config, routes)
+    # What uvicorn.run does with one process and no reload (after Ctrl-C, uvicorn raises
+    # SIGINT again once it has stopped).
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _server_logging_ready(config: uvicorn.Config, routes: list[str]) -> uvicorn.Server:
+    """uvicorn's server, logging "service ready" once it listens: uvicorn binds its
+    socket only after the app's lifespan has opened the service."""
+    import uvicorn
+
+    class ListeningServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                log.info("service ready", host=host, port=port, routes=routes)
+
+    return ListeningServer(config)
 
 
 def _exit_cleanly(_signal: int, _frame: FrameType | None) -> None:
@@ -202,15 +232,29 @@ async def _check(settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def _simulate_command(settings: Settings, source: str) -> int:
+    """``simulate FILE`` (or ``-``, standard input): the event is read and validated as
+    the webhook does it, and refused with the same messages, one line per field."""
+    name = "stdin" if source == "-" else source
+    try:
+        body = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        event = validated(ErathosEvent, parse_json(body))
+    except OSError as exc:
+        print(f"erathos-prefect-bridge: {name}: {exc}", file=sys.stderr)
+        return 2
+    except BridgeError as exc:
+        print(f"erathos-prefect-bridge: {name}: {exc.message}", file=sys.stderr)
+        for field in exc.fields:
+            print(f"  {field.field}: {field.message}", file=sys.stderr)
+        return 2
+    return asyncio.run(_simulate(settings, event))
+
+
 async def _simulate(settings: Settings, event: ErathosEvent) -> int:
     async with open_bridge(settings, dispatch=False) as bridge:
         report = simulate(event, bridge.router, bridge.connections, bridge.lookup)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
-
-
-def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 async def _events(settings: Settings, args: argparse.Namespace) -> int:
@@ -224,7 +268,7 @@ async def _events(settings: Settings, args: argparse.Namespace) -> int:
                     {
                         "event_id": event.id,
                         "execution_id": event.execution_id,
-                        "received_at": _when(event.received_at),
+                        "received_at": iso_utc(event.received_at),
                         "table_name": event.table_name,
                         "status": event.status,
                         "reason": event.ignored_reason,
@@ -244,7 +288,7 @@ async def _events(settings: Settings, args: argparse.Namespace) -> int:
             )
             continue
         print(
-            f"{_when(event.received_at)}  event {event.id}  execution {event.execution_id}  "
+            f"{iso_utc(event.received_at)}  event {event.id}  execution {event.execution_id}  "
             f"table {event.table_name or '-'}  status {event.status or '-'}"
         )
         if not found:
@@ -265,7 +309,11 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             if found is None:
                 print(f"no delivery or event {args.id}", file=sys.stderr)
                 return 1
-            targets = [d for d in found[1] if d.state is not DeliveryState.PENDING]
+            event, found_deliveries = found
+            if not found_deliveries:
+                print(nothing_to_replay(event), file=sys.stderr)
+                return 1
+            targets = [d for d in found_deliveries if d.state is not DeliveryState.PENDING]
         for target in targets:
             try:
                 await history.replay(target.id, new_run=args.new_run)

@@ -16,7 +16,7 @@ import structlog
 from app.event import ErathosEvent
 from app.prefect import AttemptResult, Outcome, PrefectConnection, PrefectRequest
 from app.records import Claim, DeliveryRecord, DeliveryState, DeliveryUpdate
-from app.routes import DROP_IN_ROUTE, DeploymentTarget, Router
+from app.routes import DROP_IN_ROUTE, FlowTarget, Router
 from app.settings import Settings
 from app.templates import Lookup
 
@@ -114,12 +114,18 @@ async def attempt_delivery(
         # Never a crash loop: an event stored by an older release that this one reads
         # differently is a dead letter with the reason, to fix and replay.
         return _config_error(f"the stored event cannot be rendered: {exc}"), connection
-    deployment_id = None
-    if isinstance(route.target, DeploymentTarget) and route.target.name is not None:
-        deployment_id, failure = await connection.resolve_deployment(route.target.name_path)
+    # A target named by name: its id, from the connection's cache or a lookup (a flow by
+    # name is created when Prefect has none by that name yet).
+    resolved = None
+    target = route.target
+    if target.name is not None:
+        if isinstance(target, FlowTarget):
+            resolved, failure = await connection.resolve_flow(target.name)
+        else:
+            resolved, failure = await connection.resolve_deployment(target.name_path)
         if failure is not None:
             return failure, connection
-    return await connection.create_flow_run(route.request(body, deployment_id)), connection
+    return await connection.create_flow_run(route.request(body, resolved)), connection
 
 
 def _config_error(message: str) -> AttemptResult:

@@ -11,7 +11,8 @@ from jsonschema.exceptions import SchemaError
 
 from app.event import ErathosEvent
 from app.prefect import PrefectConnection
-from app.routes import DeploymentTarget, FlowTarget, Route, Router
+from app.probe import TargetState, look_up_target
+from app.routes import FlowTarget, Route, Router
 from app.templates import MASK, Lookup
 
 # A representative successful load, used to render each route's parameters for `check`.
@@ -46,30 +47,23 @@ class RouteCheck:
 
 
 async def check_route(route: Route, connection: PrefectConnection, lookup: Lookup) -> RouteCheck:
-    """The route's target exists, and the parameters rendered from a sample event pass the
+    """The route's target exists (with its id; a flow by name may not exist yet: the first
+    delivery creates it), and the parameters rendered from a sample event pass the
     deployment's parameter schema (as Prefect checks it with enforce_parameter_schema)."""
-    target = route.target
-    if isinstance(target, FlowTarget):
-        response = await connection.get(f"flows/{target.flow_id}")
-        if response.status_code == 404:
-            return RouteCheck(route.name, False, f"flow {target.flow_id} does not exist")
-        if not response.is_success:
-            return RouteCheck(route.name, False, f"flow lookup: HTTP {response.status_code}")
-        return RouteCheck(route.name, True, f"flow {response.json().get('name')!r} exists")
-    path = target.name_path if target.name else f"deployments/{target.deployment_id}"
-    response = await connection.get(path)
-    if response.status_code == 404:
-        return RouteCheck(route.name, False, f"{target.label} does not exist")
-    if not response.is_success:
-        return RouteCheck(route.name, False, f"deployment lookup: HTTP {response.status_code}")
-    deployment = response.json()
+    found = await look_up_target(route, connection)
+    if found.state is TargetState.NOT_CREATED_YET:
+        return RouteCheck(route.name, True, found.detail)
+    if found.state is not TargetState.FOUND or found.found is None:
+        return RouteCheck(route.name, False, found.detail)
+    if isinstance(route.target, FlowTarget):
+        return RouteCheck(route.name, True, found.detail)
     body = route.flow_run_body(SAMPLE_EVENT, "check", lookup)
     problems = parameter_problems(
-        deployment.get("parameter_openapi_schema"), body.get("parameters")
+        found.found.get("parameter_openapi_schema"), body.get("parameters")
     )
     if problems:
         return RouteCheck(route.name, False, "flow_run.parameters: " + "; ".join(problems))
-    return RouteCheck(route.name, True, f"{target.label} exists ({deployment.get('id')})")
+    return RouteCheck(route.name, True, found.detail)
 
 
 def parameter_problems(schema: Any, parameters: Any) -> list[str]:
@@ -100,7 +94,7 @@ def simulate(
         connection = connections[route.connection]
         key = router.idempotency_key(event.execution_id, route)
         body = route.flow_run_body(event, key, lookup, mask=True)
-        if isinstance(route.target, DeploymentTarget) and route.target.name:
+        if route.target.name is not None:  # resolved when sending
             request = route.request(body, f"<id of {route.target.name}>")
         else:
             request = route.request(body)

@@ -1,27 +1,25 @@
-"""Liveness (``/healthz``), readiness (``/readyz``: the store commits; Prefect's state is
-reported, never required) and Prometheus metrics (``/metrics``)."""
+"""Liveness (``/healthz``), readiness (``/readyz``: the store commits; Prefect's state and
+each route's target are reported, never required) and Prometheus metrics (``/metrics``)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from app.auth import require_metrics_token
 from app.errors import Unauthorized, responses
 from app.metrics import CONTENT_TYPE
-from app.prefect import Health
+from app.probe import ConnectionReport, TargetState
 from app.records import StoreUnavailable
 from app.service import BridgeDep
 
 log = structlog.get_logger("erathos_prefect_bridge.api")
 
-HEALTH_CACHE_SECONDS = 15.0
-HEALTH_TIMEOUT_SECONDS = 3.0
+HEALTH_TIMEOUT_SECONDS = 3.0  # a probe of Prefect that takes longer goes on behind
 
 health = APIRouter(tags=["health"])
 
@@ -31,12 +29,37 @@ class StoreStatus(BaseModel):
     error: str | None = None
 
 
+class TargetStatus(BaseModel):
+    route: str
+    target: str
+    state: TargetState
+    id: str | None
+    detail: str
+
+
 class PrefectStatus(BaseModel):
     connection: str
     api_url: str
     reachable: bool
     authorized: bool | None
     detail: str
+    targets: list[TargetStatus]
+
+    @classmethod
+    def of(cls, report: ConnectionReport) -> PrefectStatus:
+        return cls(
+            connection=report.connection,
+            api_url=report.api_url,
+            reachable=report.health.reachable,
+            authorized=report.health.authorized,
+            detail=report.health.detail,
+            targets=[
+                TargetStatus(
+                    route=t.route, target=t.target, state=t.state, id=t.id, detail=t.detail
+                )
+                for t in report.targets
+            ],
+        )
 
 
 class ReadyOut(BaseModel):
@@ -55,46 +78,25 @@ async def healthz() -> dict[str, str]:
     response_model=ReadyOut,
     summary="Readiness: events can be stored now",
     description=(
-        "503 only when the store cannot commit. Prefect's reachability and whether it "
-        "accepts our credentials are reported but never make this fail: events are "
-        "accepted and queued while Prefect is down."
+        "503 only when the store cannot commit. Prefect's reachability, whether it "
+        "accepts our credentials and whether each route's flow or deployment exists are "
+        "reported but never make this fail: events are accepted and queued while Prefect "
+        "is down."
     ),
     responses={503: {"model": ReadyOut, "description": "The store cannot commit"}},
 )
-async def readyz(request: Request, bridge: BridgeDep) -> JSONResponse:
+async def readyz(bridge: BridgeDep) -> JSONResponse:
     try:
         await bridge.store.check_writable()
         store = StoreStatus(writable=True)
     except StoreUnavailable as exc:
         store = StoreStatus(writable=False, error=str(exc))
-    prefect = await _prefect_health(request, bridge)
+    reports = await asyncio.gather(
+        *(bridge.prefect.report(name, within=HEALTH_TIMEOUT_SECONDS) for name in bridge.connections)
+    )
+    prefect = [PrefectStatus.of(report) for report in reports]
     body = ReadyOut(ready=store.writable, store=store, prefect=prefect)
-    return JSONResponse(body.model_dump(), status_code=200 if store.writable else 503)
-
-
-async def _prefect_health(request: Request, bridge: BridgeDep) -> list[PrefectStatus]:
-    cache: dict[str, tuple[float, Health]] = request.state.health_cache
-
-    async def one(name: str) -> PrefectStatus:
-        connection = bridge.connections[name]
-        cached = cache.get(name)
-        if cached is None or time.monotonic() - cached[0] > HEALTH_CACHE_SECONDS:
-            try:
-                result = await asyncio.wait_for(connection.health(), HEALTH_TIMEOUT_SECONDS)
-            except TimeoutError:
-                result = Health(False, None, f"no answer within {HEALTH_TIMEOUT_SECONDS:.0f} s")
-            cached = (time.monotonic(), result)
-            cache[name] = cached
-        status = cached[1]
-        return PrefectStatus(
-            connection=name,
-            api_url=connection.api_url,
-            reachable=status.reachable,
-            authorized=status.authorized,
-            detail=status.detail,
-        )
-
-    return list(await asyncio.gather(*(one(name) for name in bridge.connections)))
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if store.writable else 503)
 
 
 @health.get(

@@ -13,11 +13,12 @@ import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 import structlog
 from fastapi import Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, TypeAdapter
 
 from app.dispatcher import Turn
 from app.errors import (
@@ -95,6 +96,12 @@ async def read_json_body(request: Request, settings: Settings) -> Any:
                     raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     except TimeoutError:
         raise RequestTimeout("the body did not arrive in time") from None
+    return parse_json(body)
+
+
+def parse_json(body: bytes | bytearray) -> Any:
+    """The body as JSON, or 400 (InvalidBody): not JSON, a duplicate key, or what the
+    store could not keep."""
     try:
         parsed = json.loads(body, object_pairs_hook=_no_duplicate_keys)
         # What parses must also store: a lone surrogate ("\ud800") or nesting just under
@@ -122,6 +129,20 @@ def _first_line(exc: Exception) -> str:
 
 # -- the answer -----------------------------------------------------------------------------
 
+_TIME = TypeAdapter(datetime)
+
+
+def utc_time(epoch: float) -> datetime:
+    """A stored time (epoch seconds) as every answer shows it: ISO 8601 in UTC, written
+    ``2026-11-30T08:03:59.225778Z`` once serialised."""
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def iso_utc(epoch: float) -> str:
+    """A stored time as text, exactly as the API's JSON writes it (for the CLI)."""
+    text: str = _TIME.dump_python(utc_time(epoch), mode="json")
+    return text
+
 
 class DeliveryOut(BaseModel):
     """One target of the event: a flow run, or why there is none (yet)."""
@@ -129,11 +150,15 @@ class DeliveryOut(BaseModel):
     id: str
     route: str
     state: DeliveryState
-    attempts: int
+    attempts: int = Field(
+        description="how many attempts were made (each one: GET /events/{id}, attempts_made)"
+    )
     flow_run_id: str | None = None
     flow_run_url: str | None = None
     error: str | None = None
-    next_attempt_at: float | None = None
+    next_attempt_at: datetime | None = Field(
+        default=None, description="when a pending delivery is tried next (UTC)"
+    )
 
     @classmethod
     def of(cls, d: DeliveryRecord) -> Self:
@@ -145,7 +170,9 @@ class DeliveryOut(BaseModel):
             flow_run_id=d.flow_run_id,
             flow_run_url=d.flow_run_url,
             error=d.last_error,
-            next_attempt_at=d.next_attempt_at if d.state is DeliveryState.PENDING else None,
+            next_attempt_at=(
+                utc_time(d.next_attempt_at) if d.state is DeliveryState.PENDING else None
+            ),
         )
 
 

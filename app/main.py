@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.admin import admin
@@ -19,6 +22,12 @@ from app.prefect import Health
 from app.service import Bridge, open_bridge
 from app.settings import Settings
 from app.webhook import webhooks
+
+# Swagger UI and ReDoc are served from the fastapi-offline package's files, never from a
+# CDN: the API docs work where the service has no internet (and load nothing from
+# elsewhere).
+DOCS_ASSETS = "/docs/assets"
+DOCS_ASSET_PACKAGE = ("fastapi_offline", "static")
 
 
 class State(TypedDict):
@@ -37,6 +46,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Erathos job-completion webhooks in, Prefect flow runs out: durably, exactly once.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours are below
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(RequestContext)
@@ -48,4 +59,35 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.admin_token is not None:
         # Without an admin token the admin endpoints do not exist at all.
         app.include_router(admin)
+    install_docs(app)
     return app
+
+
+def install_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc``, with their scripts, styles and icon served
+    by the service itself under DOCS_ASSETS."""
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[DOCS_ASSET_PACKAGE]), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            # Swagger UI would otherwise send the schema to swagger.io's online validator.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )

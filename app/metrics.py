@@ -9,10 +9,11 @@ names. Never an execution id, a table name or anything secret.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from app import __version__
 from app.gate import Circuit, ConnectionGate
@@ -57,12 +58,34 @@ def status_class(result: AttemptResult) -> str:
     return f"{min(max(code // 100, 2), 5)}xx"
 
 
+class WithoutCreated:
+    """A registry as scraped, less the ``<name>_created`` sample prometheus_client adds to
+    every counter and histogram series (a second series per series, of a process-start
+    time nobody alerts on).
+
+    Filtered here, for this registry alone: ``prometheus_client.disable_created_metrics()``
+    and ``PROMETHEUS_DISABLE_CREATED_SERIES`` flip one module-wide flag, which would change
+    every other registry of the process (a host application's, another app's in tests) and
+    depend on when it is called."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = f"{family.name}_created"
+            # Every collect() builds new Metric objects: filtering them changes nothing kept.
+            family.samples = [sample for sample in family.samples if sample.name != created]
+            yield family
+
+
 class Metrics:
     """The service's counters, gauges and histograms, and how they are updated."""
 
     def __init__(self, connections: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        self._scraped = WithoutCreated(registry)
         self.received = Counter(
             f"{PREFIX}_events_received",
             "Webhook requests (Erathos and Prefect-shaped), whatever became of them",
@@ -211,7 +234,7 @@ class Metrics:
             self.oldest_pending.labels(name).set(max(0.0, wall - oldest) if oldest else 0)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._scraped)
 
     def _set_circuit(self, connection: str, current: Circuit) -> None:
         for state in Circuit:

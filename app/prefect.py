@@ -69,6 +69,15 @@ class Health:
     detail: str
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """What a GET came to: Prefect's status and JSON object, or why there is none."""
+
+    status_code: int | None  # None: no answer (connection error, timeout)
+    body: dict[str, Any] | None = field(default=None, repr=False)  # a 2xx answer's object
+    error: str | None = None  # why there is no body; carries no secret
+
+
 def classify_status(status: int) -> Outcome:
     if 200 <= status < 300:
         return Outcome.DELIVERED
@@ -125,7 +134,9 @@ class PrefectConnection:
         self._secrets = [s.get_secret_value() for s in (api_key, auth_string) if s is not None]
         if "Authorization" in self.headers:
             self._secrets.append(self.headers["Authorization"].partition(" ")[2])
-        self._deployments: dict[str, str] = {}  # name path -> id; ids never change
+        # Targets named by name, resolved to their ids once (name path -> id).
+        self._deployments: dict[str, str] = {}
+        self._flows: dict[str, str] = {}
         self._total_timeout = timeout
         self._client = httpx.AsyncClient(
             base_url=f"{self.api_url}/",
@@ -208,20 +219,35 @@ class PrefectConnection:
     async def resolve_deployment(self, name_path: str) -> tuple[str | None, AttemptResult | None]:
         """A deployment's id from ``deployments/name/<flow>/<deployment>`` (cached), or the
         failed lookup as an attempt result (404 is permanent: the name is wrong)."""
-        cached = self._deployments.get(name_path)
+        what = f"looking up {name_path}"
+        return await self._resolve(self._deployments, name_path, what, "GET", name_path)
+
+    async def resolve_flow(self, name: str) -> tuple[str | None, AttemptResult | None]:
+        """A flow's id by its name (cached), the flow created if Prefect has none by that
+        name yet (``POST flows/`` answers the existing flow for a name it knows), or the
+        failed request as an attempt result."""
+        what = f"finding or creating flow {name!r}"
+        return await self._resolve(self._flows, name, what, "POST", "flows/", {"name": name})
+
+    async def _resolve(
+        self, cache: dict[str, str], key: str, what: str, method: str, path: str, body: Any = None
+    ) -> tuple[str | None, AttemptResult | None]:
+        """The id ``method path`` answers (cached under ``key``), or the failure."""
+        cached = cache.get(key)
         if cached is not None:
             return cached, None
         started = time.perf_counter()
         try:
-            response = await self.get(name_path)
+            response = await self._request(method, path, body)
         except (TimeoutError, httpx.TimeoutException) as exc:
             return None, replace(
-                self._failed(started, f"timed out ({type(exc).__name__})"), timed_out=True
+                self._failed(started, f"{what}: timed out ({type(exc).__name__})"),
+                timed_out=True,
             )
         except httpx.HTTPError as exc:
-            return None, self._failed(started, f"{type(exc).__name__}: {exc}")
-        deployment_id = _json_field(response, "id") if response.is_success else None
-        if deployment_id is None:
+            return None, self._failed(started, f"{what}: {type(exc).__name__}: {exc}")
+        found = _json_field(response, "id") if response.is_success else None
+        if found is None:
             duration_ms = (time.perf_counter() - started) * 1000
             outcome = classify_status(response.status_code)
             if outcome is Outcome.DELIVERED:
@@ -231,12 +257,26 @@ class PrefectConnection:
                 outcome,
                 duration_ms,
                 response.status_code,
-                error=f"looking up {name_path}: HTTP {response.status_code}: "
-                f"{self._redact(message)}",
+                error=f"{what}: HTTP {response.status_code}: {self._redact(message)}",
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
-        self._deployments[name_path] = str(deployment_id)
-        return str(deployment_id), None
+        cache[key] = str(found)
+        return str(found), None
+
+    async def fetch(self, path: str) -> Fetched:
+        """GET one object (a flow, a deployment); never raises."""
+        try:
+            response = await self.get(path)
+        except (TimeoutError, httpx.HTTPError) as exc:
+            return Fetched(None, error=self._redact(f"{type(exc).__name__}: {exc}"))
+        try:
+            body = response.json() if response.is_success else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            message = self._redact(_error_message(response))
+            return Fetched(response.status_code, error=f"HTTP {response.status_code}: {message}")
+        return Fetched(response.status_code, body)
 
     async def health(self) -> Health:
         """Whether the API answers, and whether it accepts our credentials."""
@@ -248,6 +288,12 @@ class PrefectConnection:
             )
         if response.status_code >= 500:
             return Health(False, None, f"health answered HTTP {response.status_code}")
+        if response.status_code == 404:
+            # Something answers there, but not a Prefect API: most often a URL without /api.
+            where = f"HTTP 404 at {self.api_url}/health"
+            if not urlsplit(self.api_url).path.endswith("/api"):
+                return Health(True, None, f"{where}: did you mean {self.api_url}/api?")
+            return Health(True, None, f"{where}: is this a Prefect API URL?")
         try:
             # An authenticated read: health itself needs no credentials.
             probe = await self._request("POST", "flows/filter", {"limit": 1})

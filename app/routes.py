@@ -1,9 +1,10 @@
 """Routing: which Prefect targets an Erathos event triggers, and the exact request for each.
 
 Without a routes file there is one route, ``default``: the seed template's
-behaviour (a FINISHED event creates a flow run of ``PREFECT_FLOW_ID`` named
-``erathos_run_<table_name>`` with the execution id as idempotency key). A routes
-file (:mod:`app.routes_file`) gives many routes, to deployments, with parameters.
+behaviour (a FINISHED event creates a flow run of ``PREFECT_FLOW_ID``, or of the flow
+``PREFECT_FLOW_NAME``, named ``erathos_run_<table_name>`` with the execution id as
+idempotency key). A routes file (:mod:`app.routes_file`) gives many routes, to
+deployments, with parameters.
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ FLOW_RUN_FIELDS = ("name", "parameters", "tags", "work_queue_name", "job_variabl
 
 @dataclass(frozen=True)
 class FlowTarget:
-    """A bare flow run by flow id (the seed's): Prefect records it, no worker runs it."""
+    """A bare flow run (the seed's): Prefect records it, no worker runs it. The flow by
+    id, or by name (looked up, or created, when sending)."""
 
-    flow_id: UUID
+    flow_id: UUID | None = None
+    name: str | None = None
 
     @property
     def label(self) -> str:
-        return f"flow {self.flow_id}"
+        return f"flow {self.name!r}" if self.name is not None else f"flow {self.flow_id}"
+
+    @property
+    def name_path(self) -> str:
+        assert self.name is not None
+        return f"flows/name/{quote(self.name, safe='')}"
 
 
 @dataclass(frozen=True)
@@ -78,21 +86,25 @@ class Route:
     def flow_run_body(
         self, event: ErathosEvent, idempotency_key: str, lookup: Lookup, *, mask: bool = False
     ) -> dict[str, Any]:
-        """The JSON body of the create request (without the deployment, resolved later)."""
+        """The JSON body of the create request (without a target named by name: its id
+        is resolved when sending)."""
         body = {
             key: render_json(template, event, lookup, mask=mask)
             for key, template in self.flow_run.items()
         }
-        if isinstance(self.target, FlowTarget):
+        if isinstance(self.target, FlowTarget) and self.target.flow_id is not None:
             body["flow_id"] = str(self.target.flow_id)
         body["idempotency_key"] = idempotency_key
         return body
 
-    def request(self, body: dict[str, Any], deployment_id: str | None = None) -> PrefectRequest:
-        """The create request: ``flow_runs/``, or the deployment's ``create_flow_run``."""
+    def request(self, body: dict[str, Any], resolved_id: str | None = None) -> PrefectRequest:
+        """The create request: ``flow_runs/``, or the deployment's ``create_flow_run``;
+        ``resolved_id`` is the id of a target named by name."""
         if isinstance(self.target, FlowTarget):
+            if resolved_id is not None:
+                body = {**body, "flow_id": resolved_id}
             return PrefectRequest("flow_runs/", body)
-        target = deployment_id or str(self.target.deployment_id)
+        target = resolved_id or str(self.target.deployment_id)
         return PrefectRequest(f"deployments/{target}/create_flow_run", body)
 
 
@@ -144,11 +156,12 @@ class Router:
 
 def default_router(settings: Settings, lookup: Lookup) -> Router:
     """The seed's behaviour, from the environment alone."""
-    assert settings.prefect_flow_id is not None  # guaranteed by Settings validation
+    # One of the two, guaranteed by Settings validation.
+    assert (settings.prefect_flow_id is None) != (settings.prefect_flow_name is None)
     route = Route(
         name=DEFAULT_ROUTE,
         connection=DEFAULT_CONNECTION,
-        target=FlowTarget(settings.prefect_flow_id),
+        target=FlowTarget(settings.prefect_flow_id, name=settings.prefect_flow_name),
         flow_run={
             "name": compile_text(settings.flow_run_name, lookup, where="BRIDGE_FLOW_RUN_NAME")
         },

@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -30,7 +29,14 @@ from app.routes import (
     Target,
 )
 from app.rules import RuleError, parse_rules, to_erathos
-from app.settings import PREFECT_API_VERSION, PREFECT_CLOUD_API, ConfigurationError, Settings
+from app.settings import (
+    PREFECT_API_VERSION,
+    PREFECT_CLOUD_API,
+    ConfigurationError,
+    Settings,
+    check_flow_name,
+    normalise_api_url,
+)
 from app.templates import Lookup, TemplateError, compile_json, compile_text
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -87,6 +93,7 @@ class RouteModel(_Strict):
     deployment: str | None = None
     deployment_id: UUID | None = None
     flow_id: UUID | None = None
+    flow: str | None = None  # a flow by name: looked up, or created, on first use
     flow_run: FlowRunModel = Field(default_factory=FlowRunModel)
 
     @field_validator("name")
@@ -106,6 +113,11 @@ class RouteModel(_Strict):
             if not (flow and slash and deployment) or "/" in deployment:
                 raise ValueError("must be 'flow-name/deployment-name'")
         return value
+
+    @field_validator("flow")
+    @classmethod
+    def _flow_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_flow_name(value)
 
 
 class RoutesFileModel(_Strict):
@@ -236,16 +248,15 @@ def _connection(
                 f"{where}: give api_url, or account_id and workspace_id (Prefect Cloud)"
             )
         api_url = f"{PREFECT_CLOUD_API}/accounts/{account}/workspaces/{workspace}"
-    elif "://" not in api_url:
-        api_url = f"https://{api_url.rstrip('/')}/api"
-    parts = urlsplit(api_url)
-    if parts.username or parts.password:
-        raise ValueError(f"{where}.api_url: must not carry credentials: use auth_string")
+    try:
+        api_url = normalise_api_url(api_url, credentials="auth_string")
+    except ValueError as exc:
+        raise ValueError(f"{where}.api_url: {exc}") from None
     if spec.api_key is not None and spec.auth_string is not None:
         raise ValueError(f"{where}: give api_key (Prefect Cloud) or auth_string (Basic), not both")
     return ConnectionSpec(
         name,
-        api_url.rstrip("/"),
+        api_url,
         api_key=_secret(spec.api_key, lookup, f"{where}.api_key"),
         auth_string=_secret(spec.auth_string, lookup, f"{where}.auth_string"),
         api_version=text("api_version", spec.api_version) or settings.prefect_api_version,
@@ -260,14 +271,15 @@ def _secret(value: str | None, lookup: Lookup, where: str) -> SecretStr | None:
 
 
 def _target(spec: RouteModel, where: str) -> Target:
-    given = [f for f in ("deployment", "deployment_id", "flow_id") if getattr(spec, f) is not None]
+    targets = ("deployment", "deployment_id", "flow_id", "flow")
+    given = [f for f in targets if getattr(spec, f) is not None]
     if len(given) != 1:
         raise ValueError(
-            f"{where}: give exactly one target: deployment, deployment_id or flow_id"
+            f"{where}: give exactly one target: deployment, deployment_id, flow_id or flow"
             + (f" (got {', '.join(given)})" if given else "")
         )
-    if spec.flow_id is not None:
-        return FlowTarget(spec.flow_id)
+    if spec.flow_id is not None or spec.flow is not None:
+        return FlowTarget(spec.flow_id, name=spec.flow)
     return DeploymentTarget(deployment_id=spec.deployment_id, name=spec.deployment)
 
 

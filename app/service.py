@@ -1,8 +1,9 @@
 """The running service's resources, opened and closed in one place.
 
 ``open_bridge`` is what the app's lifespan (and the CLI) enter: the database, one
-Prefect client per connection, the router and the dispatcher. Nothing here runs at
-import time. Routes reach the running :class:`Bridge` through :data:`BridgeDep`.
+Prefect client per connection, the router, the dispatcher and the start-up probe of
+Prefect. Nothing here runs at import time. Routes reach the running :class:`Bridge`
+through :data:`BridgeDep`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import structlog
 from fastapi import Depends, Request
 
 from app.database import Database
 from app.dispatcher import Dispatcher
+from app.gate import Circuit
 from app.history import History
 from app.limits import RateLimiter
 from app.metrics import Metrics
 from app.prefect import PrefectConnection
+from app.probe import PrefectWatch
 from app.routes import DEFAULT_CONNECTION, Router, default_router
 from app.routes_file import ConnectionSpec, Routing, default_connection_spec, load_routes_file
 from app.settings import Settings
 from app.store import Store
 from app.templates import Lookup, template_lookup
-
-log = structlog.get_logger("erathos_prefect_bridge")
 
 
 @dataclass
@@ -41,6 +41,8 @@ class Bridge:
     dispatcher: Dispatcher
     limiter: RateLimiter | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    # What Prefect says of each connection and target (the start-up probe, /readyz).
+    prefect: PrefectWatch = field(kw_only=True)
 
 
 async def bridge_of(request: Request) -> Bridge:
@@ -85,7 +87,9 @@ def shutdown_budget(settings: Settings) -> tuple[float, float]:
 
 @asynccontextmanager
 async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIterator[Bridge]:
-    """Open every resource; with ``dispatch`` the dispatcher runs until the block exits."""
+    """Open every resource; with ``dispatch`` the dispatcher runs until the block exits,
+    and Prefect is probed once in the background (what is wrong is logged as a warning).
+    Whoever serves logs that the service is ready, once it listens."""
     routing, lookup = configure(settings)
     router = routing.router
     async with AsyncExitStack() as stack:
@@ -104,14 +108,27 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
         # Its own registry per service: several apps in one process never share series.
         metrics = Metrics(connections)
         dispatcher = Dispatcher(store, history, router, connections, lookup, settings, metrics)
+        watch = PrefectWatch(router, connections)
+        stack.push_async_callback(watch.close)
         if dispatch:
             await dispatcher.start()
             _, deliveries_grace = shutdown_budget(settings)
             stack.push_async_callback(dispatcher.stop, deliveries_grace)
-        log.info("service ready", routes=[r.name for r in router.routes])
+            # A connection whose circuit has opened already is being probed by its gate.
+            gates = dispatcher.gates
+            watch.start(skip=lambda name: gates[name].circuit is not Circuit.CLOSED)
         limiter = None
         if settings.rate_limit is not None:
             limiter = RateLimiter(settings.rate_limit, burst=max(1.0, 2 * settings.rate_limit))
         yield Bridge(
-            settings, store, history, router, connections, lookup, dispatcher, limiter, metrics
+            settings,
+            store,
+            history,
+            router,
+            connections,
+            lookup,
+            dispatcher,
+            limiter,
+            metrics,
+            prefect=watch,
         )

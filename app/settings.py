@@ -8,6 +8,7 @@ the variable (:func:`load_settings`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -40,6 +41,9 @@ MIN_TOKEN_LENGTH = 16
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _API_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")  # _: compose service names
+# Prefect refuses names with these characters (its own BANNED_CHARACTERS).
+FLOW_NAME_BANNED = "/%&><"
 
 
 class Durability(StrEnum):
@@ -65,6 +69,65 @@ def database_kind(url: str) -> Literal["sqlite", "postgresql"] | None:
     if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         return "postgresql"
     return None
+
+
+def normalise_api_url(value: str, *, credentials: str) -> str:
+    """A Prefect API base URL as given (``http://prefect:4200/api``), or the bare host name
+    of the seed template's ``prefect_api_url`` variable (``prefect.example.com`` means
+    ``https://prefect.example.com/api``); raises ValueError for anything else.
+    ``credentials`` names where credentials belong instead of the URL."""
+    value = value.strip()
+    shape = (
+        "must be an absolute http(s) URL such as http://prefect:4200/api, or a bare host "
+        "name such as prefect.example.com"
+    )
+    if "://" not in value:
+        host = value.rstrip("/")
+        if not host or "/" in host:
+            raise ValueError(shape)
+        value = f"https://{host}/api"
+    value = value.rstrip("/")
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not _valid_host(parts.hostname)
+        or any(c.isspace() for c in value)
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(shape)
+    try:
+        _ = parts.port  # urlsplit checks the port only when it is read
+    except ValueError:
+        raise ValueError(shape) from None
+    if parts.username or parts.password:
+        # It would show in flow run links and /readyz; credentials have their settings.
+        raise ValueError(f"must not carry credentials: use {credentials}")
+    return value
+
+
+def _valid_host(host: str | None) -> bool:
+    """A DNS name or an IP address (urlsplit has lower-cased it and dropped IPv6's [])."""
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
+def check_flow_name(value: str) -> str:
+    """A flow name Prefect accepts, or ValueError."""
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if any(c in FLOW_NAME_BANNED for c in value):
+        raise ValueError(
+            f"must not contain any of {' '.join(FLOW_NAME_BANNED)} (Prefect refuses them)"
+        )
+    return value
 
 
 def split_list(value: Any) -> Any:
@@ -157,6 +220,8 @@ class Settings(PublicSettings):
     )
     prefect_api_version: str = Field(PREFECT_API_VERSION, validation_alias="PREFECT_API_VERSION")
     prefect_flow_id: UUID | None = Field(None, validation_alias="PREFECT_FLOW_ID")
+    # Or the flow by name: looked up, or created, on first use (Prefect's POST /flows/).
+    prefect_flow_name: str | None = Field(None, validation_alias="PREFECT_FLOW_NAME")
     prefect_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias="BRIDGE_PREFECT_TIMEOUT"
     )
@@ -316,7 +381,7 @@ class Settings(PublicSettings):
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters long")
         return token
 
-    @field_validator("prefect_api_url", mode="before")
+    @field_validator("prefect_api_url", "prefect_flow_name", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -326,18 +391,12 @@ class Settings(PublicSettings):
     def _api_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.strip()
-        if "://" not in value:
-            # The seed's `prefect_api_url` variable holds a bare host name.
-            value = f"https://{value.rstrip('/')}/api"
-        value = value.rstrip("/")
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as http://prefect:4200/api")
-        if parts.username or parts.password:
-            # It would show in flow run links and /readyz; credentials have their settings.
-            raise ValueError("must not carry credentials: use PREFECT_API_AUTH_STRING")
-        return value
+        return normalise_api_url(value, credentials="PREFECT_API_AUTH_STRING")
+
+    @field_validator("prefect_flow_name")
+    @classmethod
+    def _flow_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_flow_name(value)
 
     @field_validator("prefect_api_version")
     @classmethod
@@ -388,6 +447,10 @@ class Settings(PublicSettings):
                 else "PREFECT_ACCOUNT_ID"
             )
             raise ValueError(f"{missing}: is required with the other Prefect Cloud id")
+        if self.prefect_flow_id is not None and self.prefect_flow_name is not None:
+            raise ValueError(
+                "PREFECT_FLOW_NAME: set either it (the flow by name) or PREFECT_FLOW_ID, not both"
+            )
         # With a routes file, connections and targets may all come from the file.
         if self.routes_file is None:
             if self.prefect_api_url is None and self.prefect_account_id is None:
@@ -395,13 +458,18 @@ class Settings(PublicSettings):
                     "PREFECT_API_URL: is required (or PREFECT_ACCOUNT_ID and "
                     "PREFECT_WORKSPACE_ID for Prefect Cloud, or a BRIDGE_ROUTES_FILE)"
                 )
-            if self.prefect_flow_id is None:
+            if self.prefect_flow_id is None and self.prefect_flow_name is None:
                 raise ValueError(
                     "PREFECT_FLOW_ID: is required: the flow the default route runs "
-                    "(or a BRIDGE_ROUTES_FILE)"
+                    "(or PREFECT_FLOW_NAME, or a BRIDGE_ROUTES_FILE)"
                 )
         elif not self.routes_file.is_file():
             raise ValueError(f"BRIDGE_ROUTES_FILE: {self.routes_file} is not a file")
+        elif self.prefect_flow_name is not None:
+            raise ValueError(
+                "PREFECT_FLOW_NAME: the default route's flow, which a BRIDGE_ROUTES_FILE "
+                'replaces: give a route "flow" instead'
+            )
         if self.prefect_api_key is not None and self.prefect_api_auth_string is not None:
             raise ValueError(
                 "PREFECT_API_AUTH_STRING: set either it (self-hosted Basic auth) or "

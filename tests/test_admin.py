@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
+from tests.isotime import recent_iso_utc
 
 pytestmark = pytest.mark.anyio
 
@@ -62,3 +63,49 @@ async def test_simulate_reports_the_default_route_without_sending(
     assert route["matches"] is False
     assert "STATUS EQUAL 'FINISHED' does not hold" in route["reason"]
     assert events.json()["events"] == []
+
+
+async def test_times_are_iso_8601_utc_and_attempts_is_the_count_everywhere(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(
+        admin_token=ADMIN_TOKEN, prefect_api_url="http://127.0.0.1:9/api", sync_wait="100ms"
+    )
+    async with open_client(settings) as client:
+        sent = await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+        event_id = sent.json()["event_id"]
+        listing = await client.get("/events", headers=auth(ADMIN_TOKEN))
+        detail = await client.get(f"/events/{event_id}", headers=auth(ADMIN_TOKEN))
+
+    [listed] = listing.json()["events"]
+    [summary] = listed["deliveries"]
+    [delivery] = detail.json()["deliveries"]
+    assert recent_iso_utc(listed["received_at"])
+    assert listed["received_at"] == detail.json()["received_at"]
+    for shown in (summary, delivery):
+        assert recent_iso_utc(shown["created_at"])
+        assert recent_iso_utc(shown["next_attempt_at"])  # pending: Prefect is unreachable
+    # The listing loads no attempts: it shows their count, never an empty list beside it.
+    assert "attempts_made" not in summary
+    assert summary["attempts"] == delivery["attempts"] == len(delivery["attempts_made"]) >= 1
+    assert all(recent_iso_utc(a["started_at"]) for a in delivery["attempts_made"])
+
+
+async def test_replaying_an_ignored_event_answers_409_with_the_reason(
+    make_settings: SettingsFactory,
+) -> None:
+    async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
+        ignored = await client.post(
+            "/webhooks/erathos", json=webhook_body(status="FAILED"), headers=auth()
+        )
+        event_id = ignored.json()["event_id"]
+        replay = await client.post(f"/events/{event_id}/replay", headers=auth(ADMIN_TOKEN))
+
+    assert ignored.json()["status"] == "ignored"
+    assert replay.status_code == 409
+    error = replay.json()["error"]
+    assert error["code"] == "conflict"
+    assert error["message"] == (
+        f"nothing to replay: the event was ignored: {ignored.json()['reason']}"
+    )
+    assert "STATUS EQUAL 'FINISHED' does not hold" in error["message"]

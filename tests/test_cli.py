@@ -17,6 +17,7 @@ from app.service import open_bridge
 from app.settings import load_settings
 from tests.conftest import TOKEN, auth, open_client
 from tests.erathos import webhook_body
+from tests.processes import ServiceProcess, fast_service_environment
 from tests.waiting import eventually
 from tools.localprefect import PrefectServer
 
@@ -129,6 +130,88 @@ def test_check_fails_clearly_when_prefect_or_the_flow_is_missing(
     assert code == 1
     assert expected in out.out
     assert "check FAILED" in out.err
+
+
+def test_check_shows_the_id_of_the_flow_it_finds_by_name(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+) -> None:
+    name = f"dbt-{uuid.uuid4().hex[:10]}"
+    environment.setenv("PREFECT_API_URL", prefect.api_url)
+    environment.setenv("PREFECT_FLOW_NAME", name)
+
+    assert main(["check"]) == 0  # not there yet: the first delivery creates it
+    before = capsys.readouterr().out
+    flow_id = prefect.create_flow(name)
+    assert main(["check"]) == 0
+    after = capsys.readouterr().out
+
+    assert f"route 'default': ok: flow '{name}' does not exist yet" in before
+    assert f"route 'default': ok: flow '{name}' exists ({flow_id})" in after
+
+
+def test_check_suggests_api_when_the_url_answers_404(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    flow_id: str,
+) -> None:
+    server = prefect.api_url.removesuffix("/api")  # http://127.0.0.1:<port>, no /api
+    environment.setenv("PREFECT_API_URL", server)
+    environment.setenv("PREFECT_FLOW_ID", flow_id)
+
+    code = main(["check"])
+
+    out = capsys.readouterr()
+    assert code == 1
+    assert (
+        f"prefect connection 'default' ({server}): "
+        f"HTTP 404 at {server}/health: did you mean {server}/api?"
+    ) in out.out
+
+
+def test_commands_other_than_serve_never_log_service_ready(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    flow_id: str,
+    tmp_path: Path,
+) -> None:
+    environment.setenv("PREFECT_API_URL", prefect.api_url)
+    environment.setenv("PREFECT_FLOW_ID", flow_id)
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(webhook_body()))
+
+    codes = [main(["check"]), main(["events"]), main(["simulate", str(event)])]
+
+    assert codes == [0, 0, 0]
+    assert "service ready" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_logs_service_ready_once_it_listens(
+    tmp_path: Path, prefect: PrefectServer, flow_id: str
+) -> None:
+    env = fast_service_environment(prefect.api_url, flow_id, f"sqlite:///{tmp_path / 'b.db'}")
+    service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
+    try:
+        service.start()
+        asyncio.run(_wait_for_line(service.log_path, "service ready"))
+    finally:
+        service.stop()
+
+    lines = [json.loads(line) for line in service.log_path.read_text().splitlines()]
+    messages = [line["msg"] for line in lines]
+    listening = next(i for i, m in enumerate(messages) if m.startswith("Uvicorn running on"))
+    [ready] = [i for i, m in enumerate(messages) if m == "service ready"]
+    assert ready > listening
+    assert lines[ready]["port"] == int(env["BRIDGE_PORT"])
+    assert lines[ready]["routes"] == ["default"]
+
+
+async def _wait_for_line(path: Path, text: str) -> None:
+    await eventually(lambda: text in path.read_text(), within=10, what=f"{text!r} logged")
 
 
 def test_events_lists_dead_letters_and_replay_sends_them_again(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import __version__, errors
@@ -165,6 +166,7 @@ async def test_the_scraped_values_match_a_known_sequence_exactly(
     for execution_id in (delivered["execution_id"], retried.json()["execution_id"]):
         assert execution_id not in metrics.text
     assert "orders" not in metrics.text
+    assert "_created" not in metrics.text
 
 
 async def test_pending_deliveries_and_the_oldest_age_show_while_prefect_is_down(
@@ -193,6 +195,23 @@ async def test_each_app_counts_in_its_own_registry(make_settings: SettingsFactor
         counts = [(await scrape(c)).value("events_received_total") for c in (first, second)]
 
     assert counts == [2, 1]
+
+
+async def test_no_created_series_for_the_services_registry_alone(
+    make_settings: SettingsFactory,
+) -> None:
+    async with open_client(make_settings(sync_wait="100ms")) as client:
+        await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+        metrics = await scrape(client)
+    other = CollectorRegistry()
+    Counter("other_requests", "another registry of the same process", registry=other).inc()
+
+    assert not [line for line in metrics.text.splitlines() if "_created" in line]
+    assert metrics.value("events_received_total") == 1
+    # Histograms are still there, less their _created.
+    assert "erathos_bridge_event_to_flow_run_seconds_count 0.0" in metrics.text.splitlines()
+    # Dropped from the service's own scrape, not by prometheus_client's process-wide switch.
+    assert "other_requests_created" in generate_latest(other).decode()
 
 
 async def test_a_metrics_token_is_required_when_configured(make_settings: SettingsFactory) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.routes import default_router
+from app.routes import FlowTarget, default_router
 from app.settings import ConfigurationError, Settings, load_settings
 from app.templates import TemplateError, template_lookup
 
@@ -97,6 +97,27 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
         pytest.param({"PREFECT_API_URL": ""}, "PREFECT_API_URL", id="blank-prefect-url"),
         pytest.param({"PREFECT_API_URL": "ftp://prefect/api"}, "PREFECT_API_URL", id="ftp-url"),
         pytest.param({"PREFECT_API_URL": "http://"}, "PREFECT_API_URL", id="url-without-host"),
+        pytest.param({"PREFECT_API_URL": "not a url"}, "PREFECT_API_URL", id="words"),
+        pytest.param(
+            {"PREFECT_API_URL": "http://not a host/api"}, "PREFECT_API_URL", id="host-with-spaces"
+        ),
+        pytest.param(
+            {"PREFECT_API_URL": "http://pre$fect:4200/api"}, "PREFECT_API_URL", id="host-symbol"
+        ),
+        pytest.param(
+            {"PREFECT_API_URL": "http://prefect:42x/api"}, "PREFECT_API_URL", id="port-not-number"
+        ),
+        pytest.param(
+            {"PREFECT_API_URL": "http://prefect:99999/api"}, "PREFECT_API_URL", id="port-too-big"
+        ),
+        pytest.param(
+            {"PREFECT_API_URL": "prefect.example.com/api"},
+            "PREFECT_API_URL",
+            id="bare-host-with-a-path",
+        ),
+        pytest.param(
+            {"PREFECT_API_URL": "http://prefect:4200/api?x=1"}, "PREFECT_API_URL", id="query"
+        ),
         pytest.param(
             {"PREFECT_API_URL": "https://user:pw@prefect.example.com/api"},
             "PREFECT_API_URL",
@@ -122,6 +143,14 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
         ),
         pytest.param({"PREFECT_FLOW_ID": "my-flow"}, "PREFECT_FLOW_ID", id="flow-id-not-uuid"),
         pytest.param({"PREFECT_FLOW_ID": None}, "PREFECT_FLOW_ID", id="no-flow-id"),
+        pytest.param(
+            {"PREFECT_FLOW_NAME": "dbt-build"}, "PREFECT_FLOW_NAME", id="flow-id-and-flow-name"
+        ),
+        pytest.param(
+            {"PREFECT_FLOW_ID": None, "PREFECT_FLOW_NAME": "dbt/prod"},
+            "PREFECT_FLOW_NAME",
+            id="flow-name-prefect-refuses",
+        ),
         pytest.param({"BRIDGE_WEBHOOK_TOKEN": None}, "BRIDGE_WEBHOOK_TOKEN", id="no-token"),
         pytest.param({"BRIDGE_WEBHOOK_TOKEN": ""}, "BRIDGE_WEBHOOK_TOKEN", id="blank-token"),
         pytest.param({"BRIDGE_WEBHOOK_TOKEN": " , ,"}, "BRIDGE_WEBHOOK_TOKEN", id="only-commas"),
@@ -414,10 +443,45 @@ def load_settings_with(monkeypatch: pytest.MonkeyPatch) -> Settings:
         pytest.param("http://prefect:4200/api//", "http://prefect:4200/api", id="two-slashes"),
         pytest.param("  http://prefect:4200/api  ", "http://prefect:4200/api", id="spaces"),
         pytest.param("https://p.example.com/api", "https://p.example.com/api", id="full-url"),
+        pytest.param("http://127.0.0.1:4200/api", "http://127.0.0.1:4200/api", id="ipv4"),
+        pytest.param("http://[::1]:4200/api", "http://[::1]:4200/api", id="ipv6"),
+        pytest.param("http://prefect_server:4200/api", "http://prefect_server:4200/api", id="_"),
+        pytest.param("prefect.example.com.", "https://prefect.example.com./api", id="fqdn-dot"),
     ],
 )
 def test_the_prefect_url_is_normalised(given: str, api_url: str) -> None:
     assert build(prefect_api_url=given).api_url == api_url
+
+
+def test_a_prefect_url_that_is_not_a_url_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = configuration_error(monkeypatch, PREFECT_API_URL="not a url")
+
+    assert message == (
+        "PREFECT_API_URL: must be an absolute http(s) URL such as http://prefect:4200/api, "
+        "or a bare host name such as prefect.example.com"
+    )
+
+
+def test_a_flow_name_instead_of_a_flow_id_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch, PREFECT_FLOW_ID=None, PREFECT_FLOW_NAME="dbt build (prod)")
+
+    settings = load_settings()
+    [route] = default_router(settings, template_lookup(settings)).routes
+
+    assert (settings.prefect_flow_id, settings.prefect_flow_name) == (None, "dbt build (prod)")
+    assert route.target == FlowTarget(name="dbt build (prod)")
+
+
+def test_a_flow_name_beside_a_routes_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("routes.json").write_text(json.dumps({"routes": [{"name": "x", "flow": "dbt"}]}))
+
+    message = configuration_error(
+        monkeypatch, PREFECT_FLOW_ID=None, PREFECT_FLOW_NAME="dbt", BRIDGE_ROUTES_FILE="routes.json"
+    )
+
+    assert message.startswith("PREFECT_FLOW_NAME: "), message
 
 
 def test_a_bare_host_from_the_environment_means_https_api(

@@ -9,8 +9,9 @@ import pytest
 
 from app.cli import erathos_template
 from app.settings import Settings
-from tests.conftest import TOKEN, SettingsFactory, auth, open_client, stored_events
+from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client, stored_events
 from tests.erathos import execution, request_from, webhook_body
+from tests.isotime import recent_iso_utc
 from tools.localprefect import PrefectServer
 
 pytestmark = pytest.mark.anyio
@@ -169,3 +170,32 @@ async def test_malformed_json_is_a_400(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
+
+
+async def test_a_queued_delivery_says_when_it_is_tried_next_in_iso_8601_utc(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(prefect_api_url="http://127.0.0.1:9/api", sync_wait="100ms")
+    async with open_client(settings) as client:
+        response = await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+
+    assert response.json()["status"] == "queued"
+    [delivery] = response.json()["deliveries"]
+    assert recent_iso_utc(delivery["next_attempt_at"]), delivery
+
+
+async def test_every_time_in_the_api_schema_is_a_date_time(make_settings: SettingsFactory) -> None:
+    settings = make_settings(admin_token=ADMIN_TOKEN, dropin=True)
+    async with open_client(settings) as client:
+        schema = (await client.get("/openapi.json")).json()
+
+    times = {
+        f"{model}.{name}": prop
+        for model, definition in schema["components"]["schemas"].items()
+        for name, prop in definition.get("properties", {}).items()
+        if name.endswith("_at")
+    }
+    assert {"DeliveryOut.next_attempt_at", "EventOut.received_at"} <= set(times)
+    for name, prop in times.items():
+        formats = {p.get("format") for p in prop.get("anyOf", [prop]) if p.get("type") != "null"}
+        assert formats == {"date-time"}, name

@@ -4,7 +4,8 @@
 Standard library only, so it runs with the system ``python3`` before any virtual
 environment exists; it creates ``.venv`` itself from the hashed locks.
 
-    python3 tools/dev.py run            the service (with no Prefect configured: a local one too)
+    python3 tools/dev.py run            the service (with no Prefect configured: a local one,
+                                        the example flow served, and .env for the CLI)
     python3 tools/dev.py test [ARGS]    pytest against a real local Prefect server
     python3 tools/dev.py lint           ruff check, ruff format --check and mypy
     python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: under 3 minutes)
@@ -32,7 +33,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tools.localprefect`, whatever the current directory
 
-from tools.localprefect import PrefectServer, free_port, prefect_executable  # noqa: E402
+from tools.localprefect import (  # noqa: E402
+    EXAMPLE_DEPLOYMENT,
+    EXAMPLE_FLOW,
+    EXAMPLE_ROUTES,
+    PrefectError,
+    PrefectServer,
+    ServedFlow,
+    free_port,
+    prefect_executable,
+)
 
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
@@ -42,9 +52,16 @@ UV_COMPILE = ["--quiet", "--universal", "--python-version", "3.11"]  # every pla
 UV_COMPILE += ["--generate-hashes", "--no-header"]  # for --require-hashes; no paths or dates
 # Options that would tie a lock to one package index (any "index-url" spelling matches).
 FORBIDDEN_IN_LOCKS = ("index-url", "find-links")
-DEV_FLOW = "erathos-dbt"
 TOKEN_FILE = Path("data/dev-webhook-token")
+ADMIN_TOKEN_FILE = Path("data/dev-admin-token")
+EXAMPLE_EVENT = ROOT / "examples" / "event.json"
+DOTENV = Path(".env")
+# The first line of the .env the newcomer mode writes: only a .env with it is rewritten,
+# and its values do not count as the user's own settings.
+NEWCOMER_MARKER = "# Written by `python3 tools/dev.py run` (newcomer mode) for its local Prefect."
+PREFECT_PORT = 4200
 READY_TIMEOUT = 60.0
+START_TIMEOUT = 120.0  # the first start builds Prefect's environment and database
 
 
 def say(message: str) -> None:
@@ -72,13 +89,18 @@ def ensure_venv(lock_name: str) -> None:
     stamp.write_text(digest + "\n")
 
 
+def newcomer_wrote_dotenv() -> bool:
+    """Whether ``./.env`` is the one the newcomer mode wrote (it carries the marker)."""
+    return DOTENV.is_file() and NEWCOMER_MARKER in DOTENV.read_text().splitlines()
+
+
 def dotenv() -> dict[str, str]:
-    """``./.env`` as the service reads it (plain ``KEY=value`` lines; enough to decide the mode)."""
+    """The user's ``./.env`` as the service reads it (plain ``KEY=value`` lines; enough to
+    decide the mode). The one the newcomer mode wrote holds no setting of the user's."""
     values: dict[str, str] = {}
-    path = Path(".env")
-    if not path.exists():
+    if not DOTENV.is_file() or newcomer_wrote_dotenv():
         return values
-    for line in path.read_text().splitlines():
+    for line in DOTENV.read_text().splitlines():
         key, sep, value = line.strip().removeprefix("export ").partition("=")
         value = value.strip()
         if value[:1] in ("'", '"'):
@@ -96,7 +118,11 @@ def setting(name: str, default: str = "") -> str:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. With SO_REUSEADDR, as servers bind
+    (uvicorn too): the connections of a server stopped a moment ago, left in TIME_WAIT,
+    do not hold the port, so Prefect comes back on 4200 after a quick restart."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -104,18 +130,42 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def webhook_token() -> str:
-    """BRIDGE_WEBHOOK_TOKEN if set, else one generated once and kept in data/dev-webhook-token."""
-    configured = setting("BRIDGE_WEBHOOK_TOKEN")
+def dev_token(variable: str, path: Path) -> str:
+    """The setting if configured, else a token generated once and kept in ``path`` (0600)."""
+    configured = setting(variable)
     if configured:
         return configured
-    if TOKEN_FILE.exists():
-        return TOKEN_FILE.read_text().strip()
+    if path.exists():
+        return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with os.fdopen(os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write(token + "\n")
     return token
+
+
+def dotenv_line(name: str, value: str) -> str:
+    if all(c.isalnum() or c in "_-.,:/@+=" for c in value):
+        return f"{name}={value}"
+    return f"{name}={json.dumps(value)}"  # double-quoted, with the escapes .env readers know
+
+
+def write_newcomer_dotenv(settings: dict[str, str]) -> bool:
+    """Write the newcomer mode's settings to ``./.env``, where the CLI reads them; never
+    over a ``.env`` the user wrote (one without the marker). True when written."""
+    if DOTENV.exists() and not newcomer_wrote_dotenv():
+        return False
+    lines = [
+        NEWCOMER_MARKER,
+        "# Rewritten at each newcomer run. To keep your own settings here, remove that line.",
+        *(dotenv_line(name, value) for name, value in settings.items()),
+    ]
+    partial = DOTENV.with_name(".env.partial")
+    partial.unlink(missing_ok=True)
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    partial.replace(DOTENV)
+    return True
 
 
 def wait_ready(service: subprocess.Popen[bytes], url: str) -> None:
@@ -144,21 +194,18 @@ def stop(service: subprocess.Popen[bytes]) -> None:
         service.wait()
 
 
-def example_curl(base_url: str, token: str) -> str:
-    body = {  # what Erathos sends for `erathos-template`: every value a string
-        "job_id": str(uuid.uuid4()),
-        "connection_name": "Shop Postgres",
-        "schema_name": "raw_shop",
-        "table_name": "orders",
+def example_body() -> dict[str, str]:
+    """What Erathos sends for ``erathos-template`` (every value a string): the load of
+    ``examples/event.json``, as a new execution of its job that finished just now."""
+    body: dict[str, str] = json.loads(EXAMPLE_EVENT.read_text())
+    return body | {
         "execution_id": str(uuid.uuid4()),
-        "status": "FINISHED",
-        "rows": "1520",
-        "total_duration": "42",
-        "triggered_by": "Erathos Schedule",
-        "is_orchestration": "false",
         "finished_at_date": time.strftime("%Y-%m-%d"),
         "finished_at_time": time.strftime("%H:%M"),
     }
+
+
+def example_curl(base_url: str, token: str, body: dict[str, str]) -> str:
     return (
         f"curl -sS -X POST {base_url}/webhooks/erathos \\\n"
         f"  -H {shlex.quote('Authorization: Bearer ' + token)} \\\n"
@@ -167,54 +214,145 @@ def example_curl(base_url: str, token: str) -> str:
     )
 
 
+def stop_on_signal(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_run() -> int:
+    # A background job of a non-interactive shell starts with SIGINT ignored, and Python
+    # keeps an ignored signal ignored: restore it, so `kill -INT` stops us as Ctrl-C does.
+    signal.signal(signal.SIGINT, stop_on_signal)
     ensure_venv("runtime")
     executable = str(BIN / "erathos-prefect-bridge")
     if setting("PREFECT_API_URL") or setting("PREFECT_ACCOUNT_ID"):
+        if newcomer_wrote_dotenv():
+            say("./.env was written by the newcomer mode and still applies beneath your")
+            say("settings (BRIDGE_ROUTES_FILE, the tokens): remove it to use only your own")
         # Real settings: the service replaces this process, with the environment unchanged.
         os.execv(executable, [executable, "serve"])  # noqa: S606
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    home = (Path("data") / "prefect").resolve()
-    # Not PrefectServer.launch(): holding the object first lets a Ctrl-C during start-up stop it.
-    prefect = PrefectServer(port=4200 if port_is_free(4200) else free_port(), home=home, ui=True)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    return run_newcomer(executable)
+
+
+def run_newcomer(executable: str) -> int:
+    """A local Prefect server, the example flow served by it, and the service routing
+    FINISHED loads to that flow: the printed curl ends in a COMPLETED flow run."""
+    host, port = setting("BRIDGE_HOST", "127.0.0.1"), int(setting("BRIDGE_PORT", "8080"))
+    if not port_is_free(port):
+        say(f"port {port} is taken (another bridge?): stop what listens there, or set BRIDGE_PORT")
+        return 1
+    prefect_port = PREFECT_PORT if port_is_free(PREFECT_PORT) else free_port()
+    if prefect_port != PREFECT_PORT:
+        say(f"port {PREFECT_PORT} is taken: the local Prefect server uses {prefect_port}")
+    # Not PrefectServer.launch(): holding the objects first lets a Ctrl-C during start-up
+    # stop what has started.
+    prefect = PrefectServer(port=prefect_port, home=Path("data/prefect").resolve(), ui=True)
+    flow = ServedFlow(prefect, home=Path("data/prefect-flow").resolve())
     service: subprocess.Popen[bytes] | None = None
     try:
         say("no Prefect configured: starting a local Prefect server (data/prefect)")
-        prefect.start(wait=120)
-        flow_id = prefect.create_flow(DEV_FLOW)
-        token = webhook_token()
-        first_token = token.split(",")[0]  # BRIDGE_WEBHOOK_TOKEN may list several
-        host, port = setting("BRIDGE_HOST", "127.0.0.1"), setting("BRIDGE_PORT", "8080")
+        prefect.start(wait=START_TIMEOUT)
+        say(f"serving {EXAMPLE_FLOW.relative_to(ROOT)} with Prefect's own flow.serve()")
+        deployment_id = flow.start(wait=START_TIMEOUT)
+        webhook = dev_token("BRIDGE_WEBHOOK_TOKEN", TOKEN_FILE)
+        admin = dev_token("BRIDGE_ADMIN_TOKEN", ADMIN_TOKEN_FILE)
         settings = {
             "PREFECT_API_URL": prefect.api_url,
-            "PREFECT_FLOW_ID": flow_id,
-            "BRIDGE_WEBHOOK_TOKEN": token,
+            "BRIDGE_ROUTES_FILE": str(EXAMPLE_ROUTES.relative_to(ROOT)),
+            "BRIDGE_WEBHOOK_TOKEN": webhook,
+            "BRIDGE_ADMIN_TOKEN": admin,
         }
-        env = os.environ | settings
+        wrote_dotenv = write_newcomer_dotenv(settings)
         # Its own session: a Ctrl-C reaches only us, and we stop it exactly once.
-        service = subprocess.Popen([executable, "serve"], env=env, start_new_session=True)
+        service = subprocess.Popen(
+            [executable, "serve"], env=os.environ | settings, start_new_session=True
+        )
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
         base_url = f"http://{local}:{port}"
         wait_ready(service, f"{base_url}/readyz")
+        ui = f"http://127.0.0.1:{prefect.port}"
         print(
-            f"\nThe bridge is ready at {base_url}\n"
-            f"Prefect UI: http://127.0.0.1:{prefect.port}/ (flow {DEV_FLOW!r}, id {flow_id})\n"
-            f"Webhook token: {first_token}\n\n"
-            "Send it what Erathos sends (run it twice: the second answer is a duplicate):\n\n"
-            f"{example_curl(base_url, first_token)}\n\n"
-            "The webhook definition to create in Erathos:\n\n"
-            "  .venv/bin/erathos-prefect-bridge erathos-template --url https://<your public url>\n"
-            "\nCtrl-C stops the bridge and the local Prefect server.\n",
+            newcomer_printout(
+                base_url=base_url,
+                ui=ui,
+                deployment_url=f"{ui}/deployments/deployment/{deployment_id}",
+                webhook_token=webhook.split(",")[0],  # BRIDGE_WEBHOOK_TOKEN may list several
+                admin_token=admin,
+                wrote_dotenv=wrote_dotenv,
+                settings=settings,
+            ),
             flush=True,
         )
-        return service.wait()
+        while service.poll() is None:
+            if not flow.running():
+                say("the example flow stopped serving; stopping everything")
+                return 1
+            time.sleep(0.5)
+        return service.returncode
     except KeyboardInterrupt:
         say("stopping")
         return 130
+    except PrefectError as exc:
+        say(str(exc))
+        return 1
     finally:
+        # A second Ctrl-C must not cut the clean-up short and leave a process behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if service is not None:
             stop(service)
+        flow.stop()
         prefect.stop()
+
+
+def newcomer_printout(
+    *,
+    base_url: str,
+    ui: str,
+    deployment_url: str,
+    webhook_token: str,
+    admin_token: str,
+    wrote_dotenv: bool,
+    settings: dict[str, str],
+) -> str:
+    cli = ".venv/bin/erathos-prefect-bridge"
+    if wrote_dotenv:
+        where = "written to ./.env: the CLI reads them from this directory"
+    else:
+        exports = " ".join(dotenv_line(name, value) for name, value in settings.items())
+        where = (
+            "./.env is yours (no newcomer marker): left untouched. For the CLI, first:\n"
+            f"                    export {exports}"
+        )
+    return f"""
+The bridge is ready at {base_url}
+
+  Prefect UI        {ui}/
+  example flow      {EXAMPLE_FLOW.relative_to(ROOT)} (put your dbt/transform call there),
+                    served as the deployment {EXAMPLE_DEPLOYMENT}; its runs:
+                    {deployment_url}
+  routes            {EXAMPLE_ROUTES.relative_to(ROOT)}: each FINISHED load runs {EXAMPLE_DEPLOYMENT}
+  webhook token     {webhook_token}  (data/dev-webhook-token)
+  admin token       {admin_token}  (data/dev-admin-token; the admin API is on)
+  settings          {where}
+
+Send it what Erathos sends (run it twice: the second answer is a duplicate):
+
+{example_curl(base_url, webhook_token, example_body())}
+
+The answer's deliveries[0].flow_run_url opens the flow run in the Prefect UI: it is
+COMPLETED within seconds, with typed parameters (rows is the integer 1520).
+
+From this directory:
+
+  {cli} events            what arrived, and its flow runs
+  {cli} check             the settings, Prefect, each route
+  {cli} simulate examples/event.json
+  {cli} erathos-template --url https://<your public url>
+  curl -H 'Authorization: Bearer {admin_token}' {base_url}/events
+
+Ctrl-C stops the bridge, the example flow and the local Prefect server.
+"""
 
 
 def cmd_test(pytest_args: list[str]) -> int:

@@ -3,7 +3,8 @@
 ``prefect`` is never a dependency of the service: it is installed once, from the
 hashed lock ``requirements/prefect-server.txt``, into a cached virtual
 environment (``$BRIDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/erathos-prefect-bridge``),
-and started as a separate process. Standard library only, so the set-up script
+and started as a separate process; ``ServedFlow`` runs a flow file with that
+environment's Python (``flow.serve()``). Standard library only, so the set-up script
 can use it before any virtual environment exists.
 """
 
@@ -29,6 +30,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "prefect-server.txt"
+# The example a newcomer's webhook ends in: a flow served by Prefect itself, and the
+# routes file that sends FINISHED loads to its deployment.
+EXAMPLE_FLOW = ROOT / "examples" / "flows" / "erathos_dbt.py"
+EXAMPLE_DEPLOYMENT = "erathos-dbt/example"
+EXAMPLE_ROUTES = ROOT / "examples" / "routes.json"
 
 
 def cache_dir() -> Path:
@@ -208,3 +214,77 @@ class PrefectServer:
             runs.extend(page)
             if len(page) < 200:
                 return runs
+
+
+@dataclass
+class ServedFlow:
+    """A flow file run with the Prefect environment's own Python: its ``flow.serve()``
+    creates the deployment and executes the deployment's runs (no work pool, no
+    worker). ``log_path`` None leaves its output on the terminal."""
+
+    server: PrefectServer
+    path: Path = EXAMPLE_FLOW
+    deployment: str = EXAMPLE_DEPLOYMENT
+    home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prefect-flow-")))
+    log_path: Path | None = None
+    # How often the runner asks for scheduled runs: Prefect's default is 10 s.
+    poll_seconds: int = 1
+    process: subprocess.Popen[bytes] | None = None
+    deployment_id: str | None = None
+
+    def start(self, *, wait: float = 60.0) -> str:
+        """Start serving and return the deployment's id once Prefect knows it."""
+        python = prefect_executable().parent / "python"
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {
+            "PREFECT_API_URL": self.server.api_url,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_RUNNER_POLL_FREQUENCY": str(self.poll_seconds),
+        }
+        if self.server.auth_string:
+            env["PREFECT_API_AUTH_STRING"] = self.server.auth_string
+        log = open(self.log_path, "ab") if self.log_path is not None else None  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                [str(python), str(self.path)],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT if log is not None else None,
+                start_new_session=True,  # stopped with its flow-run subprocesses, as a group
+            )
+        finally:
+            if log is not None:
+                log.close()
+        self.deployment_id = self.wait_deployment(wait)
+        return self.deployment_id
+
+    def wait_deployment(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                where = f"; see {self.log_path}" if self.log_path else ""
+                raise PrefectError(f"serving {self.path.name} exited{where}")
+            try:
+                return str(self.server.request("GET", f"deployments/name/{self.deployment}")["id"])
+            except (PrefectError, OSError):  # 404 until serve() has created it
+                if time.monotonic() > deadline:
+                    raise PrefectError(
+                        f"{self.path.name} did not serve {self.deployment} in {timeout:.0f} s"
+                    ) from None
+            time.sleep(0.3)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.running():
+            return
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

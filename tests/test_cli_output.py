@@ -1,0 +1,140 @@
+"""What the CLI shows, said as the API says it: times in ISO 8601 UTC, ``simulate``'s
+refusals with the webhook's own messages (from a file or stdin), and why an ignored event
+has nothing to replay. No Prefect needed: the events are ignored, or stay queued."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import main
+from app.settings import load_settings
+from tests.conftest import ADMIN_TOKEN, TOKEN, auth, open_client
+from tests.erathos import webhook_body
+from tests.isotime import ISO_UTC, recent_iso_utc
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """Only what each test sets; Prefect is never reachable (nothing here needs it)."""
+    for name in list(os.environ):
+        if name.startswith(("PREFECT_", "BRIDGE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secrets").mkdir()
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "secrets"))
+    monkeypatch.setenv("BRIDGE_WEBHOOK_TOKEN", TOKEN)
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("BRIDGE_DATABASE_URL", f"sqlite:///{tmp_path / 'bridge.db'}")
+    monkeypatch.setenv("BRIDGE_LOG_FORMAT", "json")
+    monkeypatch.setenv("BRIDGE_SYNC_WAIT", "100ms")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setenv("PREFECT_FLOW_ID", "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de")
+    return monkeypatch
+
+
+async def _post(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The webhook's answer to ``body``, and the admin API's listing afterwards."""
+    async with open_client(load_settings()) as client:
+        answer = await client.post("/webhooks/erathos", json=body, headers=auth())
+        listing = await client.get("/events", headers=auth(ADMIN_TOKEN))
+    return answer.json(), listing.json()
+
+
+def test_events_shows_the_time_exactly_as_the_admin_api_does(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, listing = asyncio.run(_post(webhook_body(status="FAILED")))
+    [api_event] = listing["events"]
+    capsys.readouterr()
+
+    assert main(["events", "--json"]) == 0
+    [as_json] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["events"]) == 0
+    as_text = capsys.readouterr().out.splitlines()[0]
+
+    assert recent_iso_utc(as_json["received_at"])
+    assert as_json["received_at"] == api_event["received_at"]
+    assert as_text.startswith(f"{api_event['received_at']}  event {api_event['id']}")
+    assert ISO_UTC.fullmatch(as_text.split()[0])
+
+
+def test_simulate_names_every_invalid_field_as_the_webhook_does(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    body = webhook_body(rows="many", finished_at_time="25:99")
+    del body["execution_id"]
+    answer, _ = asyncio.run(_post(body))
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(body))
+    capsys.readouterr()
+
+    code = main(["simulate", str(event)])
+
+    error = answer["error"]
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"erathos-prefect-bridge: {event}: {error['message']}",
+        *(f"  {f['field']}: {f['message']}" for f in error["fields"]),
+    ]
+    assert {f["field"] for f in error["fields"]} == {"execution_id", "rows", "finished_at_time"}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(b'{"execution_id": ', "the body is not valid JSON", id="not-json"),
+        pytest.param(b'{"status": "FINISHED", "status": "FAILED"}', "duplicate key", id="dup"),
+        pytest.param(b"[]", "invalid body", id="not-an-object"),
+    ],
+)
+def test_simulate_refuses_what_the_webhook_refuses_and_reads_stdin(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    body: bytes,
+    expected: str,
+) -> None:
+    environment.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(body)))
+
+    code = main(["simulate", "-"])
+
+    assert code == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("erathos-prefect-bridge: stdin: ")
+    assert expected in first
+
+
+def test_simulate_dash_reads_the_event_from_stdin(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = webhook_body(status="FAILED")
+    environment.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(body).encode())))
+
+    code = main(["simulate", "-"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["execution_id"] == body["execution_id"]
+    [route] = report["routes"]
+    assert route["matches"] is False
+    assert "STATUS EQUAL 'FINISHED' does not hold" in route["reason"]
+
+
+def test_replaying_an_ignored_event_says_why_there_is_nothing_to_replay(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer, _ = asyncio.run(_post(webhook_body(status="FAILED")))
+    capsys.readouterr()
+
+    code = main(["replay", answer["event_id"]])
+
+    out = capsys.readouterr()
+    assert code == 1
+    assert out.out == ""
+    assert out.err.strip() == f"nothing to replay: the event was ignored: {answer['reason']}"

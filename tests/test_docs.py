@@ -1,0 +1,84 @@
+"""The API docs work with no internet: ``/docs`` and ``/redoc`` load every script, style
+and icon from the service itself, never from a CDN."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from tests.conftest import SettingsFactory, open_client
+
+pytestmark = pytest.mark.anyio
+
+# What each kind of asset must be answered as (a browser refuses a script sent as text/plain
+# under X-Content-Type-Options: nosniff).
+CONTENT_TYPES = {
+    ".js": ("text/javascript", "application/javascript"),
+    ".css": ("text/css",),
+    ".png": ("image/png",),
+}
+
+
+class Links(HTMLParser):
+    """Every URL a page makes the browser load: ``src`` and ``href`` attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+
+
+def links_of(html: str) -> list[str]:
+    parser = Links()
+    parser.feed(html)
+    return parser.urls
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_docs_page_loads_only_the_services_own_urls(
+    make_settings: SettingsFactory, page: str
+) -> None:
+    async with open_client(make_settings()) as client:
+        response = await client.get(page)
+        urls = links_of(response.text)
+        assets = {url: await client.get(url) for url in urls}
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    # No other host anywhere in the page: not in a tag, not in its script (fonts, validator).
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", response.text), response.text
+    assert urls, "the page loads its script from somewhere"
+    assert all(url.startswith("/docs/assets/") for url in urls), urls
+    for url, asset in assets.items():
+        suffix = url[url.rindex(".") :]
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].startswith(CONTENT_TYPES[suffix]), url
+        assert len(asset.content) > 1000, url
+
+
+async def test_the_docs_pages_load_the_services_own_schema(make_settings: SettingsFactory) -> None:
+    async with open_client(make_settings()) as client:
+        swagger = (await client.get("/docs")).text
+        redoc = (await client.get("/redoc")).text
+        schema = await client.get("/openapi.json")
+
+    assert "url: '/openapi.json'" in swagger
+    assert '"validatorUrl": null' in swagger  # Swagger UI would send it to swagger.io
+    assert 'spec-url="/openapi.json"' in redoc
+    assert schema.status_code == 200
+    assert schema.headers["content-type"] == "application/json"
+
+
+async def test_the_assets_directory_lists_nothing_and_serves_nothing_else(
+    make_settings: SettingsFactory,
+) -> None:
+    async with open_client(make_settings()) as client:
+        listing = await client.get("/docs/assets/")
+        outside = await client.get("/docs/assets/../__init__.py")
+        escaped = await client.get("/docs/assets/%2e%2e/__init__.py")
+
+    assert (listing.status_code, outside.status_code, escaped.status_code) == (404, 404, 404)
