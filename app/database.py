@@ -33,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.records import StoreUnavailable
 from app.schema import migrate
-from app.settings import Durability, database_kind
+from app.settings import Durability
+from app.values import database_kind
 
 T = TypeVar("T")
 APPLICATION_NAME = "erathos-prefect-bridge"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -88,11 +89,7 @@ PREFIXES = ("/api", "/api/accounts/{account_id}/workspaces/{workspace_id}")
 async def create_flow_run(request: Request, bridge: BridgeDep) -> Response:
     body = await _validated(request, bridge, FlowRunCreate)
     flow_id = str(body["flow_id"])
-    if flow_id not in _allowed(bridge)[0]:
-        raise Forbidden(
-            f"flow {flow_id} is not one this service starts: it is neither PREFECT_FLOW_ID, "
-            "a route's target, nor listed in BRIDGE_DROPIN_ALLOW"
-        )
+    await _check_target(bridge, "flow", flow_id)
     return await _forward(bridge, "flow_runs/", body, dedup=f"flow:{flow_id}")
 
 
@@ -100,7 +97,7 @@ async def create_deployment_flow_run(
     deployment_id: UUID, request: Request, bridge: BridgeDep
 ) -> Response:
     body = await _validated(request, bridge, DeploymentFlowRunCreate)
-    await _check_deployment(bridge, str(deployment_id))
+    await _check_target(bridge, "deployment", str(deployment_id))
     path = f"deployments/{deployment_id}/create_flow_run"
     return await _forward(bridge, path, body, dedup=f"deployment:{deployment_id}")
 
@@ -147,9 +144,9 @@ def dropin_router(allowed_fields: Collection[str] = ()) -> APIRouter:
 
 def _body(model: type[BaseModel], allowed_fields: Collection[str]) -> dict[str, Any]:
     schema = model.model_json_schema()
-    for field in DROPIN_GUARDED_FIELDS:
-        if field not in allowed_fields:
-            schema["properties"].pop(field, None)
+    for guarded in DROPIN_GUARDED_FIELDS:
+        if guarded not in allowed_fields:
+            schema["properties"].pop(guarded, None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -165,55 +162,69 @@ async def _validated(request: Request, bridge: Bridge, model: type[_PrefectBody]
     return body
 
 
-def _allowed(bridge: Bridge) -> tuple[set[str], set[str], list[str]]:
-    """The flow ids, deployment ids and ``flow/deployment`` names a drop-in call may
-    target: what the environment's connection is configured to run, and what
-    BRIDGE_DROPIN_ALLOW lists (a UUID there may be either kind of id)."""
-    settings = bridge.settings
-    flows = {str(settings.prefect_flow_id)} if settings.prefect_flow_id else set()
-    deployments: set[str] = set()
-    names: list[str] = []
+@dataclass(frozen=True)
+class _Allowed:
+    """The targets a drop-in call may name: by id, and by the names that resolve to ids."""
+
+    ids: set[str] = field(default_factory=set)
+    names: list[str] = field(default_factory=list)
+
+
+def _allowed(bridge: Bridge) -> dict[str, _Allowed]:
+    """The flows and deployments a drop-in call may target: what the environment's
+    connection is configured to run (PREFECT_FLOW_ID or PREFECT_FLOW_NAME, the routes'
+    targets), and what BRIDGE_DROPIN_ALLOW lists (a UUID there may be either kind of
+    id; a ``flow/deployment`` name is a deployment's)."""
+    allowed = {"flow": _Allowed(), "deployment": _Allowed()}
     for route in bridge.router.routes:
         if route.connection != DEFAULT_CONNECTION:
             continue
         target = route.target
-        if isinstance(target, FlowTarget):
-            flows.add(str(target.flow_id))
-        elif target.deployment_id is not None:
-            deployments.add(str(target.deployment_id))
+        kind = allowed["flow" if isinstance(target, FlowTarget) else "deployment"]
+        if isinstance(target, FlowTarget) and target.flow_id is not None:
+            kind.ids.add(str(target.flow_id))
+        elif isinstance(target, DeploymentTarget) and target.deployment_id is not None:
+            kind.ids.add(str(target.deployment_id))
         elif target.name is not None:
-            names.append(target.name)
-    for allowed in settings.dropin_allow:
-        if "/" in allowed:
-            names.append(allowed)
+            kind.names.append(target.name)
+    if bridge.settings.prefect_flow_id is not None:
+        allowed["flow"].ids.add(str(bridge.settings.prefect_flow_id))
+    for listed in bridge.settings.dropin_allow:
+        if "/" in listed:
+            allowed["deployment"].names.append(listed)
         else:
-            flows.add(allowed)
-            deployments.add(allowed)
-    return flows, deployments, names
+            allowed["flow"].ids.add(listed)
+            allowed["deployment"].ids.add(listed)
+    return allowed
 
 
-async def _check_deployment(bridge: Bridge, deployment_id: str) -> None:
-    """403 unless the deployment is allowed by id, or by a name that resolves to it (ids
-    are looked up in Prefect once, then cached); 503 when a name cannot be looked up."""
-    _, deployments, names = _allowed(bridge)
-    if deployment_id in deployments:
+async def _check_target(bridge: Bridge, kind: str, target_id: str) -> None:
+    """403 unless the flow or deployment is allowed by id, or by a name that resolves to
+    it (looked up in Prefect once, then cached); 503 when a name cannot be looked up."""
+    allowed = _allowed(bridge)[kind]
+    if target_id in allowed.ids:
         return
     connection = bridge.connections[DEFAULT_CONNECTION]
     unreachable = False
-    for name in names:
-        found, failure = await connection.resolve_deployment(DeploymentTarget(name=name).name_path)
-        if found == deployment_id:
+    for name in allowed.names:
+        if kind == "flow":
+            found, failure = await connection.resolve_flow(name)
+        else:
+            path = DeploymentTarget(name=name).name_path
+            found, failure = await connection.resolve_deployment(path)
+        if found == target_id:
             return
         unreachable |= failure is not None and failure.outcome is Outcome.TRANSIENT
     if unreachable:
         raise TargetUnverifiable(
-            "the deployment could not be checked against the allowed deployment names "
-            "while Prefect is unreachable; nothing was stored: send it again, or allow it "
-            "by id in BRIDGE_DROPIN_ALLOW"
+            f"the {kind} could not be checked against the allowed {kind} names while "
+            "Prefect is unreachable; nothing was stored: send it again, or allow it by id "
+            "in BRIDGE_DROPIN_ALLOW"
         )
     raise Forbidden(
-        f"deployment {deployment_id} is not one this service starts: it is neither a "
-        "route's target nor listed in BRIDGE_DROPIN_ALLOW"
+        f"{kind} {target_id} is not one this service starts: it is neither a configured "
+        "target (PREFECT_FLOW_ID, PREFECT_FLOW_NAME, a route's) nor listed in "
+        "BRIDGE_DROPIN_ALLOW"
     )
 
 

@@ -18,7 +18,6 @@ from app.dropin import dropin_router
 from app.errors import install_error_handlers
 from app.health import health
 from app.logs import RequestContext
-from app.prefect import Health
 from app.service import Bridge, open_bridge
 from app.settings import Settings
 from app.webhook import webhooks
@@ -32,14 +31,13 @@ DOCS_ASSET_PACKAGE = ("fastapi_offline", "static")
 
 class State(TypedDict):
     bridge: Bridge
-    health_cache: dict[str, tuple[float, Health]]
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         async with open_bridge(settings) as bridge:
-            yield {"bridge": bridge, "health_cache": {}}
+            yield {"bridge": bridge}
 
     app = FastAPI(
         title="erathos-prefect-bridge",

@@ -116,6 +116,7 @@ class PrefectConnection:
         api_key: SecretStr | None = None,
         auth_string: SecretStr | None = None,
         timeout: float = 10.0,
+        ui_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
@@ -153,7 +154,7 @@ class PrefectConnection:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
             transport=transport,
         )
-        self._ui_runs = _ui_runs(self.api_url)  # once, not per delivery
+        self._ui_runs = _ui_runs(ui_url or self.api_url)  # once, not per delivery
 
     async def __aenter__(self) -> PrefectConnection:
         return self
@@ -321,7 +322,8 @@ class PrefectConnection:
 
 
 def _ui_runs(api_url: str) -> str:
-    """Where the Prefect UI of an API shows flow runs (a run's id follows)."""
+    """Where the Prefect UI of an API (or the UI's own address) shows flow runs (a run's
+    id follows)."""
     parts = urlsplit(api_url)
     if parts.hostname == "api.prefect.cloud" and (match := _CLOUD_API.match(parts.path)):
         account, workspace = match.groups()

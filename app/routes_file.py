@@ -29,15 +29,9 @@ from app.routes import (
     Target,
 )
 from app.rules import RuleError, parse_rules, to_erathos
-from app.settings import (
-    PREFECT_API_VERSION,
-    PREFECT_CLOUD_API,
-    ConfigurationError,
-    Settings,
-    check_flow_name,
-    normalise_api_url,
-)
+from app.settings import PREFECT_API_VERSION, PREFECT_CLOUD_API, ConfigurationError, Settings
 from app.templates import Lookup, TemplateError, compile_json, compile_text
+from app.values import check_flow_name, normalise_api_url
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SECRET_ONLY = re.compile(r"^\s*\$\{\{\s*secrets\.[A-Za-z_][A-Za-z0-9_]*\s*\}\}\s*$")
@@ -52,6 +46,7 @@ class ConnectionSpec:
     api_key: SecretStr | None = None
     auth_string: SecretStr | None = None
     api_version: str = PREFECT_API_VERSION
+    ui_url: str | None = None  # the UI's address for flow run links, when not the API's
 
 
 class _Strict(BaseModel):
@@ -143,6 +138,7 @@ def default_connection_spec(settings: Settings) -> ConnectionSpec | None:
         api_key=settings.prefect_api_key,
         auth_string=settings.prefect_api_auth_string,
         api_version=settings.prefect_api_version,
+        ui_url=settings.prefect_ui_url,
     )
 
 

@@ -70,6 +70,7 @@ def connect(spec: ConnectionSpec, settings: Settings) -> PrefectConnection:
         spec.name,
         spec.api_url,
         api_version=spec.api_version,
+        ui_url=spec.ui_url,
         api_key=spec.api_key,
         auth_string=spec.auth_string,
         timeout=settings.prefect_timeout.total_seconds(),

@@ -8,13 +8,11 @@ the variable (:func:`load_settings`).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar, overload
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from annotated_types import Ge, Gt
@@ -30,6 +28,13 @@ from pydantic_settings import (
 
 from app.sources import ConfigurationError as ConfigurationError
 from app.sources import TemplateEnvironment, secrets_dir
+from app.values import (
+    check_flow_name,
+    database_kind,
+    normalise_api_url,
+    parse_duration,
+    split_list,
+)
 
 PREFECT_CLOUD_API = "https://api.prefect.cloud/api"
 # Fields of Prefect's create-run bodies that change how or where a run executes, or what
@@ -38,12 +43,7 @@ DROPIN_GUARDED_FIELDS = ("state", "context", "job_variables", "work_queue_name",
 PREFECT_API_VERSION = "0.8.4"  # the x-prefect-api-version header Prefect's own clients send
 MIN_TOKEN_LENGTH = 16
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _API_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")  # _: compose service names
-# Prefect refuses names with these characters (its own BANNED_CHARACTERS).
-FLOW_NAME_BANNED = "/%&><"
 
 
 class Durability(StrEnum):
@@ -51,90 +51,6 @@ class Durability(StrEnum):
 
     CRASH = "crash"
     POWER = "power"
-
-
-def parse_duration(value: Any) -> Any:
-    """``"90"``, ``"90s"``, ``"500ms"``, ``"15m"``, ``"24h"``, ``"30d"``; else pydantic's forms."""
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        number, unit = match.groups()
-        return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
-    return value
-
-
-def database_kind(url: str) -> Literal["sqlite", "postgresql"] | None:
-    """Which store a database URL names, by its scheme; None for anything else."""
-    scheme = url.partition(":")[0].strip().lower()
-    if scheme in ("sqlite", "sqlite+pysqlite"):
-        return "sqlite"
-    if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
-        return "postgresql"
-    return None
-
-
-def normalise_api_url(value: str, *, credentials: str) -> str:
-    """A Prefect API base URL as given (``http://prefect:4200/api``), or the bare host name
-    of the seed template's ``prefect_api_url`` variable (``prefect.example.com`` means
-    ``https://prefect.example.com/api``); raises ValueError for anything else.
-    ``credentials`` names where credentials belong instead of the URL."""
-    value = value.strip()
-    shape = (
-        "must be an absolute http(s) URL such as http://prefect:4200/api, or a bare host "
-        "name such as prefect.example.com"
-    )
-    if "://" not in value:
-        host = value.rstrip("/")
-        if not host or "/" in host:
-            raise ValueError(shape)
-        value = f"https://{host}/api"
-    value = value.rstrip("/")
-    parts = urlsplit(value)
-    if (
-        parts.scheme not in ("http", "https")
-        or not _valid_host(parts.hostname)
-        or any(c.isspace() for c in value)
-        or parts.query
-        or parts.fragment
-    ):
-        raise ValueError(shape)
-    try:
-        _ = parts.port  # urlsplit checks the port only when it is read
-    except ValueError:
-        raise ValueError(shape) from None
-    if parts.username or parts.password:
-        # It would show in flow run links and /readyz; credentials have their settings.
-        raise ValueError(f"must not carry credentials: use {credentials}")
-    return value
-
-
-def _valid_host(host: str | None) -> bool:
-    """A DNS name or an IP address (urlsplit has lower-cased it and dropped IPv6's [])."""
-    if not host:
-        return False
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    labels = host.removesuffix(".").split(".")
-    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
-
-
-def check_flow_name(value: str) -> str:
-    """A flow name Prefect accepts, or ValueError."""
-    if not value.strip():
-        raise ValueError("must not be blank")
-    if any(c in FLOW_NAME_BANNED for c in value):
-        raise ValueError(
-            f"must not contain any of {' '.join(FLOW_NAME_BANNED)} (Prefect refuses them)"
-        )
-    return value
-
-
-def split_list(value: Any) -> Any:
-    """Comma-separated environment values become lists; blanks are dropped."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 Duration = Annotated[timedelta, NoDecode]
@@ -222,6 +138,9 @@ class Settings(PublicSettings):
     prefect_flow_id: UUID | None = Field(None, validation_alias="PREFECT_FLOW_ID")
     # Or the flow by name: looked up, or created, on first use (Prefect's POST /flows/).
     prefect_flow_name: str | None = Field(None, validation_alias="PREFECT_FLOW_NAME")
+    # Where a browser reaches Prefect's UI, when not where the service reaches its API
+    # (compose: http://prefect:4200/api inside, http://localhost:4200 outside).
+    prefect_ui_url: str | None = Field(None, validation_alias="PREFECT_UI_URL")
     prefect_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias="BRIDGE_PREFECT_TIMEOUT"
     )
@@ -385,6 +304,15 @@ class Settings(PublicSettings):
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("prefect_ui_url")
+    @classmethod
+    def _ui_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "://" not in value:
+            raise ValueError("must be an absolute http(s) URL such as http://localhost:4200")
+        return normalise_api_url(value, credentials="nothing: the UI needs none")
 
     @field_validator("prefect_api_url")
     @classmethod

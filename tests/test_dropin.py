@@ -448,3 +448,33 @@ async def store_as_version_1(
         )
     finally:
         await database.close()
+
+
+async def test_a_flow_configured_by_name_is_allowed_by_the_id_it_resolves_to(
+    make_settings: SettingsFactory, prefect: PrefectServer
+) -> None:
+    name = f"by-name-{uuid.uuid4().hex[:8]}"
+    named_flow = prefect.create_flow(name)
+    other_flow = prefect.create_flow(f"other-{uuid.uuid4().hex[:8]}")
+    settings = make_settings(
+        prefect_api_url=prefect.api_url,
+        prefect_flow_id=None,
+        prefect_flow_name=name,
+        dropin=True,
+    )
+
+    async with open_client(settings) as client:
+        allowed = await client.post(
+            "/api/flow_runs/",
+            json={"idempotency_key": str(uuid.uuid4()), "flow_id": named_flow},
+            headers=auth(),
+        )
+        refused = await client.post(
+            "/api/flow_runs/",
+            json={"idempotency_key": str(uuid.uuid4()), "flow_id": other_flow},
+            headers=auth(),
+        )
+
+    assert (allowed.status_code, refused.status_code) == (201, 403)
+    assert len(prefect.flow_runs(named_flow)) == 1
+    assert prefect.flow_runs(other_flow) == []

@@ -236,6 +236,7 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
         pytest.param({"BRIDGE_LOG_FORMAT": "xml"}, "BRIDGE_LOG_FORMAT", id="log-format"),
         pytest.param({"BRIDGE_MAX_ATTEMPTS": "0"}, "BRIDGE_MAX_ATTEMPTS", id="no-attempts"),
         pytest.param({"BRIDGE_MAX_RATE": "0"}, "BRIDGE_MAX_RATE", id="zero-rate"),
+        pytest.param({"PREFECT_UI_URL": "localhost:4200"}, "PREFECT_UI_URL", id="ui-not-absolute"),
         pytest.param({"BRIDGE_DROPIN": "sometimes"}, "BRIDGE_DROPIN", id="dropin-not-a-boolean"),
         pytest.param(
             {"BRIDGE_DROPIN_ALLOW": "dbt-build"}, "BRIDGE_DROPIN_ALLOW", id="dropin-allow-name"

@@ -199,3 +199,21 @@ async def test_every_time_in_the_api_schema_is_a_date_time(make_settings: Settin
     for name, prop in times.items():
         formats = {p.get("format") for p in prop.get("anyOf", [prop]) if p.get("type") != "null"}
         assert formats == {"date-time"}, name
+
+
+async def test_flow_run_links_use_the_ui_address_when_one_is_set(
+    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+) -> None:
+    # As in compose: the service reaches http://prefect:4200/api, a browser localhost.
+    settings = make_settings(
+        prefect_api_url=prefect.api_url,
+        prefect_flow_id=flow_id,
+        prefect_ui_url="http://localhost:4200/",
+    )
+    async with open_client(settings) as client:
+        answer = await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+
+    [delivery] = answer.json()["deliveries"]
+    assert delivery["flow_run_url"] == (
+        f"http://localhost:4200/runs/flow-run/{delivery['flow_run_id']}"
+    )
