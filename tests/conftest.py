@@ -116,10 +116,46 @@ def history(database: Database, clock: ManualClock) -> History:
     return History(database, clock)
 
 
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """For the CLI, which reads the environment: only what a test sets (no developer
+    PREFECT_*/BRIDGE_* variable, no .env, an empty secrets directory), a webhook token,
+    a fresh SQLite file and JSON logs."""
+    for name in list(os.environ):
+        if name.startswith(("PREFECT_", "BRIDGE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secrets").mkdir()
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "secrets"))
+    monkeypatch.setenv("BRIDGE_WEBHOOK_TOKEN", TOKEN)
+    monkeypatch.setenv("BRIDGE_DATABASE_URL", f"sqlite:///{tmp_path / 'bridge.db'}")
+    monkeypatch.setenv("BRIDGE_LOG_FORMAT", "json")
+    return monkeypatch
+
+
 @pytest.fixture(scope="session")
 def prefect() -> Iterator[PrefectServer]:
     """One real Prefect server (SQLite, no auth) for the whole test session."""
     server = PrefectServer.launch()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# The guarded server: Basic auth on, under a Prefect Cloud-shaped API path.
+ACCOUNT = "0f6a9b9e-3a8c-4c43-9a57-1d0c5c0b6a11"
+WORKSPACE = "7c2d4e1f-5b6a-4f8e-8d9c-2a1b3c4d5e6f"
+AUTH_STRING = "admin:correct-horse-battery"
+
+
+@pytest.fixture(scope="session")
+def guarded() -> Iterator[PrefectServer]:
+    """A second real Prefect server, for the tests of credentials: Basic auth on
+    (``AUTH_STRING``), its API under a Prefect Cloud-shaped path."""
+    server = PrefectServer.launch(
+        base_path=f"/api/accounts/{ACCOUNT}/workspaces/{WORKSPACE}", auth_string=AUTH_STRING
+    )
     try:
         yield server
     finally:

@@ -6,6 +6,7 @@ redirect): a :class:`PrefectConnection` whose transport is the test's handler, i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,3 +62,38 @@ def recording(
         return answer(request)
 
     return seen, handler
+
+
+class Blackhole:
+    """A port that accepts connections, reads whatever comes and never answers: what a
+    connection that silently drops packets looks like to a probe."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        self._held: list[tuple[asyncio.StreamWriter, asyncio.Task[object]]] = []
+
+    @property
+    def api_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/api"
+
+    async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._held.append((writer, task))
+        while await reader.read(65536):
+            pass
+
+    async def __aenter__(self) -> Blackhole:
+        self._server = await asyncio.start_server(self._swallow, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer, _task in self._held:
+            writer.close()
+        await asyncio.gather(*(task for _writer, task in self._held), return_exceptions=True)
+        await self._server.wait_closed()

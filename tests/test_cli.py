@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -25,19 +24,9 @@ JOB = "6b0f4a52-8d3e-4f5a-9c1b-2e7d8f9a0b1c"
 
 
 @pytest.fixture
-def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """Only what each test sets: no developer environment, no .env, no secrets dir."""
-    for name in list(os.environ):
-        if name.startswith(("PREFECT_", "BRIDGE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "secrets").mkdir()
-    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "secrets"))
-    monkeypatch.setenv("BRIDGE_WEBHOOK_TOKEN", TOKEN)
-    monkeypatch.setenv("BRIDGE_DATABASE_URL", f"sqlite:///{tmp_path / 'bridge.db'}")
-    monkeypatch.setenv("BRIDGE_LOG_FORMAT", "json")
-    monkeypatch.setenv("BRIDGE_POLL_INTERVAL", "100ms")
-    return monkeypatch
+def environment(cli_environment: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    cli_environment.setenv("BRIDGE_POLL_INTERVAL", "100ms")
+    return cli_environment
 
 
 def test_the_erathos_template_has_erathos_shape_and_every_metadata_field(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +14,19 @@ import pytest
 
 from app.cli import main
 from app.settings import load_settings
-from tests.conftest import ADMIN_TOKEN, TOKEN, auth, open_client
+from tests.conftest import ADMIN_TOKEN, auth, open_client
 from tests.erathos import webhook_body
 from tests.isotime import ISO_UTC, recent_iso_utc
 
 
 @pytest.fixture
-def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """Only what each test sets; Prefect is never reachable (nothing here needs it)."""
-    for name in list(os.environ):
-        if name.startswith(("PREFECT_", "BRIDGE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "secrets").mkdir()
-    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "secrets"))
-    monkeypatch.setenv("BRIDGE_WEBHOOK_TOKEN", TOKEN)
-    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
-    monkeypatch.setenv("BRIDGE_DATABASE_URL", f"sqlite:///{tmp_path / 'bridge.db'}")
-    monkeypatch.setenv("BRIDGE_LOG_FORMAT", "json")
-    monkeypatch.setenv("BRIDGE_SYNC_WAIT", "100ms")
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    monkeypatch.setenv("PREFECT_FLOW_ID", "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de")
-    return monkeypatch
+def environment(cli_environment: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Prefect is never reachable here (nothing needs it); the admin API is on."""
+    cli_environment.setenv("BRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
+    cli_environment.setenv("BRIDGE_SYNC_WAIT", "100ms")
+    cli_environment.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    cli_environment.setenv("PREFECT_FLOW_ID", "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de")
+    return cli_environment
 
 
 async def _post(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

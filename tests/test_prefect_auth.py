@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -12,25 +11,10 @@ from pydantic import SecretStr
 from app import __version__
 from app.prefect import PrefectConnection, PrefectRequest
 from app.settings import PREFECT_API_VERSION
-from tests.conftest import SettingsFactory, auth, open_client
+from tests.conftest import ACCOUNT, AUTH_STRING, WORKSPACE, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.stub import mock_connection, recording
 from tools.localprefect import PrefectServer
-
-ACCOUNT = "0f6a9b9e-3a8c-4c43-9a57-1d0c5c0b6a11"
-WORKSPACE = "7c2d4e1f-5b6a-4f8e-8d9c-2a1b3c4d5e6f"
-AUTH_STRING = "admin:correct-horse-battery"
-
-
-@pytest.fixture(scope="module")
-def guarded() -> Iterator[PrefectServer]:
-    server = PrefectServer.launch(
-        base_path=f"/api/accounts/{ACCOUNT}/workspaces/{WORKSPACE}", auth_string=AUTH_STRING
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.anyio

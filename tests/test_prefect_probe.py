@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +17,11 @@ from structlog.testing import capture_logs
 
 from tests.conftest import SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
-from tests.stub import REFUSED_URL
-from tests.test_probes import Blackhole
+from tests.stub import REFUSED_URL, Blackhole
 from tests.waiting import eventually
 from tools.localprefect import PrefectServer
 
 pytestmark = pytest.mark.anyio
-
-AUTH_STRING = "admin:correct-horse-battery"
-
-
-@pytest.fixture(scope="module")
-def guarded() -> Iterator[PrefectServer]:
-    """A Prefect server with Basic auth on."""
-    server = PrefectServer.launch(auth_string=AUTH_STRING)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from app.service import open_bridge
 from app.settings import PREFECT_API_VERSION
 from tests.conftest import SettingsFactory
 from tests.erathos import webhook_body
-from tests.stub import mock_connection
+from tests.stub import Blackhole, mock_connection
 from tests.waiting import eventually
 from tools.localprefect import PrefectServer
 
@@ -35,41 +35,6 @@ pytestmark = pytest.mark.anyio
 DOWN = AttemptResult(Outcome.TRANSIENT, 20.0, 503, "HTTP 503: busy")
 SUCCESS = AttemptResult(Outcome.DELIVERED, 20.0, 201, flow_run_id="run-1")
 PROMPTLY = 2.0  # a delivery claimed by the loop (polling every 0.1 s) and sent
-
-
-class Blackhole:
-    """A port that accepts connections, reads whatever comes and never answers: what a
-    connection that silently drops packets looks like to a probe."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self._server: asyncio.Server | None = None
-        self._held: list[tuple[asyncio.StreamWriter, asyncio.Task[object]]] = []
-
-    @property
-    def api_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/api"
-
-    async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._held.append((writer, task))
-        while await reader.read(65536):
-            pass
-
-    async def __aenter__(self) -> Blackhole:
-        self._server = await asyncio.start_server(self._swallow, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer, _task in self._held:
-            writer.close()
-        await asyncio.gather(*(task for _writer, task in self._held), return_exceptions=True)
-        await self._server.wait_closed()
 
 
 @pytest.fixture
