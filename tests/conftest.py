@@ -48,6 +48,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The guarded Prefect server is a second Prefect process, started for these tests alone:
+    # they belong with the slow ones, out of the fast loop.
+    for item in items:
+        if "guarded_prefect" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
         "every_database"
@@ -143,16 +151,17 @@ def prefect() -> Iterator[PrefectServer]:
         server.stop()
 
 
-# The guarded server: Basic auth on, under a Prefect Cloud-shaped API path.
+# The guarded Prefect server: Basic auth on, under a Prefect Cloud-shaped API path.
 ACCOUNT = "0f6a9b9e-3a8c-4c43-9a57-1d0c5c0b6a11"
 WORKSPACE = "7c2d4e1f-5b6a-4f8e-8d9c-2a1b3c4d5e6f"
 AUTH_STRING = "admin:correct-horse-battery"
 
 
 @pytest.fixture(scope="session")
-def guarded() -> Iterator[PrefectServer]:
+def guarded_prefect() -> Iterator[PrefectServer]:
     """A second real Prefect server, for the tests of credentials: Basic auth on
-    (``AUTH_STRING``), its API under a Prefect Cloud-shaped path."""
+    (``AUTH_STRING``), its API under a Prefect Cloud-shaped path. Tests that use it are
+    marked slow."""
     server = PrefectServer.launch(
         base_path=f"/api/accounts/{ACCOUNT}/workspaces/{WORKSPACE}", auth_string=AUTH_STRING
     )

@@ -19,11 +19,11 @@ from tools.localprefect import PrefectServer
 
 @pytest.mark.anyio
 async def test_right_basic_credentials_on_a_cloud_shaped_url_create_the_run(
-    make_settings: SettingsFactory, guarded: PrefectServer
+    make_settings: SettingsFactory, guarded_prefect: PrefectServer
 ) -> None:
-    flow_id = guarded.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
+    flow_id = guarded_prefect.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
     settings = make_settings(
-        prefect_api_url=guarded.api_url,
+        prefect_api_url=guarded_prefect.api_url,
         prefect_flow_id=flow_id,
         prefect_api_auth_string=AUTH_STRING,
     )
@@ -33,18 +33,18 @@ async def test_right_basic_credentials_on_a_cloud_shaped_url_create_the_run(
         ready = (await client.get("/readyz")).json()
 
     assert answer["status"] == "delivered"
-    [run] = guarded.flow_runs(flow_id)
+    [run] = guarded_prefect.flow_runs(flow_id)
     assert run["idempotency_key"] == sent["execution_id"]
     assert ready["prefect"][0]["authorized"] is True
 
 
 @pytest.mark.anyio
 async def test_wrong_basic_credentials_are_a_clear_permanent_error(
-    make_settings: SettingsFactory, guarded: PrefectServer
+    make_settings: SettingsFactory, guarded_prefect: PrefectServer
 ) -> None:
-    flow_id = guarded.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
+    flow_id = guarded_prefect.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
     settings = make_settings(
-        prefect_api_url=guarded.api_url,
+        prefect_api_url=guarded_prefect.api_url,
         prefect_flow_id=flow_id,
         prefect_api_auth_string="admin:wrong-password-here",
     )
@@ -60,7 +60,7 @@ async def test_wrong_basic_credentials_are_a_clear_permanent_error(
     assert delivery["error"].startswith("HTTP 401")
     assert "wrong-password-here" not in str(answer) + str(ready)
     assert ready["prefect"][0]["authorized"] is False
-    assert guarded.flow_runs(flow_id) == []
+    assert guarded_prefect.flow_runs(flow_id) == []
 
 
 @pytest.mark.anyio

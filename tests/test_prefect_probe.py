@@ -66,11 +66,11 @@ async def test_an_unreachable_prefect_is_a_warning_and_events_are_still_queued(
 
 
 async def test_refused_credentials_are_a_warning_and_show_in_readiness(
-    make_settings: SettingsFactory, guarded: PrefectServer
+    make_settings: SettingsFactory, guarded_prefect: PrefectServer
 ) -> None:
-    flow_id = guarded.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
+    flow_id = guarded_prefect.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
     settings = make_settings(
-        prefect_api_url=guarded.api_url,
+        prefect_api_url=guarded_prefect.api_url,
         prefect_flow_id=flow_id,
         prefect_api_auth_string="admin:wrong-password-here",
     )
@@ -81,7 +81,7 @@ async def test_refused_credentials_are_a_warning_and_show_in_readiness(
 
     assert (warning["connection"], warning["api_url"], warning["routes"]) == (
         "default",
-        guarded.api_url,
+        guarded_prefect.api_url,
         ["default"],
     )
     assert warning["detail"] == "credentials refused (HTTP 401)"
@@ -156,6 +156,7 @@ async def test_readiness_shows_each_targets_id_or_that_a_named_flow_is_not_creat
     )
 
 
+@pytest.mark.slow
 async def test_a_prefect_that_never_answers_delays_neither_start_up_nor_events(
     make_settings: SettingsFactory, blackhole: Blackhole
 ) -> None:
