@@ -171,6 +171,17 @@ def guarded_prefect() -> Iterator[PrefectServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def prefect_with_services() -> Iterator[PrefectServer]:
+    """A real Prefect server with its services running (event persister, triggers and
+    actions): events can be read back and automations act on them."""
+    server = PrefectServer.launch(services=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def flow_id(prefect: PrefectServer) -> str:
     """A flow of its own for each test, so runs never mix between tests."""

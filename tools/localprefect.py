@@ -98,6 +98,9 @@ class PrefectServer:
     auth_string: str | None = None
     home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prefect-home-")))
     ui: bool = False
+    # The server's services (the event persister, triggers, actions): what automations
+    # need. Off by default: the tests that only create flow runs start faster without.
+    services: bool = False
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -114,9 +117,10 @@ class PrefectServer:
         auth_string: str | None = None,
         home: Path | None = None,
         ui: bool = False,
+        services: bool = False,
         wait: float = 60.0,
     ) -> PrefectServer:
-        server = cls(port or free_port(), base_path, auth_string, ui=ui)
+        server = cls(port or free_port(), base_path, auth_string, ui=ui, services=services)
         if home is not None:
             server.home = home
         server.start(wait=wait)
@@ -147,7 +151,7 @@ class PrefectServer:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
-                    "--no-services",
+                    *([] if self.services else ["--no-services"]),
                 ],
                 env=env,
                 stdout=log,
