@@ -1,4 +1,5 @@
-"""The ``erathos-prefect-bridge`` command: serve, erathos-template, check, events, replay."""
+"""The ``erathos-prefect-bridge`` command: serve, erathos-template, check, events, replay,
+automation."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import structlog
 
 from app import __version__
 from app.admin import nothing_to_replay
+from app.automation_command import add_arguments as add_automation_arguments
+from app.automation_command import run_command as run_automation_command
 from app.database import display_url
 from app.diagnose import check_route, simulate
 from app.errors import BridgeError, validated
@@ -79,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: str = args.command
     try:
+        if command == "automation":
+            # Needs only the Prefect connection (or nothing, given the deployment's id).
+            return run_automation_command(args)
         if command == "erathos-template":
             # Needs only what Erathos is told: works before Prefect is configured.
             public = load_settings(PublicSettings)
@@ -143,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--state", choices=[s.value for s in EventState])
     events.add_argument("--limit", type=int, default=20)
     events.add_argument("--json", action="store_true", help="print JSON lines")
+    add_automation_arguments(
+        sub.add_parser(
+            "automation",
+            help="print (or --create) a Prefect automation that runs a deployment on the "
+            "Erathos events the service emits",
+        )
+    )
     replay = sub.add_parser(
         "replay", help="replay a dead or delivered delivery (or all of an event's)"
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from app.event import ErathosEvent
+from app.events import emission_request, is_emission, too_large
 from app.prefect import AttemptResult, Outcome, PrefectConnection, PrefectRequest
 from app.records import Claim, DeliveryRecord, DeliveryState, DeliveryUpdate
 from app.routes import DROP_IN_ROUTE, FlowTarget, Router
@@ -91,8 +92,10 @@ def plan_next(
 async def attempt_delivery(
     claim: Claim, router: Router, connections: dict[str, PrefectConnection], lookup: Lookup
 ) -> tuple[AttemptResult, PrefectConnection | None]:
-    """Send one delivery's flow run request, built from the current route configuration
-    (so a fixed setting takes effect on the next retry or replay)."""
+    """Send one delivery's request, built from the current route configuration (so a
+    fixed setting takes effect on the next retry or replay): a flow run, or an event."""
+    if is_emission(claim.delivery.route):
+        return await _emit(claim, router, connections)
     if claim.delivery.route == DROP_IN_ROUTE:
         connection = connections.get(claim.delivery.connection)
         if connection is None:
@@ -126,6 +129,30 @@ async def attempt_delivery(
         if failure is not None:
             return failure, connection
     return await connection.create_flow_run(route.request(body, resolved)), connection
+
+
+async def _emit(
+    claim: Claim, router: Router, connections: dict[str, PrefectConnection]
+) -> tuple[AttemptResult, PrefectConnection | None]:
+    """Emit the stored event as a Prefect event on the delivery's connection, unless
+    that connection no longer emits events or the event is too large to send."""
+    name = claim.delivery.connection
+    connection = connections.get(name)
+    if connection is None:
+        return _config_error(f"connection {name!r} is not configured"), None
+    if name not in router.emit_on:
+        return _config_error(
+            f"connection {name!r} no longer emits Prefect events (BRIDGE_PREFECT_EVENTS, "
+            'or the routes file connection\'s "events")'
+        ), None
+    try:
+        request = emission_request(claim.event, claim.delivery.idempotency_key)
+    except ValueError as exc:  # pydantic's ValidationError: stored by an older release
+        return _config_error(f"the stored event cannot be rendered: {exc}"), None
+    refused = too_large(request)
+    if refused is not None:
+        return _config_error(refused), None
+    return await connection.emit_events(request), connection
 
 
 def _config_error(message: str) -> AttemptResult:

@@ -3,6 +3,7 @@ accept the parameters it would get?) and ``simulate`` (what would this event do?
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +11,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from app.event import ErathosEvent
+from app.events import emission_key, emission_request, emission_route, too_large
 from app.prefect import PrefectConnection
 from app.probe import TargetState, look_up_target
+from app.records import EventRecord
 from app.routes import FlowTarget, Route, Router
 from app.templates import MASK, Lookup
 
@@ -81,8 +84,9 @@ def parameter_problems(schema: Any, parameters: Any) -> list[str]:
 def simulate(
     event: ErathosEvent, router: Router, connections: dict[str, PrefectConnection], lookup: Lookup
 ) -> dict[str, Any]:
-    """Which routes match the event, which do not and why, and the exact requests that
-    would be sent (secrets masked). Nothing is stored or sent."""
+    """Which routes match the event, which do not and why, the exact requests that would
+    be sent (secrets masked), and the Prefect event it would be emitted as, on each
+    connection that emits events. Nothing is stored or sent."""
     decision = router.decide(event)
     matched = {route.name for route in decision.routes}
     out: list[dict[str, Any]] = []
@@ -111,7 +115,43 @@ def simulate(
                 },
             }
         )
-    return {"execution_id": event.execution_id, "ignored": decision.ignored, "routes": out}
+    return {
+        "execution_id": event.execution_id,
+        "ignored": decision.ignored,
+        "routes": out,
+        "prefect_events": [_emission(event, connections[name]) for name in decision.emit_on],
+    }
+
+
+def _emission(event: ErathosEvent, connection: PrefectConnection) -> dict[str, Any]:
+    """The emission as the dispatcher would send it: from the event as it would be
+    stored, received now (its ``occurred`` when Erathos's finished time is missing)."""
+    stored = EventRecord(
+        id="",
+        execution_id=event.execution_id,
+        received_at=time.time(),
+        job_id=None,
+        schema_name=None,
+        table_name=None,
+        status=None,
+        payload=event.model_dump(mode="json"),
+        ignored_reason=None,
+    )
+    request = emission_request(stored, emission_key(event))
+    shown: dict[str, Any] = {
+        "route": emission_route(connection.name),
+        "connection": connection.name,
+        "request": {
+            "method": "POST",
+            "url": f"{connection.api_url}/{request.path}",
+            "headers": masked_headers(connection),
+            "body": request.body,
+        },
+    }
+    refused = too_large(request)
+    if refused is not None:
+        shown["refused"] = refused
+    return shown
 
 
 def masked_headers(connection: PrefectConnection) -> dict[str, str]:

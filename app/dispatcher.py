@@ -29,9 +29,10 @@ from app.delivery import (
     plan_next,
     unexpected_failure,
 )
+from app.events import is_emission
 from app.gate import ConnectionGate, GateClosed
 from app.history import History
-from app.metrics import Metrics
+from app.metrics import EVENT, FLOW_RUN, Metrics
 from app.prefect import AttemptResult, PrefectConnection
 from app.records import (
     AttemptRecord,
@@ -80,7 +81,7 @@ class Dispatcher:
         self.router = router
         self.connections = connections
         self.lookup = lookup
-        self.metrics = metrics if metrics is not None else Metrics(connections)
+        self.metrics = metrics if metrics is not None else Metrics(connections, router.emit_on)
         self.policy = RetryPolicy.from_settings(settings)
         self.lease = settings.lease.total_seconds()
         self.poll_interval = settings.poll_interval.total_seconds()
@@ -283,9 +284,10 @@ class Dispatcher:
         if update.flow_run_id is not None and connection is not None:
             update = replace(update, flow_run_url=connection.flow_run_url(update.flow_run_id))
         connection_name = connection.name if connection is not None else delivery.connection
+        kind = EVENT if is_emission(delivery.route) else FLOW_RUN
         with _never_in_the_way("attempt not logged or counted", delivery.id):
             log_attempt(claim, connection_name, result, update, retry_in)
-            self.metrics.attempted(connection_name, result, sent=connection is not None)
+            self.metrics.attempted(connection_name, kind, result, sent=connection is not None)
         attempt = AttemptRecord(
             id=0,  # given by the store
             delivery_id=delivery.id,
@@ -310,7 +312,9 @@ class Dispatcher:
         elif update.state is not DeliveryState.PENDING:
             waited = now - delivery.window_started_at
             with _never_in_the_way("finished delivery not counted", delivery.id):
-                self.metrics.finished(connection_name, result, state=update.state, waited=waited)
+                self.metrics.finished(
+                    connection_name, kind, result, state=update.state, waited=waited
+                )
         return Turn(update.applied_to(delivery), result)
 
     # -- the polling loop -------------------------------------------------------------------

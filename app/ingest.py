@@ -30,6 +30,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.event import ErathosEvent
+from app.events import emission_key, emission_route
 from app.metrics import DUPLICATE, NO_ROUTE
 from app.records import (
     DeliveryRecord,
@@ -200,19 +201,22 @@ class WebhookOut(BaseModel):
 
 
 def new_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> NewEvent:
-    """The event as it is stored, with one delivery per route that wants it."""
+    """The event as it is stored, with one delivery per route that wants it, and one per
+    connection it is emitted to as a Prefect event (after the routes': the answer's
+    ``deliveries[0]`` stays the first flow run)."""
     decision = bridge.router.decide(event)
+    runs = [
+        NewDelivery(
+            route.name, route.connection, bridge.router.idempotency_key(event.execution_id, route)
+        )
+        for route in decision.routes
+    ]
+    key = emission_key(event)
+    emissions = [NewDelivery(emission_route(name), name, key) for name in decision.emit_on]
     return NewEvent(
         execution_id=event.execution_id,
         payload=payload,
-        deliveries=[
-            NewDelivery(
-                route.name,
-                route.connection,
-                bridge.router.idempotency_key(event.execution_id, route),
-            )
-            for route in decision.routes
-        ],
+        deliveries=[*runs, *emissions],
         job_id=str(event.job_id) if event.job_id else None,
         schema_name=event.schema_name,
         table_name=event.table_name,

@@ -42,6 +42,9 @@ REJECTION_REASONS = (*REJECTED_BY_CODE.values(), DUPLICATE, NO_ROUTE)
 STATUS_CLASSES = ("2xx", "3xx", "401", "403", "429", "4xx", "5xx", "timeout", "error")
 DEAD_REASONS = ("permanent", "exhausted")  # Prefect refused; the retry budget ran out
 FINAL_OUTCOMES = ("delivered", "dead")
+# The ``kind`` of a delivery: a flow run to create, or an Erathos event emitted as a
+# Prefect event (only on the connections that emit them).
+FLOW_RUN, EVENT = "flow_run", "event"
 
 QUEUE_CACHE_SECONDS = 5.0  # the pending-deliveries query runs at most this often
 PREFECT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -82,7 +85,7 @@ class WithoutCreated:
 class Metrics:
     """The service's counters, gauges and histograms, and how they are updated."""
 
-    def __init__(self, connections: Iterable[str] = ()) -> None:
+    def __init__(self, connections: Iterable[str] = (), events_on: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self._scraped = WithoutCreated(registry)
@@ -105,26 +108,28 @@ class Metrics:
         )
         self.deliveries = Counter(
             f"{PREFIX}_deliveries",
-            "Deliveries finished, by final outcome (delivered: a flow run exists; dead)",
-            ["connection", "outcome"],
+            "Deliveries finished, by kind (flow_run, event) and final outcome "
+            "(delivered: the flow run exists, or Prefect took the event; dead)",
+            ["connection", "kind", "outcome"],
             registry=registry,
         )
         self.attempts = Counter(
             f"{PREFIX}_delivery_attempts",
-            "Attempts to create a flow run, by Prefect's answer "
+            "Attempts to create a flow run or emit an event (kind), by Prefect's answer "
             "(2xx, 3xx, 401, 403, 429, 4xx, 5xx) or its absence (timeout, error)",
-            ["connection", "status"],
+            ["connection", "kind", "status"],
             registry=registry,
         )
         self.dead_letters = Counter(
             f"{PREFIX}_dead_letters",
-            "Deliveries dead-lettered: refused for good (permanent) or out of retries (exhausted)",
-            ["connection", "reason"],
+            "Deliveries dead-lettered, by kind (flow_run, event): refused for good "
+            "(permanent) or out of retries (exhausted)",
+            ["connection", "kind", "reason"],
             registry=registry,
         )
         self.pending = Gauge(
             f"{PREFIX}_deliveries_pending",
-            "Deliveries waiting for a flow run (due, retrying, or in flight)",
+            "Deliveries waiting for a flow run or to emit an event (due, retrying, or in flight)",
             ["connection"],
             registry=registry,
         )
@@ -143,9 +148,9 @@ class Metrics:
         )
         self.prefect_duration = Histogram(
             f"{PREFIX}_prefect_request_duration_seconds",
-            "Requests to create a flow run, by connection and outcome "
-            "(delivered, transient, permanent)",
-            ["connection", "outcome"],
+            "Requests to create a flow run or emit an event (kind), by connection and "
+            "outcome (delivered, transient, permanent)",
+            ["connection", "kind", "outcome"],
             buckets=PREFECT_BUCKETS,
             registry=registry,
         )
@@ -175,13 +180,15 @@ class Metrics:
         # Every series exists from the start at 0, so increase() sees the first event.
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        emitting = set(events_on)
         for name in self._connections:
-            for outcome in FINAL_OUTCOMES:
-                self.deliveries.labels(name, outcome)
-            for status in STATUS_CLASSES:
-                self.attempts.labels(name, status)
-            for reason in DEAD_REASONS:
-                self.dead_letters.labels(name, reason)
+            for kind in (FLOW_RUN, EVENT) if name in emitting else (FLOW_RUN,):
+                for outcome in FINAL_OUTCOMES:
+                    self.deliveries.labels(name, kind, outcome)
+                for status in STATUS_CLASSES:
+                    self.attempts.labels(name, kind, status)
+                for reason in DEAD_REASONS:
+                    self.dead_letters.labels(name, kind, reason)
             self.pending.labels(name).set(0)
             self.oldest_pending.labels(name).set(0)
             self._set_circuit(name, Circuit.CLOSED)
@@ -194,24 +201,28 @@ class Metrics:
 
     # -- delivery -----------------------------------------------------------------------
 
-    def attempted(self, connection: str, result: AttemptResult, *, sent: bool) -> None:
-        """One attempt; ``sent`` when a request went to Prefect (not a configuration error)."""
-        self.attempts.labels(connection, status_class(result)).inc()
+    def attempted(self, connection: str, kind: str, result: AttemptResult, *, sent: bool) -> None:
+        """One attempt of a delivery of ``kind`` (FLOW_RUN, EVENT); ``sent`` when a request
+        went to Prefect (not a configuration error, nor an event refused as too large)."""
+        self.attempts.labels(connection, kind, status_class(result)).inc()
         if sent:
-            self.prefect_duration.labels(connection, result.outcome.value).observe(
+            self.prefect_duration.labels(connection, kind, result.outcome.value).observe(
                 result.duration_ms / 1000
             )
 
     def finished(
-        self, connection: str, result: AttemptResult, *, state: str, waited: float
+        self, connection: str, kind: str, result: AttemptResult, *, state: str, waited: float
     ) -> None:
-        """A delivery reached its final state; ``waited`` is how long since it became due."""
-        self.deliveries.labels(connection, state).inc()
+        """A delivery reached its final state; ``waited`` is how long since it became due
+        (observed for flow runs only: the histogram is the time to a flow run)."""
+        self.deliveries.labels(connection, kind, state).inc()
         if state == "delivered":
-            self.latency.observe(max(0.0, waited))
+            if kind == FLOW_RUN:
+                self.latency.observe(max(0.0, waited))
         else:
             permanent = result.outcome is Outcome.PERMANENT
-            self.dead_letters.labels(connection, "permanent" if permanent else "exhausted").inc()
+            reason = "permanent" if permanent else "exhausted"
+            self.dead_letters.labels(connection, kind, reason).inc()
 
     # -- scrape -------------------------------------------------------------------------
 

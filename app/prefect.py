@@ -34,10 +34,11 @@ _TRANSIENT_STATUSES = {408, 429}
 
 @dataclass(frozen=True)
 class PrefectRequest:
-    """One POST to a Prefect API, relative to the connection's base URL."""
+    """One POST to a Prefect API, relative to the connection's base URL: an object (a
+    flow run to create), or a list (``events``: the events to emit)."""
 
     path: str
-    body: dict[str, Any]
+    body: dict[str, Any] | list[dict[str, Any]]
 
 
 class Outcome(StrEnum):
@@ -71,7 +72,8 @@ class Health:
 
 @dataclass(frozen=True)
 class Fetched:
-    """What a GET came to: Prefect's status and JSON object, or why there is none."""
+    """What a read (or a create) came to: Prefect's status and JSON object, or why there
+    is none."""
 
     status_code: int | None  # None: no answer (connection error, timeout)
     body: dict[str, Any] | None = field(default=None, repr=False)  # a 2xx answer's object
@@ -174,7 +176,16 @@ class PrefectConnection:
             return await self._client.request(method, path, json=body)
 
     async def create_flow_run(self, request: PrefectRequest) -> AttemptResult:
-        """POST the request; never raises for anything Prefect or the network does."""
+        """POST the request; never raises for anything Prefect or the network does. A 2xx
+        without a flow run id in the answer is a permanent error."""
+        return await self._post(request, answers_flow_run=True)
+
+    async def emit_events(self, request: PrefectRequest) -> AttemptResult:
+        """POST events (``events``, a list); delivered on a 2xx (Prefect answers 204,
+        empty). Never raises for anything Prefect or the network does."""
+        return await self._post(request, answers_flow_run=False)
+
+    async def _post(self, request: PrefectRequest, *, answers_flow_run: bool) -> AttemptResult:
         started = time.perf_counter()
         try:
             response = await self._request("POST", request.path, request.body)
@@ -188,6 +199,10 @@ class PrefectConnection:
         outcome = classify_status(response.status_code)
         text = self._redact(response.text)
         excerpt = text[:EXCERPT_CHARS]
+        if outcome is Outcome.DELIVERED and not answers_flow_run:
+            return AttemptResult(
+                outcome, duration_ms, response.status_code, response_excerpt=excerpt or None
+            )
         if outcome is Outcome.DELIVERED:
             run_id = _json_field(response, "id")
             if run_id is None:
@@ -264,10 +279,14 @@ class PrefectConnection:
         cache[key] = str(found)
         return str(found), None
 
-    async def fetch(self, path: str) -> Fetched:
-        """GET one object (a flow, a deployment); never raises."""
+    async def fetch(self, path: str, *, create: Any = None) -> Fetched:
+        """GET one object (a flow, a deployment), or POST ``create`` to make one (an
+        automation); never raises."""
         try:
-            response = await self.get(path)
+            if create is None:
+                response = await self.get(path)
+            else:
+                response = await self._request("POST", path, create)
         except (TimeoutError, httpx.HTTPError) as exc:
             return Fetched(None, error=self._redact(f"{type(exc).__name__}: {exc}"))
         try:

@@ -23,6 +23,9 @@ from app.templates import Lookup, compile_text, render_json
 DEFAULT_ROUTE = "default"
 DEFAULT_CONNECTION = "default"
 DROP_IN_ROUTE = "drop-in"  # requests in Prefect's own shape, forwarded as they came
+# The execution emitted as a Prefect event (app.events): this route on the default
+# connection, ``prefect-event:<connection>`` on another (no route name has a colon).
+PREFECT_EVENT_ROUTE = "prefect-event"
 
 # The flow run fields a route may template, as Prefect's create endpoints name them.
 FLOW_RUN_FIELDS = ("name", "parameters", "tags", "work_queue_name", "job_variables")
@@ -115,6 +118,7 @@ class Decision:
     routes: list[Route] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # route name -> reason
     ignored: str | None = None  # why nothing at all was triggered
+    emit_on: tuple[str, ...] = ()  # the connections the event goes to as a Prefect event
 
     @property
     def reason(self) -> str | None:
@@ -132,11 +136,16 @@ class Router:
     # Prefect's idempotency is per flow: with a routes file, keys are namespaced per
     # route so that two deployments of one flow each get their run.
     namespaced_keys: bool = False
+    # The connections every event is also emitted to, as a Prefect event (app.events):
+    # the default one with BRIDGE_PREFECT_EVENTS, a routes file's with "events": true.
+    emit_on: tuple[str, ...] = ()
 
     def decide(self, event: ErathosEvent) -> Decision:
+        # BRIDGE_JOBS is the operator's list of the jobs the webhook token speaks for:
+        # another job's event starts nothing, not even an automation through its event.
         if self.jobs and str(event.job_id) not in self.jobs:
             return Decision(ignored=f"job {event.job_id} is not in BRIDGE_JOBS")
-        decision = Decision()
+        decision = Decision(emit_on=self.emit_on)
         for route in self.routes:
             reason = route.why_not(event)
             if reason is None:
@@ -167,4 +176,5 @@ def default_router(settings: Settings, lookup: Lookup) -> Router:
         },
         rules=parse_rules([{"variable_name": "STATUS", "operation": "EQUAL", "value": "FINISHED"}]),
     )
-    return Router(routes=(route,), jobs=frozenset(settings.jobs))
+    emit_on = (DEFAULT_CONNECTION,) if settings.prefect_events else ()
+    return Router(routes=(route,), jobs=frozenset(settings.jobs), emit_on=emit_on)

@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 
 from app.routes import (
     DEFAULT_CONNECTION,
     DROP_IN_ROUTE,
+    PREFECT_EVENT_ROUTE,
     DeploymentTarget,
     FlowTarget,
     Route,
@@ -29,7 +38,13 @@ from app.routes import (
     Target,
 )
 from app.rules import RuleError, parse_rules, to_erathos
-from app.settings import PREFECT_API_VERSION, PREFECT_CLOUD_API, ConfigurationError, Settings
+from app.settings import (
+    PREFECT_API_VERSION,
+    PREFECT_CLOUD_API,
+    ConfigurationError,
+    PrefectSettings,
+    Settings,
+)
 from app.templates import Lookup, TemplateError, compile_json, compile_text
 from app.values import check_flow_name, normalise_api_url
 
@@ -47,6 +62,7 @@ class ConnectionSpec:
     auth_string: SecretStr | None = None
     api_version: str = PREFECT_API_VERSION
     ui_url: str | None = None  # the UI's address for flow run links, when not the API's
+    events: bool = False  # every Erathos event is also emitted here as a Prefect event
 
 
 class _Strict(BaseModel):
@@ -60,6 +76,7 @@ class ConnectionModel(_Strict):
     api_key: str | None = None
     auth_string: str | None = None
     api_version: str | None = None
+    events: StrictBool = False  # every Erathos event also emitted here as a Prefect event
 
     @field_validator("api_key", "auth_string")
     @classmethod
@@ -98,6 +115,8 @@ class RouteModel(_Strict):
             raise ValueError("must be 1-100 letters, digits, '_', '.' or '-'")
         if value == DROP_IN_ROUTE:
             raise ValueError(f"{DROP_IN_ROUTE!r} is reserved for the Prefect-shaped endpoints")
+        if value == PREFECT_EVENT_ROUTE:
+            raise ValueError(f"{PREFECT_EVENT_ROUTE!r} is reserved for the Prefect events")
         return value
 
     @field_validator("deployment")
@@ -128,7 +147,7 @@ class Routing:
     connections: dict[str, ConnectionSpec]
 
 
-def default_connection_spec(settings: Settings) -> ConnectionSpec | None:
+def default_connection_spec(settings: PrefectSettings) -> ConnectionSpec | None:
     """The connection the environment describes (PREFECT_API_URL or the Cloud ids)."""
     if settings.api_url is None:
         return None
@@ -139,6 +158,7 @@ def default_connection_spec(settings: Settings) -> ConnectionSpec | None:
         auth_string=settings.prefect_api_auth_string,
         api_version=settings.prefect_api_version,
         ui_url=settings.prefect_ui_url,
+        events=settings.prefect_events,
     )
 
 
@@ -221,7 +241,12 @@ def _compile(model: RoutesFileModel, settings: Settings, lookup: Lookup) -> Rout
                 rules=parse_rules(spec.rules, where=f"{where}.rules"),
             )
         )
-    router = Router(routes=tuple(routes), jobs=frozenset(settings.jobs), namespaced_keys=True)
+    router = Router(
+        routes=tuple(routes),
+        jobs=frozenset(settings.jobs),
+        namespaced_keys=True,
+        emit_on=tuple(name for name, spec in connections.items() if spec.events),
+    )
     return Routing(router, connections)
 
 
@@ -256,6 +281,7 @@ def _connection(
         api_key=_secret(spec.api_key, lookup, f"{where}.api_key"),
         auth_string=_secret(spec.auth_string, lookup, f"{where}.auth_string"),
         api_version=text("api_version", spec.api_version) or settings.prefect_api_version,
+        events=spec.events,
     )
 
 

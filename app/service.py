@@ -25,7 +25,7 @@ from app.prefect import PrefectConnection
 from app.probe import PrefectWatch
 from app.routes import DEFAULT_CONNECTION, Router, default_router
 from app.routes_file import ConnectionSpec, Routing, default_connection_spec, load_routes_file
-from app.settings import Settings
+from app.settings import PrefectSettings, Settings
 from app.store import Store
 from app.templates import Lookup, template_lookup
 
@@ -65,7 +65,7 @@ def configure(settings: Settings) -> tuple[Routing, Lookup]:
     return Routing(default_router(settings, lookup), {DEFAULT_CONNECTION: spec}), lookup
 
 
-def connect(spec: ConnectionSpec, settings: Settings) -> PrefectConnection:
+def connect(spec: ConnectionSpec, settings: PrefectSettings) -> PrefectConnection:
     return PrefectConnection(
         spec.name,
         spec.api_url,
@@ -107,7 +107,7 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
         for name, spec in routing.connections.items():
             connections[name] = await stack.enter_async_context(connect(spec, settings))
         # Its own registry per service: several apps in one process never share series.
-        metrics = Metrics(connections)
+        metrics = Metrics(connections, router.emit_on)
         dispatcher = Dispatcher(store, history, router, connections, lookup, settings, metrics)
         watch = PrefectWatch(router, connections)
         stack.push_async_callback(watch.close)

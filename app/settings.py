@@ -123,10 +123,10 @@ class PublicSettings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class Settings(PublicSettings):
-    """Every setting of the service. Attribute names drop the variable's prefix."""
+class PrefectSettings(PublicSettings):
+    """The environment's Prefect connection: the default route's (and the drop-in's and
+    the events'), and all the ``automation`` command needs."""
 
-    # Prefect: the connection of the default route.
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
     prefect_account_id: UUID | None = Field(None, validation_alias="PREFECT_ACCOUNT_ID")
     prefect_workspace_id: UUID | None = Field(None, validation_alias="PREFECT_WORKSPACE_ID")
@@ -135,15 +135,97 @@ class Settings(PublicSettings):
         None, validation_alias="PREFECT_API_AUTH_STRING"
     )
     prefect_api_version: str = Field(PREFECT_API_VERSION, validation_alias="PREFECT_API_VERSION")
-    prefect_flow_id: UUID | None = Field(None, validation_alias="PREFECT_FLOW_ID")
-    # Or the flow by name: looked up, or created, on first use (Prefect's POST /flows/).
-    prefect_flow_name: str | None = Field(None, validation_alias="PREFECT_FLOW_NAME")
     # Where a browser reaches Prefect's UI, when not where the service reaches its API
     # (compose: http://prefect:4200/api inside, http://localhost:4200 outside).
     prefect_ui_url: str | None = Field(None, validation_alias="PREFECT_UI_URL")
     prefect_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias="BRIDGE_PREFECT_TIMEOUT"
     )
+    # Every Erathos event also emitted as a Prefect event on the environment's connection.
+    prefect_events: bool = Field(False, validation_alias="BRIDGE_PREFECT_EVENTS")
+
+    @field_validator("prefect_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+    @field_validator("prefect_api_url", mode="before")
+    @classmethod
+    def _blank_api_url(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("prefect_ui_url")
+    @classmethod
+    def _ui_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "://" not in value:
+            raise ValueError("must be an absolute http(s) URL such as http://localhost:4200")
+        return normalise_api_url(value, credentials="nothing: the UI needs none")
+
+    @field_validator("prefect_api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return normalise_api_url(value, credentials="PREFECT_API_AUTH_STRING")
+
+    @field_validator("prefect_api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not _API_VERSION.match(value):
+            raise ValueError(f"must look like {PREFECT_API_VERSION}")
+        return value
+
+    @field_validator("prefect_api_auth_string")
+    @classmethod
+    def _auth_string(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("must be 'user:password'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> Self:
+        if (self.prefect_account_id is None) != (self.prefect_workspace_id is None):
+            missing = (
+                "PREFECT_WORKSPACE_ID"
+                if self.prefect_workspace_id is None
+                else "PREFECT_ACCOUNT_ID"
+            )
+            raise ValueError(f"{missing}: is required with the other Prefect Cloud id")
+        if self.prefect_events and self.api_url is None:
+            raise ValueError(
+                "BRIDGE_PREFECT_EVENTS: needs PREFECT_API_URL (or the Prefect Cloud ids): "
+                "events go to the environment's Prefect (a routes file's connection takes "
+                '"events": true)'
+            )
+        if self.prefect_api_key is not None and self.prefect_api_auth_string is not None:
+            raise ValueError(
+                "PREFECT_API_AUTH_STRING: set either it (self-hosted Basic auth) or "
+                "PREFECT_API_KEY (Prefect Cloud), not both"
+            )
+        return self
+
+    @property
+    def api_url(self) -> str | None:
+        """The Prefect API base URL of the default connection, if the environment has one."""
+        if self.prefect_api_url is not None:
+            return self.prefect_api_url
+        if self.prefect_account_id is None:
+            return None
+        return (
+            f"{PREFECT_CLOUD_API}/accounts/{self.prefect_account_id}"
+            f"/workspaces/{self.prefect_workspace_id}"
+        )
+
+
+class Settings(PrefectSettings):
+    """Every setting of the service. Attribute names drop the variable's prefix."""
+
+    # Prefect: the default route's flow (the connection is PrefectSettings').
+    prefect_flow_id: UUID | None = Field(None, validation_alias="PREFECT_FLOW_ID")
+    # Or the flow by name: looked up, or created, on first use (Prefect's POST /flows/).
+    prefect_flow_name: str | None = Field(None, validation_alias="PREFECT_FLOW_NAME")
 
     # The webhook and the HTTP server.
     webhook_tokens: Annotated[list[SecretStr], NoDecode] = Field(
@@ -224,7 +306,6 @@ class Settings(PublicSettings):
     shutdown_grace: Duration = Field(timedelta(seconds=8), validation_alias="BRIDGE_SHUTDOWN_GRACE")
 
     @field_validator(
-        "prefect_timeout",
         "body_timeout",
         "header_timeout",
         "keepalive_timeout",
@@ -300,45 +381,15 @@ class Settings(PublicSettings):
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters long")
         return token
 
-    @field_validator("prefect_api_url", "prefect_flow_name", mode="before")
+    @field_validator("prefect_flow_name", mode="before")
     @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
+    def _blank_flow_name(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("prefect_ui_url")
-    @classmethod
-    def _ui_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if "://" not in value:
-            raise ValueError("must be an absolute http(s) URL such as http://localhost:4200")
-        return normalise_api_url(value, credentials="nothing: the UI needs none")
-
-    @field_validator("prefect_api_url")
-    @classmethod
-    def _api_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return normalise_api_url(value, credentials="PREFECT_API_AUTH_STRING")
 
     @field_validator("prefect_flow_name")
     @classmethod
     def _flow_name(cls, value: str | None) -> str | None:
         return None if value is None else check_flow_name(value)
-
-    @field_validator("prefect_api_version")
-    @classmethod
-    def _api_version(cls, value: str) -> str:
-        if not _API_VERSION.match(value):
-            raise ValueError(f"must look like {PREFECT_API_VERSION}")
-        return value
-
-    @field_validator("prefect_api_auth_string")
-    @classmethod
-    def _auth_string(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and ":" not in value.get_secret_value():
-            raise ValueError("must be 'user:password'")
-        return value
 
     @field_validator("database_url")
     @classmethod
@@ -368,13 +419,6 @@ class Settings(PublicSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
-        if (self.prefect_account_id is None) != (self.prefect_workspace_id is None):
-            missing = (
-                "PREFECT_WORKSPACE_ID"
-                if self.prefect_workspace_id is None
-                else "PREFECT_ACCOUNT_ID"
-            )
-            raise ValueError(f"{missing}: is required with the other Prefect Cloud id")
         if self.prefect_flow_id is not None and self.prefect_flow_name is not None:
             raise ValueError(
                 "PREFECT_FLOW_NAME: set either it (the flow by name) or PREFECT_FLOW_ID, not both"
@@ -398,11 +442,6 @@ class Settings(PublicSettings):
                 "PREFECT_FLOW_NAME: the default route's flow, which a BRIDGE_ROUTES_FILE "
                 'replaces: give a route "flow" instead'
             )
-        if self.prefect_api_key is not None and self.prefect_api_auth_string is not None:
-            raise ValueError(
-                "PREFECT_API_AUTH_STRING: set either it (self-hosted Basic auth) or "
-                "PREFECT_API_KEY (Prefect Cloud), not both"
-            )
         if self.dropin and self.api_url is None:
             raise ValueError(
                 "BRIDGE_DROPIN: needs PREFECT_API_URL (or the Prefect Cloud ids): drop-in "
@@ -413,18 +452,6 @@ class Settings(PublicSettings):
         if self.retry_cap < self.retry_base:
             raise ValueError("BRIDGE_RETRY_CAP: must not be shorter than BRIDGE_RETRY_BASE")
         return self
-
-    @property
-    def api_url(self) -> str | None:
-        """The Prefect API base URL of the default connection, if the environment has one."""
-        if self.prefect_api_url is not None:
-            return self.prefect_api_url
-        if self.prefect_account_id is None:
-            return None
-        return (
-            f"{PREFECT_CLOUD_API}/accounts/{self.prefect_account_id}"
-            f"/workspaces/{self.prefect_workspace_id}"
-        )
 
 
 @overload

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import CheckFunction
 from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from tests.conftest import ADMIN_TOKEN, TOKEN
@@ -55,11 +57,24 @@ def operations(api_schema: OpenApiSchema) -> list[Any]:
     return found
 
 
+# An Erathos body's field names are case-insensitive ("STATUS" is "status"), which JSON
+# Schema cannot state: an unknown-looking key may be a known field with a wrong value, or
+# the same field twice, and be refused with a 422 naming it. For those bodies Schemathesis
+# may not hold a refusal against the schema; every other check still runs on them.
+ERATHOS_BODIES = {"/webhooks/erathos", "/simulate"}
+
+
 def fuzz(operation: Any, token: str) -> None:
+    excluded: list[CheckFunction] = (
+        [positive_data_acceptance] if operation.path in ERATHOS_BODIES else []
+    )
+
     @given(case=operation.as_strategy())
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
     def calls(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
+        case.call_and_validate(
+            headers={"Authorization": f"Bearer {token}"}, excluded_checks=excluded
+        )
 
     calls()
 

@@ -246,7 +246,10 @@ def run_newcomer(executable: str) -> int:
         say(f"port {PREFECT_PORT} is taken: the local Prefect server uses {prefect_port}")
     # Not PrefectServer.launch(): holding the objects first lets a Ctrl-C during start-up
     # stop what has started.
-    prefect = PrefectServer(port=prefect_port, home=Path("data/prefect").resolve(), ui=True)
+    # With its services: the event feed shows the bridge's events, automations act on them.
+    prefect = PrefectServer(
+        port=prefect_port, home=Path("data/prefect").resolve(), ui=True, services=True
+    )
     flow = ServedFlow(prefect, home=Path("data/prefect-flow").resolve())
     service: subprocess.Popen[bytes] | None = None
     try:
@@ -261,6 +264,7 @@ def run_newcomer(executable: str) -> int:
             "BRIDGE_ROUTES_FILE": str(EXAMPLE_ROUTES.relative_to(ROOT)),
             "BRIDGE_WEBHOOK_TOKEN": webhook,
             "BRIDGE_ADMIN_TOKEN": admin,
+            "BRIDGE_PREFECT_EVENTS": "true",
         }
         wrote_dotenv = write_newcomer_dotenv(settings)
         # Its own session: a Ctrl-C reaches only us, and we stop it exactly once.
@@ -332,6 +336,7 @@ The bridge is ready at {base_url}
                     served as the deployment {EXAMPLE_DEPLOYMENT}; its runs:
                     {deployment_url}
   routes            {EXAMPLE_ROUTES.relative_to(ROOT)}: each FINISHED load runs {EXAMPLE_DEPLOYMENT}
+  Prefect events    every load is also an event (erathos.job.finished, ...): {ui}/events
   webhook token     {webhook_token}  (data/dev-webhook-token)
   admin token       {admin_token}  (data/dev-admin-token; the admin API is on)
   settings          {where}
