@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.body import body_parts
 from bench.client import Connection
+from bench.databases import query, server_version
 from bench.procs import ROOT, Proc, http_status, service_env, spawn, wait_ok
 from tools.localprefect import free_port, prefect_executable
 
@@ -35,42 +36,74 @@ WRK_CONNECTIONS = 32
 @dataclass(frozen=True)
 class Plan:
     name: str
-    wrk_seconds: int
-    warmup_seconds: int
-    rounds: int
-    latency_seconds: float
-    backlog: int
-    capped_backlog: int
-    ready_starts: int
-    prefect_samples: int
-    real_prefect_backlog: int
+    wrk_seconds: int  # 0, 1, 2: one measured wrk run
+    warmup_seconds: int  # the wrk run before it
+    rounds: int  # 1 and 2: rounds of ceiling, durable accept and ingest
+    latency_seconds: float  # 3 and 4: each open-loop rate
+    backlog: int  # 6: drained into the fake Prefect
+    capped_backlog: int  # 6: the same with BRIDGE_MAX_RATE
+    ready_starts: int  # 7
+    prefect_samples: int  # 5: creates of each kind
+    direct_creates: int  # 8: flow runs per measurement of Prefect's own rate
+    sqlite_prefect_backlog: int  # 8: drained into Prefect on SQLite
+    postgres_prefect_backlog: int  # 8: drained into Prefect on PostgreSQL
+    replicas_backlog: int  # 9: accepted by one or two replicas, then drained
+    replica_rounds: int  # 9: rounds of one replica then two (every other one: two, one)
 
 
-FULL = Plan("full", 10, 2, 2, 15.0, 10_000, 1_500, 5, 200, 300)
-QUICK = Plan("quick", 4, 1, 1, 5.0, 2_000, 400, 3, 60, 300)
+FULL = Plan(
+    name="full",
+    wrk_seconds=10,
+    warmup_seconds=2,
+    rounds=3,
+    latency_seconds=15.0,
+    backlog=10_000,
+    capped_backlog=1_500,
+    ready_starts=5,
+    prefect_samples=200,
+    direct_creates=500,
+    sqlite_prefect_backlog=300,
+    postgres_prefect_backlog=2_000,
+    replicas_backlog=6_000,
+    replica_rounds=2,
+)
+QUICK = Plan(
+    name="quick",
+    wrk_seconds=4,
+    warmup_seconds=1,
+    rounds=1,
+    latency_seconds=5.0,
+    backlog=2_000,
+    capped_backlog=400,
+    ready_starts=3,
+    prefect_samples=60,
+    direct_creates=150,
+    sqlite_prefect_backlog=300,
+    postgres_prefect_backlog=600,
+    replicas_backlog=2_000,
+    replica_rounds=1,
+)
 
 
 @dataclass(frozen=True)
 class Service:
     proc: Proc
     port: int
-    database: Path
+    database_url: str  # its store: a SQLite file of the work directory, or PostgreSQL
     ready_seconds: float
 
     def _query(self, sql: str) -> list[tuple[Any, ...]]:
-        # Read-only, beside the running service: WAL lets it go on writing meanwhile.
-        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=10) as db:
-            return db.execute(sql).fetchall()
+        return query(self.database_url, sql)
 
     def deliveries(self) -> dict[str, int]:
-        """Deliveries by state, read from the store's SQLite file."""
+        """Deliveries by state, read from the store (every replica's, on a shared one)."""
         rows = self._query("SELECT state, count(*) FROM deliveries GROUP BY state")
         return {str(state): int(count) for state, count in rows}
 
     def attempts_by_status(self) -> dict[str, int]:
-        rows = self._query(
-            "SELECT coalesce(status_code, outcome), count(*) FROM attempts GROUP BY 1"
-        )
+        """Attempts by HTTP status, or by outcome when none came back (SQLite or PostgreSQL)."""
+        status = "coalesce(CAST(status_code AS VARCHAR), outcome)"
+        rows = self._query(f"SELECT {status}, count(*) FROM attempts GROUP BY 1")  # noqa: S608
         return {str(status): int(count) for status, count in rows}
 
     def answered_attempt_starts(self) -> list[float]:
@@ -122,6 +155,7 @@ class Harness:
 
     plan: Plan
     work: Path
+    only: frozenset[str] = frozenset()  # the figures' numbers to measure; empty: all
     data: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     load: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -136,6 +170,10 @@ class Harness:
     def next_nonce(self) -> int:
         self.nonce = (self.nonce + 1) % (1 << 32)
         return self.nonce
+
+    def wants(self, *numbers: str) -> bool:
+        """Whether this run measures any of these figures (``--only``)."""
+        return not self.only or not self.only.isdisjoint(numbers)
 
     def say(self, message: str) -> None:
         print(f"bench: {message}", flush=True)
@@ -152,15 +190,21 @@ class Harness:
         return FakePrefect(proc, port, record, time.monotonic())
 
     def service(
-        self, tag: str, prefect_port: int, flow_id: str = FAKE_FLOW_ID, **settings: str
+        self,
+        tag: str,
+        prefect_port: int,
+        flow_id: str = FAKE_FLOW_ID,
+        database_url: str | None = None,
+        **settings: str,
     ) -> Service:
-        """A fresh service process on a fresh SQLite file, ready; ``settings`` as
-        ``BRIDGE_*`` (``max_rate="100"`` is ``BRIDGE_MAX_RATE=100``)."""
+        """A fresh service process, ready: on a fresh SQLite file unless ``database_url``
+        names a store (a replica's); ``settings`` as ``BRIDGE_*`` (``max_rate="100"`` is
+        ``BRIDGE_MAX_RATE=100``)."""
         port = free_port()
-        database = self.path(f"{tag}.db")
+        database_url = database_url or f"sqlite:///{self.path(f'{tag}.db')}"
         env = service_env(
             port=port,
-            database=database,
+            database_url=database_url,
             prefect_port=prefect_port,
             flow_id=flow_id,
             token=TOKEN,
@@ -170,7 +214,7 @@ class Harness:
             "service", ["-m", "app.cli", "serve"], self.path(f"{tag}-service.log"), env, self.work
         )
         ready = wait_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
-        return Service(proc, port, database, ready)
+        return Service(proc, port, database_url, ready)
 
     def wrk(self, port: int, path: str, seconds: int) -> dict[str, Any]:
         """One wrk run with bench/webhook.lua; requests/s, errors, and wrk's own CPU."""
@@ -224,6 +268,26 @@ class Harness:
         result: dict[str, Any] = json.loads(out.read_text())
         result["cpu_seconds"] = cpu()
         return result
+
+    def bursts_together(
+        self, ports: list[int], tag: str, count: int, concurrency: int
+    ) -> list[dict[str, Any]]:
+        """One ``burst`` load generator per port, ``count`` requests each over
+        ``concurrency`` connections, all starting at the same moment (once every process
+        has opened its connections); each one's result, with its start and end."""
+        at = time.monotonic() + 3.0  # a load generator starts in about 0.5 s
+        procs, outs = [], []
+        for i, port in enumerate(ports):
+            out = self.path(f"{tag}-{i}-loadgen.json")
+            args = ["-m", "bench.loadgen", "--port", str(port), "--token", TOKEN]
+            args += ["--nonce", str(self.next_nonce()), "--out", str(out), "burst"]
+            args += ["--count", str(count), "--concurrency", str(concurrency), "--at", str(at)]
+            procs.append(spawn("loadgen", args, self.path(f"{tag}-{i}-loadgen.log")))
+            outs.append(out)
+        for proc in procs:
+            if (code := proc.popen.wait(900)) != 0:
+                raise RuntimeError(f"a load generator failed ({code}):\n{proc.tail()}")
+        return [json.loads(out.read_text()) for out in outs]
 
     def phase(self, name: str, run: Callable[[Harness], None]) -> None:
         """Run one phase; a failure is reported and the next phase still runs. Notes how
@@ -313,6 +377,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
+        "postgresql": server_version(),
         "uvicorn_loop": "uvloop" if find_spec("uvloop") else "asyncio",
         "uvicorn_http": "httptools" if find_spec("httptools") else "h11",
         "wrk": (wrk.stdout or wrk.stderr or " ").splitlines()[0].split(" Copyright")[0],

@@ -7,7 +7,8 @@ whether the generator kept its schedule. Every request is written down (executio
 due, sent, answered, status) for the end-to-end match with the fake Prefect.
 
 ``burst``: closed loop, ``--count`` requests over ``--concurrency`` connections, as fast
-as the service answers (filling a backlog).
+as the service answers (filling a backlog); ``--at`` starts it at a given time, so that
+several generators (one per replica, say) send together.
 
 Times are ``time.monotonic()``: one clock for every process of the machine.
 
@@ -152,13 +153,17 @@ async def open_loop(requests: Requests, rate: float, duration: float) -> dict[st
     }
 
 
-async def burst(requests: Requests, count: int, concurrency: int) -> dict[str, Any]:
+async def burst(
+    requests: Requests, count: int, concurrency: int, at: float | None = None
+) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     next_counter = 0
+    connections = [await Connection.open(requests.port) for _ in range(concurrency)]
+    if at is not None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
 
-    async def worker() -> None:
+    async def worker(connection: Connection) -> None:
         nonlocal next_counter
-        connection = await Connection.open(requests.port)
         while next_counter < count:
             counter = next_counter
             next_counter += 1
@@ -174,9 +179,16 @@ async def burst(requests: Requests, count: int, concurrency: int) -> dict[str, A
         connection.close()
 
     started = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.monotonic() - started
-    return {"mode": "burst", "count": count, "elapsed": elapsed, "statuses": statuses}
+    await asyncio.gather(*(worker(connection) for connection in connections))
+    finished = time.monotonic()
+    return {
+        "mode": "burst",
+        "count": count,
+        "started": started,
+        "finished": finished,
+        "elapsed": finished - started,
+        "statuses": statuses,
+    }
 
 
 def main() -> None:
@@ -192,13 +204,14 @@ def main() -> None:
     closed = sub.add_parser("burst")
     closed.add_argument("--count", type=int, required=True)
     closed.add_argument("--concurrency", type=int, default=16)
+    closed.add_argument("--at", type=float, help="time.monotonic() to start at")
     args = parser.parse_args()
     instrument_priority()
     requests = Requests(args.port, args.token, args.nonce)
     if args.mode == "open":
         result = asyncio.run(open_loop(requests, args.rate, args.duration))
     else:
-        result = asyncio.run(burst(requests, args.count, args.concurrency))
+        result = asyncio.run(burst(requests, args.count, args.concurrency, args.at))
     args.out.write_text(json.dumps(result))
 
 

@@ -49,6 +49,20 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User plus system CPU time of the live processes of one process group (a server
+    started in a session of its own, with whatever children it runs)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # pgrp: field 5
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
 def sched_seconds(pid: int) -> tuple[float, float]:
     """(on a CPU, runnable but waiting for one) since start, summed over the process's
     threads (``/proc/<pid>/task/*/schedstat``): the wait shows other load on the machine."""
@@ -150,7 +164,7 @@ def wait_ok(url: str, proc: Proc | None, timeout: float = 60.0, every: float = 0
 def service_env(
     *,
     port: int,
-    database: Path,
+    database_url: str,
     prefect_port: int,
     flow_id: str,
     token: str,
@@ -160,7 +174,7 @@ def service_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BRIDGE_"))}
     env |= {
         "BRIDGE_PORT": str(port),
-        "BRIDGE_DATABASE_URL": f"sqlite:///{database}",
+        "BRIDGE_DATABASE_URL": database_url,
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_FLOW_ID": flow_id,
         "BRIDGE_WEBHOOK_TOKEN": token,

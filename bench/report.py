@@ -22,11 +22,10 @@ class Target:
 # event lost, duplicated or refused), whatever its figure.
 TARGETS = (
     Target("wrk_over_ceiling", ">= 2 x ceiling", lambda ratio: ratio >= 2),
-    Target("ingest_crash_over_ceiling", ">= 0.5 x", lambda ratio: ratio >= 0.5),
+    Target("durable_accept_over_ceiling", ">= 0.5 x", lambda ratio: ratio >= 0.5),
     Target("accept_p99_ms_at_500", "p99 <= 20 ms", lambda p99: p99 <= 20),
     Target("end_to_end_ms", "p50 <= 10, p99 <= 50 ms", lambda p50, p99: p50 <= 10 and p99 <= 50),
-    Target("overhead_over_direct", "<= 1.15 x", lambda ratio: ratio <= 1.15),
-    Target("drain_per_s", ">= 1,000 /s", lambda rate: rate >= 1000),
+    Target("create_via_service_over_direct", "<= 1.10 x", lambda ratio: ratio <= 1.10),
     Target(
         "capped_drain",
         "<= cap (1 s: <= cap + 1)",
@@ -34,9 +33,13 @@ TARGETS = (
     ),
     Target("peak_rss_mb", "<= 120 MB", lambda mb: mb <= 120),
     Target("start_to_ready_s", "<= 2 s", lambda slowest: slowest <= 2),
-    Target("real_prefect_drain_over_sequential", ">= 0.8 x", lambda ratio: ratio >= 0.8),
-    Target("real_prefect_first_run_after_health_s", "<= 10 s", lambda seconds: seconds <= 10),
+    Target("drain_over_prefect_best", ">= 0.9 x", lambda ratio: ratio >= 0.9),
+    Target("first_run_after_health_s", "<= 10 s", lambda seconds: seconds <= 10),
+    # A second replica must add acceptance, not contention. Its drain is information:
+    # Prefect's own pace bounds it, and 8 judges that against Prefect's best.
+    Target("two_replicas_accept_over_one", "> 1.0 x", lambda ratio: ratio > 1.0),
 )
+DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 _TARGET = {target.figure: target for target in TARGETS}
 
 
@@ -71,7 +74,8 @@ def rows(data: dict[str, Any]) -> list[Row]:
         *_overhead(data),
         *_drains(data),
         *_memory_and_start(data),
-        *_real_prefect_drain(data),
+        *_prefect_drains(data),
+        *_replicas(data),
     ]
 
 
@@ -99,11 +103,21 @@ def _ceiling_and_ingest(d: dict[str, Any]) -> list[Row]:
     if "ingest_rounds" not in d:
         return []
     rounds, ceiling = d["ingest_rounds"], _ceiling_rps(d)
+    accept = _mean(r["accept"]["rps"] for r in rounds)
     crash = _mean(r["crash"]["rps"] for r in rounds)
     power = _mean(r["power"]["rps"] for r in rounds)
-    wrk_cores = max(r[k]["wrk_cores"] for r in rounds for k in ("ceiling", "crash"))
-    crash_cpu, ceiling_cpu = _cpu_ms(rounds, "crash"), _cpu_ms(rounds, "ceiling")
+    wrk_cores = max(r[k]["wrk_cores"] for r in rounds for k in ("ceiling", "accept", "crash"))
+    ceiling_cpu = _cpu_ms(rounds, "ceiling")
+    accept_cpu, crash_cpu = _cpu_ms(rounds, "accept"), _cpu_ms(rounds, "crash")
     delivered = _mean(r["crash"]["delivered_in_window_per_s"] for r in rounds)
+    # No request refused; every accepted event stored and still queued (a few more than
+    # wrk counted: it stops with requests in flight that the service went on to store).
+    complete = all(
+        r["accept"]["errors"] == 0
+        and set(r["accept"]["deliveries"]) <= {"pending"}
+        and r["accept"]["deliveries"].get("pending", 0) >= r["accept"]["accepted"]
+        for r in rounds
+    )
     return [
         Row(
             "1",
@@ -113,22 +127,36 @@ def _ceiling_and_ingest(d: dict[str, Any]) -> list[Row]:
         ),
         Row(
             "2",
-            "ingest, BRIDGE_DURABILITY=crash (sustained)",
-            f"{fmt(crash)} ev/s",
+            "durable accept: Prefect down, every event stored and queued",
+            f"{fmt(accept)} ev/s",
             f"ceiling {fmt(ceiling)} req/s",
-            f"{crash / ceiling:.2f} x",
-            *judged("ingest_crash_over_ceiling", crash / ceiling),
+            f"{accept / ceiling:.2f} x",
+            *judged("durable_accept_over_ceiling", accept / ceiling, complete=complete),
         ),
         Row(
             "2",
-            "ingest, BRIDGE_DURABILITY=power (sustained)",
+            "  CPU per accepted event vs ceiling per request",
+            f"{accept_cpu:.2f} ms",
+            f"ceiling {ceiling_cpu:.2f} ms",
+            f"{accept_cpu / ceiling_cpu:.1f} x",
+        ),
+        Row(
+            "2",
+            "ingest delivering to the fake Prefect, DURABILITY=crash",
+            f"{fmt(crash)} ev/s",
+            f"ceiling {fmt(ceiling)} req/s",
+            f"{crash / ceiling:.2f} x",
+        ),
+        Row(
+            "2",
+            "ingest delivering to the fake Prefect, DURABILITY=power",
             f"{fmt(power)} ev/s",
             f"ceiling {fmt(ceiling)} req/s",
             f"{power / ceiling:.2f} x",
         ),
         Row(
             "2",
-            "  CPU per event, service (crash) vs ceiling per request",
+            "  CPU per event (crash, with its deliveries) vs ceiling",
             f"{crash_cpu:.2f} ms",
             f"ceiling {ceiling_cpu:.2f} ms",
             f"{crash_cpu / ceiling_cpu:.1f} x",
@@ -198,11 +226,11 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
     return [
         Row(
             "5",
-            "real Prefect: create via the service (median)",
+            "a create via the service, Prefect on SQLite (median)",
             f"{o['via_service_ms']['p50']:.1f} ms",
             f"direct {o['direct_ms']['p50']:.1f} ms",
             f"{o['ratio_p50']:.2f} x",
-            *judged("overhead_over_direct", o["ratio_p50"]),
+            *judged("create_via_service_over_direct", o["ratio_p50"]),
         )
     ]
 
@@ -211,14 +239,13 @@ def _drains(d: dict[str, Any]) -> list[Row]:
     table = []
     if "drain" in d:
         x = d["drain"]
+        failed = "" if x["delivered"] == x["backlog"] else f", {x['delivered']} delivered"
         table.append(
             Row(
                 "6",
-                f"drain {fmt(x['backlog'])} after an outage, default concurrency",
+                f"drain {fmt(x['backlog'])} to the fake Prefect after an outage",
                 f"{fmt(x['rate'])} deliveries/s",
-                f"first after up {x['first_after_up_s']:.1f} s",
-                "",
-                *judged("drain_per_s", x["rate"], complete=x["delivered"] == x["backlog"]),
+                f"first after up {x['first_after_up_s']:.1f} s{failed}",
             )
         )
     if "drain_capped" in d:
@@ -239,16 +266,20 @@ def _drains(d: dict[str, Any]) -> list[Row]:
 
 def _memory_and_start(d: dict[str, Any]) -> list[Row]:
     table = []
-    peaks = [r[k]["peak_rss_mb"] for r in d.get("ingest_rounds", []) for k in ("crash", "power")]
+    peaks = [
+        r[k]["peak_rss_mb"]
+        for r in d.get("ingest_rounds", [])
+        for k in ("accept", "crash", "power")
+    ]
     peaks += [d[k]["peak_rss_mb"] for k in ("drain", "drain_capped") if k in d]
     if peaks:
-        idle = d.get("ready", {}).get("hwm_mb_at_ready", [float("nan")])
+        idle = d.get("ready", {}).get("hwm_mb_at_ready", [])
         table.append(
             Row(
                 "7",
                 "peak RSS of the service during 2 and 6",
                 f"{max(peaks):.0f} MB",
-                f"at ready {percentile(idle, 50):.0f} MB",
+                f"at ready {percentile(idle, 50):.0f} MB" if idle else "",
                 "",
                 *judged("peak_rss_mb", max(peaks)),
             )
@@ -268,31 +299,90 @@ def _memory_and_start(d: dict[str, Any]) -> list[Row]:
     return table
 
 
-def _real_prefect_drain(d: dict[str, Any]) -> list[Row]:
-    x = d.get("real_prefect_drain", {})
-    if "ratio" not in x:
+def _prefect_drains(d: dict[str, Any]) -> list[Row]:
+    table = []
+    for database, x in d.get("prefect_drains", {}).items():
+        name = DATABASES[database]
+        complete = x["flow_runs"] == x["backlog"] == x["distinct_keys"]
+        attempts = x["attempts"]
+        rates = x["direct_rates"]
+        clients = list(rates)
+        # Per 100 flow runs created, before and after the drain together.
+        busy = [
+            100
+            * (x["direct_before"][n]["busy_503"] + x["direct_after"][n]["busy_503"])
+            / (2 * x["direct_creates"])
+            for n in clients
+        ]
+        table += [
+            Row(
+                "8",
+                f"backlog of {fmt(x['backlog'])} drained into Prefect on {name}",
+                f"{x['drain_rate']:.1f} runs/s",
+                f"Prefect's best {x['best_rate']:.1f} runs/s ({_clients(x['best_clients'])})",
+                f"{x['ratio']:.2f} x",
+                *judged("drain_over_prefect_best", x["ratio"], complete=complete),
+            ),
+            Row(
+                "8",
+                f"  Prefect on {name}, direct, {' / '.join(map(str, clients))} clients",
+                " / ".join(f"{rates[n]:.0f}" for n in clients) + " runs/s",
+                "503s per 100 runs: " + " / ".join(f"{b:.0f}" for b in busy),
+            ),
+            Row(
+                "8",
+                "  503s during the drain, per 100 flow runs created",
+                f"{x['busy_per_100_creates']:.1f}",
+                f"{attempts.get('503', 0)} of {sum(attempts.values())} attempts",
+            ),
+            Row(
+                "8",
+                "  Prefect restarted: health answered -> first flow run",
+                f"{x['first_delivery_after_health_s']:.1f} s",
+                "",
+                "",
+                *judged("first_run_after_health_s", x["first_delivery_after_health_s"]),
+            ),
+        ]
+    return table
+
+
+def _replicas(d: dict[str, Any]) -> list[Row]:
+    runs = d.get("replicas", {})
+    if not (runs.get("1") and runs.get("2")):
         return []
-    complete = x["flow_runs"] == x["backlog"] == x["distinct_keys"]
-    attempts = x["attempts"]
+    complete = all(
+        x["flow_runs"] == x["backlog"] == x["distinct_keys"]
+        and set(x["accept_statuses"]) <= {"200", "202"}
+        for x in (*runs["1"], *runs["2"])
+    )
+    one_accept, two_accept = (_mean(x["accept_rate"] for x in runs[n]) for n in ("1", "2"))
+    one_drain, two_drain = (_mean(x["drain_rate"] for x in runs[n]) for n in ("1", "2"))
+    accept, drain = two_accept / one_accept, two_drain / one_drain
+    backlog = runs["2"][0]["backlog"]
+    best = d.get("prefect_drains", {}).get("postgresql", {}).get("best_rate")
+    prefect_best = f"; Prefect's best {best:.1f}" if best else ""
     return [
         Row(
-            "8",
-            f"backlog of {x['backlog']} drained into a real Prefect (SQLite)",
-            f"{x['drain_rate']:.1f} runs/s",
-            f"sequential {x['sequential_rate']:.1f} runs/s "
-            f"(first 90 % drained at {x['rate_first_90_percent']:.1f}/s)",
-            f"{x['ratio']:.2f} x",
-            *judged("real_prefect_drain_over_sequential", x["ratio"], complete=complete),
+            "9",
+            "two replicas, one PostgreSQL store: accept (Prefect down)",
+            f"{fmt(two_accept)} ev/s",
+            f"one replica {fmt(one_accept)} ev/s",
+            f"{accept:.2f} x",
+            *judged("two_replicas_accept_over_one", accept, complete=complete),
         ),
         Row(
-            "8",
-            "real Prefect restarted: health answered -> first flow run",
-            f"{x['first_delivery_after_health_s']:.1f} s",
-            f"503s {attempts.get('503', 0)} of {sum(attempts.values())} attempts",
-            "",
-            *judged("real_prefect_first_run_after_health_s", x["first_delivery_after_health_s"]),
+            "9",
+            f"two replicas: drain {fmt(backlog)} into Prefect on PostgreSQL",
+            f"{two_drain:.1f} runs/s",
+            f"one replica {one_drain:.1f}{prefect_best}",
+            f"{drain:.2f} x",
         ),
     ]
+
+
+def _clients(n: int) -> str:
+    return "sequential" if n == 1 else f"{n} clients"
 
 
 def render(table: list[Row]) -> str:
@@ -315,8 +405,10 @@ def contention(data: dict[str, Any], load: dict[str, dict[str, float]]) -> str:
     """How much the machine's other load got in the way: the service's share of wall
     time on a CPU and waiting for one, and how busy all cores were per phase."""
     parts = []
+    last_round = data.get("ingest_rounds", [{}])[-1]
     for label, x in (
-        ("ingest", data.get("ingest_rounds", [{}])[-1].get("crash")),
+        ("accept", last_round.get("accept")),
+        ("ingest", last_round.get("crash")),
         ("500 ev/s", data.get("latency", {}).get("500")),
         ("drain", data.get("drain")),
     ):
@@ -328,7 +420,8 @@ def contention(data: dict[str, Any], load: dict[str, dict[str, float]]) -> str:
     busy = ", ".join(
         f"{name.split(':')[0]} {x['machine_busy_cores']:.1f}" for name, x in load.items()
     )
-    return f"service: {'; '.join(parts)}\nall cores busy (of {os.cpu_count()}) by phase: {busy}"
+    service = f"service: {'; '.join(parts)}\n" if parts else ""
+    return f"{service}all cores busy (of {os.cpu_count()}) by phase: {busy}"
 
 
 def fmt(value: float, digits: int = 0) -> str:

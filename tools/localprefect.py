@@ -101,6 +101,9 @@ class PrefectServer:
     # The server's services (the event persister, triggers, actions): what automations
     # need. Off by default: the tests that only create flow runs start faster without.
     services: bool = False
+    # Where the server keeps its data (PREFECT_API_DATABASE_CONNECTION_URL, e.g.
+    # postgresql+asyncpg://postgres@127.0.0.1:5432/prefect); None: SQLite in ``home``.
+    database_url: str | None = None
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -118,9 +121,17 @@ class PrefectServer:
         home: Path | None = None,
         ui: bool = False,
         services: bool = False,
+        database_url: str | None = None,
         wait: float = 60.0,
     ) -> PrefectServer:
-        server = cls(port or free_port(), base_path, auth_string, ui=ui, services=services)
+        server = cls(
+            port or free_port(),
+            base_path,
+            auth_string,
+            ui=ui,
+            services=services,
+            database_url=database_url,
+        )
         if home is not None:
             server.home = home
         server.start(wait=wait)
@@ -140,6 +151,8 @@ class PrefectServer:
         }
         if self.auth_string:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         self.log_path = self.home / "server.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
