@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from app.auth import require_webhook_token
 from app.errors import (
@@ -75,6 +75,10 @@ async def receive_erathos_webhook(request: Request) -> Any:
         payload = await read_json_body(request, bridge.settings)
         event = validated(ErathosEvent, payload)
         accepted = await store_and_deliver(bridge, new_event(bridge, event, payload))
-    if not accepted.created:
-        return JSONResponse(accepted.answer().model_dump(mode="json"), 200)
-    return accepted.answer()
+    # Returned as a response, not as the model: FastAPI would validate the answer again
+    # against response_model (kept for the docs) before serialising it.
+    return Response(
+        accepted.answer().model_dump_json(),
+        status_code=202 if accepted.created else 200,
+        media_type="application/json",
+    )
