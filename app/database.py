@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql import ClauseElement
 
 from app.records import StoreUnavailable
 from app.schema import migrate
@@ -152,6 +153,13 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Eng
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def sqlite_sql(statement: ClauseElement) -> str:
+    """``statement`` as SQLite's own SQL with ``:named`` parameters, for a statement so
+    hot that it goes to the driver's cursor directly (its parameters must then be the
+    column values as stored: no type of the schema may convert them on SQLite)."""
+    return str(statement.compile(dialect=sqlite.dialect(paramstyle="named")))
 
 
 class Database:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from app.database import Database
+from app.database import Database, sqlite_sql
 from app.records import (
     AttemptRecord,
     Claim,
@@ -56,6 +56,15 @@ class Store:
             database.insert(events)
             .on_conflict_do_nothing(index_elements=["execution_id"])
             .returning(events.c.id)
+        )
+        # On SQLite the two inserts of every webhook go straight to the driver's cursor,
+        # as the SQL SQLAlchemy compiles for them: its execution path (compiled cache,
+        # parameter processing, result proxy) cost more than the inserts themselves,
+        # in the writer thread that shares the GIL with the event loop.
+        self._raw_inserts = (
+            None
+            if database.postgres
+            else (sqlite_sql(self._insert_event), sqlite_sql(_INSERT_DELIVERY))
         )
         due = (
             select(deliveries.c.id)
@@ -157,17 +166,34 @@ class Store:
         ]
 
         def work(conn: Connection) -> Recorded | None:
-            if conn.scalar(self._insert_event, row) is None:
+            if not self._inserted(conn, row, rows):
                 earlier = conn.execute(_EVENT_BY_EXECUTION, {"b_execution_id": new.execution_id})
                 return with_deliveries(conn, earlier.one(), created=False)
-            if rows:
-                conn.execute(_INSERT_DELIVERY, rows)
             return None
 
         earlier = await self.database.run(work)
         if earlier is not None:
             return earlier
         return Recorded(event_of(row), [delivery_of(r) for r in rows], created=True)
+
+    def _inserted(
+        self, conn: Connection, event: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> bool:
+        """Insert the event and, if it is new, its deliveries; False when its execution
+        id was stored before (nothing is written then)."""
+        if self._raw_inserts is None:
+            if conn.scalar(self._insert_event, event) is None:
+                return False
+            if rows:
+                conn.execute(_INSERT_DELIVERY, rows)
+            return True
+        insert_event, insert_delivery = self._raw_inserts
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        if driver.execute(insert_event, event).fetchone() is None:
+            return False
+        driver.executemany(insert_delivery, rows)
+        return True
 
     # -- dispatch -------------------------------------------------------------------------
 
