@@ -16,7 +16,6 @@ import logging
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -29,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from app.errors import internal_error
+from app.ids import new_id
 from app.routes_file import ConnectionSpec
 from app.settings import Settings
 
@@ -218,7 +218,7 @@ def request_id_of(scope: Scope) -> str:
             if _SANE_REQUEST_ID.match(offered):
                 return offered
             break
-    return uuid.uuid4().hex
+    return new_id()
 
 
 class RequestContext:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from app.database import Database, sqlite_sql
+from app.ids import new_id
 from app.records import (
     AttemptRecord,
     Claim,
@@ -39,10 +39,6 @@ from app.schema import attempts, deliveries, events, meta
 
 Clock = Callable[[], float]  # epoch seconds
 PENDING, DELIVERED, DEAD = (s.value for s in DeliveryState)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class Store:
