@@ -6,6 +6,7 @@ is gone loses lines, never a webhook or a delivery's record."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -224,9 +225,11 @@ class BrokenPipe:
 
     def __init__(self) -> None:
         self.writes = 0
+        self.lines = 0  # what the writes carried: a turn of the loop's lines go in one
 
-    def write(self, _: str) -> int:
+    def write(self, text: str) -> int:
         self.writes += 1
+        self.lines += text.count("\n")
         raise BrokenPipeError(32, "Broken pipe")
 
     def flush(self) -> None:
@@ -267,4 +270,48 @@ async def test_a_broken_stderr_loses_log_lines_never_a_webhook_or_its_recorded_a
         await database.close()
     assert (attempt.outcome, attempt.status_code) == ("delivered", 201)
     assert broken.writes > 0  # the lines were written, and refused
-    assert lost_lines.count - lost_before == broken.writes
+    assert lost_lines.count - lost_before == broken.lines
+
+
+class Recording:
+    """A stderr that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.anyio
+async def test_lines_of_one_turn_of_the_loop_are_written_together_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink = Recording()
+    monkeypatch.setattr(sys, "stderr", sink)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("json", "INFO")
+        log = structlog.get_logger("test")
+        log.info("first")
+        log.info("second")
+        assert sink.writes == []  # not yet: at the loop's next turn
+        await asyncio.sleep(0)
+        log.info("third")
+        logging.getLogger("uvicorn.error").warning("a stdlib record")  # after "third"
+        await asyncio.sleep(0)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+    messages = [[json.loads(line)["msg"] for line in w.splitlines()] for w in sink.writes]
+    assert messages == [["first", "second"], ["third"], ["a stdlib record"]]
