@@ -251,6 +251,10 @@ class _Writer:
     refused within one timeout, not one timeout after another."""
 
     GROUP = 64  # the most works committed together
+    # A group is committed once its works have run this long, even when more are queued:
+    # the first work's caller waits for the whole group's commit, so a group's size is
+    # bounded by the latency it adds, not only by its count. The rest go in the next one.
+    GROUP_SECONDS = 0.005
 
     def __init__(self, engine: Engine, lock_timeout: float) -> None:
         self.engine = engine
@@ -276,29 +280,34 @@ class _Writer:
     def _serve(self) -> None:
         try:
             stopping = False
-            while not stopping:
-                group = [self._queue.get()]
-                while len(group) < self.GROUP:
+            later: list[_Submitted] = []  # what the last group's time bound left out
+            while not stopping or later:
+                arrived = [] if later else [self._queue.get()]
+                while len(later) + len(arrived) < self.GROUP:
                     try:
-                        group.append(self._queue.get_nowait())
+                        arrived.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                stopping = None in group
-                running = [
+                stopping |= None in arrived
+                running = later + [
                     item
-                    for item in group
+                    for item in arrived
                     if item is not None and item[1].set_running_or_notify_cancel()
                 ]
-                if not self._together(running):
+                left = self._together(running)
+                if left is None:
+                    left = []
                     for item in running:
-                        self._together([item])
+                        self._together([item])  # one work: nothing is left over
+                later = left
         finally:
             self.engine.dispose()
             self._stopped.set_result(None)
 
-    def _together(self, group: list[_Submitted]) -> bool:
-        """Run ``group`` in one transaction and settle its futures; False, settling
-        none, when a work failed with more than one work in it."""
+    def _together(self, group: list[_Submitted]) -> list[_Submitted] | None:
+        """Run ``group`` in one transaction and settle its futures; what is left of it
+        once ``GROUP_SECONDS`` have passed is not run and is returned, to run next. None,
+        settling none, when a work failed with more than one work in it."""
         now = time.monotonic()
         for _, done, deadline in group:
             if deadline <= now and not done.done():
@@ -310,28 +319,33 @@ class _Writer:
                 )
         group = [item for item in group if not item[1].done()]
         if not group:
-            return True
+            return []
         began = False
+        results: list[Any] = []
         try:
             with self.engine.connect() as conn:
                 _busy_timeout(conn, min(deadline for *_, deadline in group) - now)
                 with conn.begin():
                     began = True
-                    results = [work(conn) for work, _, _ in group]
+                    bound = time.monotonic() + self.GROUP_SECONDS
+                    for work, _, _ in group:
+                        results.append(work(conn))
+                        if time.monotonic() >= bound:
+                            break
         except BaseException as exc:  # whatever it is, the thread lives on to serve the rest
             if not began:  # the lock is held elsewhere, or the file is gone: nobody's own
                 for _, done, _ in group:
                     error = StoreUnavailable(_driver_message(exc))
                     error.__cause__ = exc
                     done.set_exception(error)
-                return True
+                return []
             if len(group) > 1:
-                return False
+                return None
             group[0][1].set_exception(exc)
-            return True
-        for (_, done, _), result in zip(group, results, strict=True):
+            return []
+        for (_, done, _), result in zip(group, results, strict=False):
             done.set_result(result)
-        return True
+        return group[len(results) :]
 
 
 def _busy_timeout(conn: Connection, seconds: float) -> None:

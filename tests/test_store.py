@@ -7,14 +7,16 @@ import asyncio
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.database import APPLICATION_NAME, display_url
+from app.database import APPLICATION_NAME, Database, _Writer, display_url
 from app.history import History
 from app.records import (
     AttemptRecord,
@@ -492,6 +494,29 @@ async def test_a_failing_operation_among_many_at_once_fails_alone(
         await history.pending_summary()
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.check_writable()
+
+
+async def test_a_group_is_committed_once_its_works_have_run_for_its_time_bound(
+    tmp_path: Path,
+) -> None:
+    """Works queued together share a commit only up to the group's time bound: the first
+    work's caller never waits for a whole queue of slow ones. Order is kept across groups."""
+    database = await Database.open(f"sqlite:///{tmp_path / 'bridge.db'}")
+    transactions: list[Connection] = []  # each group's transaction runs on its own
+
+    def slow(conn: Connection) -> int:
+        transactions.append(conn)
+        time.sleep(_Writer.GROUP_SECONDS / 2)  # two of them fill the bound
+        return len(transactions)
+
+    try:
+        done = await asyncio.gather(*(database.run(slow) for _ in range(8)))
+    finally:
+        await database.close()
+    assert done == list(range(1, 9))
+    sizes = Counter(id(conn) for conn in transactions).values()
+    assert max(sizes) <= 2, sizes
+    assert len(sizes) >= 4, sizes
 
 
 # -- schema and durability --------------------------------------------------------------
