@@ -15,6 +15,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import httpx
+
 from app.settings import PREFECT_API_VERSION
 from bench.body import WEBHOOK_PATH, execution_id
 from bench.client import Connection
@@ -139,7 +141,16 @@ async def _interleaved_creates(
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
     direct = await Connection.open(prefect_port)
     via = await Connection.open(service_port)
+    # The same create through httpx, the service's own client, as the service sends it
+    # (app.prefect): the part of the overhead that is the client's, not the service's.
+    client = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{prefect_port}/api/",
+        headers=API_VERSION_HEADER,
+        follow_redirects=False,
+    )
+    httpx_nonce = h.next_nonce()
     direct_s: list[float] = []
+    httpx_s: list[float] = []
     via_s: list[float] = []
     not_delivered = 0
 
@@ -152,6 +163,16 @@ async def _interleaved_creates(
             raise RuntimeError(f"direct create answered {answer.status}: {answer.body[:300]!r}")
         if i >= warmup:
             direct_s.append(took)
+
+    async def one_httpx(i: int) -> None:
+        body = _flow_run(flow_id, execution_id(httpx_nonce, i))
+        started = time.perf_counter()
+        answer = await client.post("flow_runs/", json=body)
+        took = time.perf_counter() - started
+        if answer.status_code != 201:
+            raise RuntimeError(f"httpx create answered {answer.status_code}: {answer.text[:300]}")
+        if i >= warmup:
+            httpx_s.append(took)
 
     async def one_via(i: int) -> None:
         nonlocal not_delivered
@@ -167,19 +188,22 @@ async def _interleaved_creates(
             via_s.append(took)
 
     try:
+        kinds = [one_direct, one_httpx, one_via]
         for i in range(warmup + samples):
-            # Alternate which goes first, so neither always meets a warmer server.
-            first, second = (one_direct, one_via) if i % 2 == 0 else (one_via, one_direct)
-            await first(i)
-            await second(i)
+            # Rotate which goes first, so none always meets a warmer server.
+            for one in kinds[i % 3 :] + kinds[: i % 3]:
+                await one(i)
     finally:
         direct.close()
         via.close()
+        await client.aclose()
     return {
         "samples": samples,
         "direct_ms": summary_ms(direct_s),
+        "httpx_ms": summary_ms(httpx_s),
         "via_service_ms": summary_ms(via_s),
         "ratio_p50": percentile(via_s, 50) / percentile(direct_s, 50),
+        "httpx_ratio_p50": percentile(httpx_s, 50) / percentile(direct_s, 50),
         "not_delivered_within_sync_wait": not_delivered,
     }
 

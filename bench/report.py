@@ -231,7 +231,14 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
             f"direct {o['direct_ms']['p50']:.1f} ms",
             f"{o['ratio_p50']:.2f} x",
             *judged("create_via_service_over_direct", o["ratio_p50"]),
-        )
+        ),
+        Row(
+            "5",
+            "  the same create direct through httpx, the service's client",
+            f"{o['httpx_ms']['p50']:.1f} ms",
+            f"direct {o['direct_ms']['p50']:.1f} ms",
+            f"{o['httpx_ratio_p50']:.2f} x",
+        ),
     ]
 
 
