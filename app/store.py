@@ -62,6 +62,9 @@ class Store:
             if database.postgres
             else (sqlite_sql(self._insert_event), sqlite_sql(_INSERT_DELIVERY))
         )
+        # And so do each attempt's two statements: its record, and the delivery's state.
+        self._raw_attempt = None if database.postgres else sqlite_sql(_INSERT_ATTEMPT)
+        self._raw_if_held: dict[tuple[str, ...], str] = {}  # per set of columns it sets
         due = (
             select(deliveries.c.id)
             .where(
@@ -252,10 +255,22 @@ class Store:
         values = {"lease_owner": None, "lease_expires_at": None, **update.columns()}
 
         def work(conn: Connection) -> bool:
-            conn.execute(_INSERT_ATTEMPT, row)
-            return bool(conn.execute(_IF_HELD, held | values).rowcount == 1)
+            if self._raw_attempt is None:
+                conn.execute(_INSERT_ATTEMPT, row)
+                return bool(conn.execute(_IF_HELD, held | values).rowcount == 1)
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute(self._raw_attempt, row)
+            return bool(driver.execute(self._if_held_sql(tuple(values)), held | values).rowcount)
 
         return bool(await self.database.run(work))
+
+    def _if_held_sql(self, names: tuple[str, ...]) -> str:
+        sql = self._raw_if_held.get(names)
+        if sql is None:
+            sql = sqlite_sql(_IF_HELD.values({name: bindparam(name) for name in names}))
+            self._raw_if_held[names] = sql
+        return sql
 
     async def renew(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend our lease before sending (a delivery may wait for its turn); False when
@@ -305,7 +320,9 @@ class Store:
 
 # The hot path's statements, built once; b_* are the WHERE clause's parameters.
 _INSERT_DELIVERY = insert(deliveries)
-_INSERT_ATTEMPT = insert(attempts)
+_INSERT_ATTEMPT = insert(attempts).values(
+    {c.name: bindparam(c.name) for c in attempts.c if c.name != "id"}
+)
 _IF_HELD = update(deliveries).where(
     deliveries.c.id == bindparam("b_id"), deliveries.c.lease_owner == bindparam("b_owner")
 )
