@@ -155,6 +155,7 @@ def sign_in(page: Page, token: str = ADMIN_TOKEN) -> None:
     expect(page).to_have_url(re.compile(r"/ui/sign-in$"))
     page.fill("#token", token)
     page.click("button[type=submit]")
+    assert token not in page.url  # a POST: the token never travels in a URL
 
 
 def test_signing_in_shows_a_delivered_and_a_dead_event(page: Page, console: Console) -> None:
