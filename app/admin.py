@@ -23,6 +23,7 @@ from app.errors import (
     validated,
 )
 from app.event import ErathosEvent
+from app.history import CURSOR_PATTERN, page_cursor, parse_cursor
 from app.ingest import DeliveryOut, read_json_body, utc_time
 from app.records import (
     AttemptRecord,
@@ -143,18 +144,20 @@ async def list_events(
     state: Annotated[EventState | None, Query()] = None,
     job_id: Annotated[str | None, Query(max_length=64)] = None,
     table_name: Annotated[str | None, Query(max_length=1024)] = None,
+    execution_id: Annotated[
+        str | None, Query(max_length=200, description="part of the execution id (any case)")
+    ] = None,
     since: Annotated[datetime | None, Query(description="received at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="received before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=100, pattern=r"^\d+(\.\d+)?(e[+-]?\d+)?_[0-9a-f]{32}$")
-    ] = None,
+    cursor: Annotated[str | None, Query(max_length=100, pattern=CURSOR_PATTERN)] = None,
 ) -> EventPage:
     before = _parse_cursor(cursor) if cursor else None
     page = await bridge.history.list_events(
         state=state,
         job_id=job_id,
         table_name=table_name,
+        execution_id_contains=execution_id,
         since=_epoch(since, "since"),
         until=_epoch(until, "until"),
         before=before,
@@ -166,8 +169,7 @@ async def list_events(
     ]
     next_cursor = None
     if len(page) == limit:
-        last = page[-1][0]
-        next_cursor = f"{last.received_at!r}_{last.id}"
+        next_cursor = page_cursor(page[-1][0])
     return EventPage(events=out, next_cursor=next_cursor)
 
 
@@ -185,9 +187,8 @@ def _epoch(when: datetime | None, field: str) -> float | None:
 
 
 def _parse_cursor(cursor: str) -> tuple[float, str]:
-    received_at, _, event_id = cursor.partition("_")
     try:
-        return float(received_at), event_id
+        return parse_cursor(cursor)
     except ValueError:
         raise ValidationFailed("invalid cursor") from None
 

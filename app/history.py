@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, assert_never
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
@@ -28,6 +28,22 @@ from app.schema import attempts, deliveries, events
 from app.store import DEAD, DELIVERED, PENDING, Clock, delivery_of, event_of, with_deliveries
 
 _REPLAY_SUFFIX = re.compile(r":replay-[0-9a-f]{8}$")
+# A page's cursor: the last event's (received_at, id), as `list_events` takes it in `before`.
+CURSOR_PATTERN = r"^\d+(\.\d+)?(e[+-]?\d+)?_[0-9a-f]{32}$"
+
+
+def page_cursor(event: EventRecord) -> str:
+    """The cursor of the page after the one ``event`` ends (the admin API's and the
+    console's ``cursor``)."""
+    return f"{event.received_at!r}_{event.id}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """A cursor back as ``list_events``' ``before``; ValueError when it is not one."""
+    if re.match(CURSOR_PATTERN, cursor) is None:
+        raise ValueError("not a cursor")
+    received_at, _, event_id = cursor.partition("_")
+    return float(received_at), event_id
 
 
 class History:
@@ -85,17 +101,24 @@ class History:
         state: EventState | None = None,
         job_id: str | None = None,
         table_name: str | None = None,
+        execution_id_contains: str | None = None,
         since: float | None = None,
         until: float | None = None,
         before: tuple[float, str] | None = None,
         limit: int = 50,
     ) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
-        """Newest first; ``before`` is the (received_at, id) cursor of the previous page."""
+        """Newest first; ``before`` is the (received_at, id) cursor of the previous page.
+        ``execution_id_contains`` matches part of the execution id, ignoring case."""
         query = select(events)
         if job_id is not None:
             query = query.where(events.c.job_id == job_id)
         if table_name is not None:
             query = query.where(events.c.table_name == table_name)
+        if execution_id_contains:
+            # autoescape: a % or _ typed by an operator is a character, not a wildcard.
+            query = query.where(
+                events.c.execution_id.icontains(execution_id_contains, autoescape=True)
+            )
         if since is not None:
             query = query.where(events.c.received_at >= since)
         if until is not None:
@@ -123,6 +146,54 @@ class History:
             for d in found:
                 by_event.setdefault(d.event_id, []).append(delivery_of(d._mapping))
             return [(event_of(row._mapping), by_event.get(row.id, [])) for row in rows]
+
+        return await self.database.run(work)
+
+    async def outcomes_since(self, since: float) -> list[tuple[float, EventState]]:
+        """When each event received at or after ``since`` arrived, and its state as
+        :func:`app.records.event_state` sums it up, oldest first: the console's counts by
+        state and its events-per-hour chart.
+
+        One pass over the events joined to their deliveries, grouped by event: the most
+        telling delivery state wins (dead, then pending, then delivered; none: ignored).
+        Not the listing's EXISTS conditions, for which SQLite would pick the state index
+        and scan every delivered row once per event."""
+        rank = func.max(
+            case(
+                (deliveries.c.state == DEAD, 3),
+                (deliveries.c.state == PENDING, 2),
+                (deliveries.c.state == DELIVERED, 1),
+                else_=0,
+            )
+        )
+        query = (
+            select(events.c.received_at, rank)
+            .select_from(events.outerjoin(deliveries, deliveries.c.event_id == events.c.id))
+            .where(events.c.received_at >= since)
+            .group_by(events.c.id, events.c.received_at)
+            .order_by(events.c.received_at)
+        )
+        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        return [(float(row[0]), _BY_RANK[row[1] or 0]) for row in rows]
+
+    async def pending_deliveries(self, limit: int = 50) -> list[tuple[DeliveryRecord, EventRecord]]:
+        """The pending deliveries, the next one due first, each with its event: what is
+        queued, when it is tried next, and why (its last error)."""
+        query = (
+            select(deliveries, events)
+            .join(events, events.c.id == deliveries.c.event_id)
+            .where(deliveries.c.state == PENDING)
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+        )
+
+        def work(conn: Connection) -> list[tuple[DeliveryRecord, EventRecord]]:
+            found = []
+            for row in conn.execute(query).all():
+                delivery_columns = {c.name: row[i] for i, c in enumerate(deliveries.c)}
+                event_columns = {c.name: row[len(deliveries.c) + i] for i, c in enumerate(events.c)}
+                found.append((delivery_of(delivery_columns), event_of(event_columns)))
+            return found
 
         return await self.database.run(work)
 
@@ -190,25 +261,30 @@ class History:
                 return removed
 
 
+# outcomes_since's rank of an event's most telling delivery state, back to the event's state.
+_BY_RANK = (EventState.IGNORED, EventState.DELIVERED, EventState.PENDING, EventState.DEAD)
+
+
 def replay_key(key: str) -> str:
     """A new idempotency key derived from the original: ``<key>:replay-<8 hex>``."""
     return f"{_REPLAY_SUFFIX.sub('', key)}:replay-{uuid.uuid4().hex[:8]}"
 
 
+def _has(*states: str) -> ColumnElement[bool]:
+    """The event has a delivery in one of ``states``."""
+    return exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state.in_(states))
+
+
 def _in_state(state: EventState) -> ColumnElement[bool]:
     """Events with a pending (or dead) delivery; delivered: all are; ignored: none."""
-
-    def has(*states: str) -> ColumnElement[bool]:
-        return exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state.in_(states))
-
     match state:
         case EventState.PENDING:
-            return has(PENDING)
+            return _has(PENDING)
         case EventState.DEAD:
-            return has(DEAD)
+            return _has(DEAD)
         case EventState.DELIVERED:
-            return and_(has(DELIVERED), ~has(PENDING, DEAD))
+            return and_(_has(DELIVERED), ~_has(PENDING, DEAD))
         case EventState.IGNORED:
-            return ~has(PENDING, DELIVERED, DEAD)
+            return ~_has(PENDING, DELIVERED, DEAD)
         case _:
             assert_never(state)

@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.admin import admin
+from app.console import console_app
 from app.dropin import dropin_router
 from app.errors import install_error_handlers
 from app.health import health
@@ -55,8 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
         # Prefect-shaped endpoints (off by default) forward to the environment's connection.
         app.include_router(dropin_router(settings.dropin_allow_fields))
     if settings.admin_token is not None:
-        # Without an admin token the admin endpoints do not exist at all.
+        # Without an admin token the admin endpoints and the console do not exist at all.
         app.include_router(admin)
+        app.mount("/ui", console_app(settings), name="console")
     install_docs(app)
     return app
 

@@ -233,6 +233,8 @@ class Settings(PrefectSettings):
     )
     admin_token: SecretStr | None = Field(None, validation_alias="BRIDGE_ADMIN_TOKEN")
     metrics_token: SecretStr | None = Field(None, validation_alias="BRIDGE_METRICS_TOKEN")
+    # How long a sign-in to the operator console (/ui/, with the admin token) lasts.
+    console_session: Duration = Field(timedelta(hours=8), validation_alias="BRIDGE_CONSOLE_SESSION")
     host: str = Field("127.0.0.1", validation_alias="BRIDGE_HOST")
     port: Annotated[int, Ge(1)] = Field(8080, le=65535, validation_alias="BRIDGE_PORT")
     max_body_bytes: Annotated[int, Ge(1024)] = Field(
@@ -307,6 +309,7 @@ class Settings(PrefectSettings):
 
     @field_validator(
         "body_timeout",
+        "console_session",
         "header_timeout",
         "keepalive_timeout",
         "retention",
@@ -410,7 +413,7 @@ class Settings(PrefectSettings):
             raise ValueError("must be longer than 0 s")
         return value
 
-    @field_validator("header_timeout", "keepalive_timeout")
+    @field_validator("header_timeout", "keepalive_timeout", "console_session")
     @classmethod
     def _positive_connection_timeouts(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

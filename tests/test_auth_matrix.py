@@ -2,7 +2,8 @@
 
 Health, readiness, metrics and the API docs are the only open routes; the webhook and the
 Prefect-shaped endpoints take only a webhook token; the admin API only the admin token
-(and does not exist without one). A new route fails this test until it is classified."""
+(and does not exist without one); the console, mounted at /ui, only its session cookie
+(tests/test_console.py). A new route fails this test until it is classified."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ OPEN = {
 }
 WEBHOOK = {r.path for r in [*webhooks.routes, *dropin_router().routes] if isinstance(r, APIRoute)}
 ADMIN = {r.path for r in admin.routes if isinstance(r, APIRoute)}
+CONSOLE = {"/ui"}  # its own app: every page but sign-in answers a session cookie only
 
 WRONG = {
     "no credentials": {},
@@ -71,9 +73,11 @@ def test_every_route_is_classified(make_settings: SettingsFactory) -> None:
     app = create_app(make_settings(admin_token=ADMIN_TOKEN, dropin=True))
     paths = all_paths(app.routes)
 
-    assert paths <= OPEN | WEBHOOK | ADMIN, paths - (OPEN | WEBHOOK | ADMIN)
+    classified = OPEN | WEBHOOK | ADMIN | CONSOLE
+    assert paths <= classified, paths - classified
     assert paths >= WEBHOOK
     assert paths >= ADMIN
+    assert paths >= CONSOLE
 
 
 @pytest.mark.parametrize("wrong", list(WRONG), ids=list(WRONG))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.database import Database
 from app.history import History, replay_key
 from app.records import (
     DeliveryNotFound,
@@ -21,6 +22,7 @@ from app.records import (
     EventRecord,
     EventState,
     Recorded,
+    event_state,
 )
 from app.schema import attempts, deliveries
 from app.store import Store
@@ -112,11 +114,69 @@ async def test_events_are_filtered_by_job_table_and_time_received(
         ({"since": second.received_at}, [third, second]),
         ({"until": second.received_at}, [first]),
         ({"since": second.received_at, "until": third.received_at}, [second]),
+        ({"execution_id_contains": "E2"}, [second]),  # any case
+        ({"execution_id_contains": "e"}, [third, second, first]),
+        ({"execution_id_contains": "_"}, []),  # a character, not LIKE's wildcard
+        ({"execution_id_contains": "%"}, []),
         ({"limit": 2}, [third, second]),
     ]
     for filters, wanted in cases:
         listed = await history.list_events(**filters)
         assert [e.execution_id for e, _ in listed] == [e.execution_id for e in wanted], filters
+
+
+async def test_outcomes_since_sum_each_event_up_as_its_deliveries_do(
+    store: Store, history: History, clock: ManualClock
+) -> None:
+    """The console's counts and chart: the state of each event received since a time, as
+    event_state() and the listing's state filter decide it."""
+    await finished(store, DeliveryState.DELIVERED, execution_id="before-the-window")
+    clock.advance(10)
+    since = clock()
+    await record(store, "pending")
+    clock.advance(1)
+    await finished(store, DeliveryState.DELIVERED, execution_id="delivered")
+    clock.advance(1)
+    await finished(store, DeliveryState.DEAD, execution_id="dead")
+    clock.advance(1)
+    await record(store, "ignored", routes=(), ignored_reason="no route matched")
+    clock.advance(1)
+    mixed = await record(store, "delivered-and-dead", routes=("a", "b"), claim_for="w")
+    a, b = mixed.deliveries
+    assert await complete(store, a, "w", ending(DeliveryState.DELIVERED, clock()))
+    assert await complete(store, b, "w", ending(DeliveryState.DEAD, clock()))
+
+    outcomes = await history.outcomes_since(since)
+    listed = await history.list_events(since=since)
+
+    assert [state for _, state in outcomes] == [
+        EventState.PENDING,
+        EventState.DELIVERED,
+        EventState.DEAD,
+        EventState.IGNORED,
+        EventState.DEAD,
+    ]
+    assert sorted(outcomes) == sorted((e.received_at, event_state(found)) for e, found in listed)
+
+
+async def test_pending_deliveries_are_listed_next_due_first_with_their_events(
+    store: Store, history: History, database: Database, clock: ManualClock
+) -> None:
+    first = await record(store, "due-later")
+    second = await record(store, "due-sooner")
+    await finished(store, DeliveryState.DEAD, execution_id="dead")
+    await set_columns(database, deliveries, first.deliveries[0].id, next_attempt_at=clock() + 60)
+
+    pending = await history.pending_deliveries(limit=10)
+    [only] = await history.pending_deliveries(limit=1)
+
+    assert [(d.id, e.execution_id) for d, e in pending] == [
+        (second.deliveries[0].id, "due-sooner"),
+        (first.deliveries[0].id, "due-later"),
+    ]
+    assert pending[1][0].next_attempt_at == clock() + 60
+    assert pending[0][1].payload == {"execution_id": "due-sooner"}
+    assert only == pending[0]
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["distinct-times", "tied-times"])

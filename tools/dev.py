@@ -339,6 +339,7 @@ The bridge is ready at {base_url}
   Prefect events    every load is also an event (erathos.job.finished, ...): {ui}/events
   webhook token     {webhook_token}  (data/dev-webhook-token)
   admin token       {admin_token}  (data/dev-admin-token; the admin API is on)
+  console           {base_url}/ui/  (sign in with the admin token)
   settings          {where}
 
 Send it what Erathos sends (run it twice: the second answer is a duplicate):

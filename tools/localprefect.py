@@ -149,6 +149,9 @@ class PrefectServer:
             "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
             "PREFECT_SERVER_API_BASE_PATH": self.base_path,
         }
+        if self.ui:
+            # The UI asks the API where the browser can reach it: at 4200 unless told.
+            env["PREFECT_UI_API_URL"] = self.api_url
         if self.auth_string:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
         if self.database_url:

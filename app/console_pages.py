@@ -1,0 +1,194 @@
+"""The console's pages: the overview, the events, one event, the dead letters, and the
+replay their forms ask for. Each reads the admin API's queries (:class:`app.history.History`)
+and replays as the admin API does."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.console_access import ConsoleDep, FormDep, Refused, SessionDep, first
+from app.console_views import (
+    COUNT_ORDER,
+    EventFilter,
+    Masker,
+    hourly_chart,
+    payload_fields,
+    state_counts,
+    target_of,
+)
+from app.history import page_cursor
+from app.records import (
+    DeliveryNotFound,
+    DeliveryState,
+    DeliveryStillPending,
+    EventState,
+    event_state,
+)
+from app.service import Bridge, BridgeDep
+
+DAY = 86400.0
+PAGE = 50
+PENDING_SHOWN = 20
+
+
+def add_pages(app: FastAPI) -> None:
+    @app.get("/", response_class=HTMLResponse)
+    async def overview(
+        request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
+    ) -> Response:
+        now = bridge.history.clock()
+        outcomes = await bridge.history.outcomes_since(now - DAY)
+        pending = await bridge.history.pending_deliveries(limit=PENDING_SHOWN)
+        queued = await bridge.history.pending_summary()
+        connections = [
+            {
+                "name": name,
+                "circuit": gate.circuit.value,
+                "window": gate.limit,
+                "in_flight": gate.in_flight,
+                "pending": queued.get(name, (0, now))[0],
+                "oldest": queued[name][1] if name in queued else None,
+            }
+            for name, gate in sorted(bridge.dispatcher.gates.items())
+        ]
+        context = {
+            "nav": "overview",
+            "counts": state_counts(outcomes),
+            "chart": hourly_chart(outcomes, now - DAY, now),
+            "pending": [(d, e, masker(bridge)(d.last_error)) for d, e in pending],
+            "connections": connections,
+            "queued": sum(count for count, _ in queued.values()),
+            "now": now,
+        }
+        return console.page(request, "overview.html", context)
+
+    @app.get("/events", response_class=HTMLResponse)
+    async def events(
+        request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
+    ) -> Response:
+        wanted = EventFilter.of(request.query_params)
+        page = []
+        if not wanted.errors:
+            page = await bridge.history.list_events(
+                state=wanted.state,
+                job_id=wanted.job,
+                table_name=wanted.table,
+                execution_id_contains=wanted.text,
+                since=wanted.since,
+                until=wanted.until,
+                before=wanted.before,
+                limit=PAGE,
+            )
+        context = {
+            "nav": "events",
+            "filter": wanted,
+            "states": [s.value for s in COUNT_ORDER],
+            "rows": [(e, found, event_state(found)) for e, found in page],
+            "older": wanted.query(cursor=page_cursor(page[-1][0])) if len(page) == PAGE else None,
+            "mask": masker(bridge),
+        }
+        status = 400 if wanted.errors else 200
+        return console.page(request, "events.html", context, status)
+
+    @app.get("/events/{event_id}", response_class=HTMLResponse)
+    async def event(
+        event_id: str, request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
+    ) -> Response:
+        found = await bridge.history.get_event(event_id[:64])
+        if found is None:
+            raise Refused(404, f"no event {event_id[:64]}")
+        stored, deliveries = found
+        tried = await bridge.history.attempts_of([d.id for d in deliveries])
+        context = {
+            "nav": "events",
+            "event": stored,
+            "state": event_state(deliveries),
+            "fields": payload_fields(stored.payload),
+            "deliveries": [
+                (d, target_of(bridge.router, d), [a for a in tried if a.delivery_id == d.id])
+                for d in deliveries
+            ],
+            "mask": masker(bridge),
+            "notice": notice_of(request),
+        }
+        return console.page(request, "event.html", context)
+
+    @app.get("/dead", response_class=HTMLResponse)
+    async def dead_letters(
+        request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
+    ) -> Response:
+        wanted = EventFilter.of({"cursor": request.query_params.get("cursor", "")})
+        page = await bridge.history.list_events(
+            state=EventState.DEAD, before=wanted.before, limit=PAGE
+        )
+        rows = [(e, [d for d in found if d.state is DeliveryState.DEAD]) for e, found in page]
+        context = {
+            "nav": "dead",
+            "rows": rows,
+            "older": urlencode({"cursor": page_cursor(page[-1][0])}) if len(page) == PAGE else None,
+            "mask": masker(bridge),
+            "notice": notice_of(request),
+        }
+        return console.page(request, "dead.html", context)
+
+    @app.post("/replay", response_class=HTMLResponse)
+    async def replay(
+        request: Request, form: FormDep, console: ConsoleDep, bridge: BridgeDep
+    ) -> Response:
+        """Replay the deliveries chosen (``one``, or every ``delivery`` ticked). A new run
+        is asked for with ``mode=new`` and done only once ``confirmed``: the page between
+        says what it means."""
+        base = request.scope.get("root_path", "")
+        back = first(form, "back") or ""
+        if not back.startswith(f"{base}/") or "//" in back:  # never a redirect elsewhere
+            back = f"{base}/dead"
+        chosen = [first(form, "one")] if first(form, "one") else form.get("delivery", [])
+        ids = list(dict.fromkeys(i[:64] for i in chosen if i))[:PAGE]
+        new_run = first(form, "mode") == "new"
+        if not ids:
+            return RedirectResponse(with_notice(back, "nothing was selected"), 303)
+        if new_run and first(form, "confirmed") != "yes":
+            found = [await bridge.history.get_delivery(i) for i in ids]
+            context = {
+                "nav": "dead",
+                "deliveries": [d for d in found if d is not None],
+                "back": back,
+            }
+            return console.page(request, "confirm.html", context)
+        done, skipped = await replay_all(bridge, ids, new_run=new_run)
+        bridge.dispatcher.wake()
+        kind = "as new runs" if new_run else "with their idempotency keys"
+        message = f"{done} replayed {kind}: the service sends them now"
+        if skipped:
+            message += f"; {skipped} skipped (pending already, or gone)"
+        return RedirectResponse(with_notice(back, message), 303)
+
+
+async def replay_all(bridge: Bridge, ids: list[str], *, new_run: bool) -> tuple[int, int]:
+    """Replay each delivery as the admin API does; count those that could not be (still
+    pending, replayed meanwhile, or gone)."""
+    done = skipped = 0
+    for delivery_id in ids:
+        try:
+            await bridge.history.replay(delivery_id, new_run=new_run)
+            done += 1
+        except (DeliveryNotFound, DeliveryStillPending):
+            skipped += 1
+    return done, skipped
+
+
+def masker(bridge: Bridge) -> Masker:
+    return Masker(bridge.settings, list(bridge.connections.values()))
+
+
+def with_notice(path: str, message: str) -> str:
+    separator = "&" if "?" in path else "?"
+    return f"{path}{separator}{urlencode({'notice': message})}"
+
+
+def notice_of(request: Request) -> str | None:
+    notice = request.query_params.get("notice")
+    return notice[:300] if notice else None
