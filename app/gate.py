@@ -18,8 +18,8 @@ doubles the latency of each gains nothing; one that adds 75 % gains 14 %).
            the level that lost is probed again only after twice as many measurements
            as the last time (up to ``HOLD_CAP_EPOCHS``), so a settled window stays
            settled and a SQLite server sees a trial second request ever more rarely
-    back off  a 503, a 429 or a timeout halves the window at once, and counts as a lost
-           probe of the level it came at; latency that doubles at a held window (a
+    back off  a 503, a 429 or a timeout halves the window at once, and counts as two lost
+           probes of the level it came at; latency that doubles at a held window (a
            Prefect that got slower, busier with others) takes one request away
 
 Only flow runs Prefect created count: a refused connection or a 4xx never reached the
@@ -63,6 +63,9 @@ TOLERANCE = 0.05
 # A level that lost a probe is tried again after 2, 4, 8, ... measurements, at most this
 # many (about half a minute at 60 flow runs a second).
 HOLD_CAP_EPOCHS = 64
+# A 503, 429 or timeout at a level counts as this many lost probes of it: a Prefect on
+# SQLite sees a second request again after 4, then 16, then 64 measurements.
+OVERLOAD_LOSSES = 2
 # A measurement during which turns stood free with no delivery waiting for this share of
 # the window's time measured the backlog, not Prefect: it is dropped.
 IDLE_SHARE = 0.1
@@ -138,8 +141,9 @@ class ConcurrencyWindow:
         self._now.idle += seconds
 
     def overloaded(self) -> None:
-        """A 503, a 429 or a timeout: Prefect is saturated at this level; halve now."""
-        self._lose(self.limit)
+        """A 503, a 429 or a timeout: Prefect is saturated at this level; halve now. It
+        counts as two lost probes: certain, where a slower measurement may be noise."""
+        self._lose(self.limit, probes=OVERLOAD_LOSSES)
         self._take(max(1, self.limit // 2), latency=None, why="overloaded")
 
     def interrupted(self) -> None:
@@ -196,8 +200,8 @@ class ConcurrencyWindow:
                 return level
         return None
 
-    def _lose(self, level: int) -> None:
-        lost = self._lost[level] = self._lost.get(level, 0) + 1
+    def _lose(self, level: int, probes: int = 1) -> None:
+        lost = self._lost[level] = self._lost.get(level, 0) + probes
         self._due[level] = self._measured + min(HOLD_CAP_EPOCHS, 2**lost)
 
     def _take(self, level: int, latency: float | None, why: str | None = None) -> None:

@@ -184,6 +184,25 @@ def test_a_second_request_that_slows_prefect_down_is_given_back_and_tried_ever_m
     assert set(later) == {1, 2}
 
 
+def test_a_prefect_that_answers_a_second_request_with_503_sees_one_ever_more_rarely(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    busy_at: list[int] = []  # the flow runs created before each 503
+    created = 0
+    while created < 10 * HOLD_CAP_EPOCHS * EPOCH_COMPLETIONS:
+        if gate.limit > 1:
+            gate.observe(DOWN)
+            busy_at.append(created)
+        else:
+            serve(gate, clock, flat, 1)
+            created += 1
+    assert gate.limit == 1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(busy_at)]
+    # A 503 counts as two lost probes: tried again after 4, 16, then 64 measurements.
+    assert [round(gap / EPOCH_COMPLETIONS) for gap in gaps[:3]] == [4, 16, HOLD_CAP_EPOCHS], gaps
+    assert len(busy_at) <= 3 + 10, busy_at
+
+
 def test_a_prefect_as_fast_at_two_to_four_and_slower_at_one_is_held_above_one(
     gate: ConnectionGate, clock: ManualClock
 ) -> None:
