@@ -56,10 +56,10 @@ log = structlog.get_logger("erathos_prefect_bridge.gate")
 # few hundred is measured several times over while it drains.
 EPOCH_COMPLETIONS = 30
 # One more request in flight is held unless it makes Prefect slower by more than this
-# share (divided by the lower window: 5 % from one to two, 2.5 % from two to three). A
+# share (divided by the lower window: 10 % from one to two, 5 % from two to three). A
 # close call goes to the higher level: a measurement on a busy machine is noisy, a Prefect
 # on SQLite shows its limit with 503s as well, and more in flight hides its own delays.
-TOLERANCE = 0.05
+TOLERANCE = 0.1
 # A level that lost a probe is tried again after 2, 4, 8, ... measurements, at most this
 # many (about half a minute at 60 flow runs a second).
 HOLD_CAP_EPOCHS = 64
