@@ -303,15 +303,9 @@ class ConnectionGate:
                 self._trial_running = False
             async with self._turn:
                 self.in_flight -= 1
-                handed_over = self._waiting > 0
-                if not handed_over and self.in_flight < self.limit:
+                if not self._waiting and self.in_flight < self.limit:
                     self._free_since.append(time.monotonic())
                 self._turn.notify_all()
-            if handed_over and not trial and self.circuit is Circuit.CLOSED:
-                # The delivery taking this turn sends its request before this one's
-                # answer is recorded: Prefect works on it meanwhile. (Never after a
-                # trial: its answer decides whether the next one may go at all.)
-                await asyncio.sleep(0)
 
     def observe(self, result: AttemptResult) -> None:
         """Learn from one answer: only transient failures count against the connection."""
