@@ -11,7 +11,8 @@ doubles the latency of each gains nothing; one that adds 75 % gains 14 %).
 
     hold   the window stays where it is for a measurement: ``EPOCH_COMPLETIONS`` flow
            runs created back to back (the window full, requests waiting for it), their
-           rate by the clock and their mean latency
+           rate by the clock and their mean latency; ``CLIMB_COMPLETIONS`` while it
+           first climbs from one, until a higher level first loses
     probe  then one measurement one request higher (or lower) is compared with it: the
            higher window is held unless it is slower by ``TOLERANCE / lower`` (a share
            that shrinks as the window grows, as what one request more can change does);
@@ -55,6 +56,10 @@ log = structlog.get_logger("erathos_prefect_bridge.gate")
 # that one slow answer moves a rate by a few per cent, few enough that a backlog of a
 # few hundred is measured several times over while it drains.
 EPOCH_COMPLETIONS = 30
+# Until a higher level first loses, measurements are this short: the window climbs from
+# one to a Prefect on PostgreSQL's four in about 70 flow runs, where a wrong step up costs
+# at most a short measurement (and on SQLite its 503 ends the climb at once).
+CLIMB_COMPLETIONS = 15
 # One more request in flight is held unless it makes Prefect slower by more than this
 # share (divided by the lower window: 10 % from one to two, 5 % from two to three). A
 # close call goes to the higher level: a measurement on a busy machine is noisy, a Prefect
@@ -113,6 +118,7 @@ class ConcurrencyWindow:
         self._held_rate: float | None = None  # flow runs per second, its last measurement
         self._held_latency: float | None = None  # mean seconds, when the level was taken
         self._measured = 0  # measurements so far: the clock that probes come due by
+        self._climbing = True  # until a higher level first loses: measurements are short
         self._lost: dict[int, int] = {}  # level -> probes it lost in a row
         self._due: dict[int, int] = {}  # level -> the measurement it may be tried after
         self._now = _Measurement(settling=0)
@@ -129,7 +135,8 @@ class ConcurrencyWindow:
             return
         measurement.created += 1
         measurement.latency += latency
-        if measurement.created >= max(EPOCH_COMPLETIONS, 4 * self.limit):
+        epoch = CLIMB_COMPLETIONS if self._climbing else EPOCH_COMPLETIONS
+        if measurement.created >= max(epoch, 4 * self.limit):
             elapsed = now - measurement.started
             mean_latency = measurement.latency / measurement.created
             self._now = _Measurement(settling=0, started=now)
@@ -144,6 +151,7 @@ class ConcurrencyWindow:
         """A 503, a 429 or a timeout: Prefect is saturated at this level; halve now. It
         counts as two lost probes: certain, where a slower measurement may be noise."""
         self._lose(self.limit, probes=OVERLOAD_LOSSES)
+        self._climbing = False
         self._take(max(1, self.limit // 2), latency=None, why="overloaded")
 
     def interrupted(self) -> None:
@@ -163,6 +171,7 @@ class ConcurrencyWindow:
             self._held_latency = latency
         elif self.held > 1 and latency > LATENCY_INFLATION * self._held_latency:
             self._lose(self.held)
+            self._climbing = False
             self._take(self.held - 1, latency=None, why="slower")
             return
         self._held_rate = rate
@@ -186,6 +195,7 @@ class ConcurrencyWindow:
             winner=winner,
         )
         self._lose(loser)
+        self._climbing &= winner > loser  # a level higher lost: the climb is over
         self._lost.pop(winner, None)
         if winner == self.held:
             self._set(self.held)

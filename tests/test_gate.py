@@ -15,6 +15,7 @@ import pytest
 
 import app.gate
 from app.gate import (
+    CLIMB_COMPLETIONS,
     EPOCH_COMPLETIONS,
     HOLD_CAP_EPOCHS,
     PROBE_CAP,
@@ -167,6 +168,18 @@ def test_a_window_as_fast_at_every_level_grows_to_the_maximum_and_stays(
     # Now and then one less is tried, and loses: it is tried ever more rarely.
     assert later[MAX_CONCURRENCY] >= 0.95 * 3000, later
     assert gate.limit == MAX_CONCURRENCY
+
+
+def test_the_window_climbs_in_short_measurements_until_a_higher_level_first_loses(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    climbed = serve(gate, clock, flat, 4 * (CLIMB_COMPLETIONS + 2 * MAX_CONCURRENCY))
+    assert gate.limit == MAX_CONCURRENCY, climbed
+
+    gate.observe(DOWN)  # the climb is over: from now on a measurement is a long one
+    held = gate.limit
+    serve(gate, clock, flat, 2 * CLIMB_COMPLETIONS + held)
+    assert gate.limit == held
 
 
 def test_a_second_request_that_slows_prefect_down_is_given_back_and_tried_ever_more_rarely(
