@@ -88,7 +88,7 @@ class Dispatcher:
         self.retention = settings.retention.total_seconds()
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.gates = {
-            name: ConnectionGate(settings.max_concurrency, settings.max_rate)
+            name: ConnectionGate(settings.max_concurrency, settings.max_rate, name)
             for name in connections
         }
         self._tasks: dict[str, asyncio.Task[Turn]] = {}

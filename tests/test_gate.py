@@ -1,18 +1,23 @@
-"""The connection gate on a clock moved by hand: the concurrency window and what may be
-claimed, the circuit (open, probed, half-open, closed again) and the rate cap."""
+"""The connection gate on a clock moved by hand: the concurrency window (fed the latency
+a simulated Prefect answers with at each window) and what may be claimed, the circuit
+(open, probed, half-open, closed again) and the rate cap."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 import app.gate
 from app.gate import (
-    GROWTH_SUCCESSES,
+    CLIMB_COMPLETIONS,
+    EPOCH_COMPLETIONS,
+    HOLD_CAP_EPOCHS,
     PROBE_CAP,
     PROBE_FIRST,
     Circuit,
@@ -49,12 +54,47 @@ def gate(clock: ManualClock) -> ConnectionGate:
     return ConnectionGate(max_concurrency=MAX_CONCURRENCY)
 
 
-def grow(gate: ConnectionGate, limit: int) -> None:
-    """Deliver until the window lets ``limit`` requests be in flight."""
-    for _ in range((GROWTH_SUCCESSES + 1) * limit):
+# Seconds Prefect takes to answer a create with this many requests in flight.
+Latency = Callable[[int], float]
+
+
+def flat(window: int) -> float:
+    """A Prefect with room to spare (Prefect Cloud): more in flight costs nothing."""
+    return 0.020
+
+
+def serial(window: int) -> float:
+    """A Prefect on SQLite: one create at a time, and more in flight make each wait for
+    the others and then some (the rate falls by a sixth)."""
+    return 0.020 if window == 1 else 0.020 * window * 1.2
+
+
+def postgres(window: int) -> float:
+    """A Prefect on PostgreSQL, as measured: 64, 73, 72 and 71 flow runs a second."""
+    return window / {1: 64, 2: 73, 3: 72}.get(window, 71)
+
+
+def serve(gate: ConnectionGate, clock: ManualClock, latency: Latency, creates: int) -> Counter[int]:
+    """``creates`` flow runs created back to back with the window full, each answered
+    ``latency(window)`` after it was sent (so one is answered every ``latency / window``):
+    how many were created at each window."""
+    windows: Counter[int] = Counter()
+    for _ in range(creates):
+        window = gate.limit
+        seconds = latency(window)
+        clock.advance(seconds / window)
+        gate.observe(AttemptResult(Outcome.DELIVERED, seconds * 1000, 201, flow_run_id="run"))
+        windows[window] += 1
+    return windows
+
+
+def grow(gate: ConnectionGate, clock: ManualClock, limit: int) -> None:
+    """Deliver to a Prefect with room to spare until the window lets ``limit`` requests
+    be in flight."""
+    for _ in range(100):
         if gate.limit == limit:
             return
-        gate.observe(SUCCESS)
+        serve(gate, clock, flat, 10)
     raise AssertionError(f"the window never grew to {limit}")
 
 
@@ -74,9 +114,9 @@ async def enter(gate: ConnectionGate) -> None:
 
 @pytest.mark.parametrize("limit", [1, 2, MAX_CONCURRENCY])
 def test_a_closed_gate_lets_one_window_in_flight_and_one_more_waiting_be_claimed(
-    gate: ConnectionGate, limit: int
+    gate: ConnectionGate, clock: ManualClock, limit: int
 ) -> None:
-    grow(gate, limit)
+    grow(gate, clock, limit)
     assert (gate.circuit, gate.admits, gate.limit) == (Circuit.CLOSED, True, limit)
 
     for load in range(2 * limit + 1):
@@ -89,9 +129,9 @@ def test_a_closed_gate_lets_one_window_in_flight_and_one_more_waiting_be_claimed
 
 @pytest.mark.parametrize("limit", [1, 2, MAX_CONCURRENCY])
 async def test_no_more_than_the_window_is_in_flight_and_the_next_starts_when_one_leaves(
-    gate: ConnectionGate, limit: int
+    gate: ConnectionGate, clock: ManualClock, limit: int
 ) -> None:
-    grow(gate, limit)
+    grow(gate, clock, limit)
     log: list[tuple[str, int]] = []
     leave = [asyncio.Event() for _ in range(limit + 1)]
 
@@ -118,11 +158,96 @@ async def test_no_more_than_the_window_is_in_flight_and_the_next_starts_when_one
     assert gate.in_flight == 0
 
 
-def test_the_window_halves_on_a_busy_answer_and_never_exceeds_the_maximum(
-    gate: ConnectionGate,
+def test_a_window_as_fast_at_every_level_grows_to_the_maximum_and_stays(
+    gate: ConnectionGate, clock: ManualClock
 ) -> None:
-    for _ in range(GROWTH_SUCCESSES * MAX_CONCURRENCY * 2):
-        gate.observe(SUCCESS)
+    serve(gate, clock, flat, 1000)
+    assert gate.limit == MAX_CONCURRENCY
+
+    later = serve(gate, clock, flat, 3000)
+    # Now and then one less is tried, and loses: it is tried ever more rarely.
+    assert later[MAX_CONCURRENCY] >= 0.95 * 3000, later
+    assert gate.limit == MAX_CONCURRENCY
+
+
+def test_the_window_climbs_in_short_measurements_until_a_higher_level_first_loses(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    climbed = serve(gate, clock, flat, 4 * (CLIMB_COMPLETIONS + 2 * MAX_CONCURRENCY))
+    assert gate.limit == MAX_CONCURRENCY, climbed
+
+    gate.observe(DOWN)  # the climb is over: from now on a measurement is a long one
+    held = gate.limit
+    serve(gate, clock, flat, 2 * CLIMB_COMPLETIONS + held)
+    assert gate.limit == held
+
+
+def test_a_second_request_that_slows_prefect_down_is_given_back_and_tried_ever_more_rarely(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    first = serve(gate, clock, serial, 300)
+    assert gate.concurrency.held == 1
+    assert 0 < first[2] < 0.35 * 300, first  # tried, and given back
+
+    later = serve(gate, clock, serial, 20 * HOLD_CAP_EPOCHS * EPOCH_COMPLETIONS)
+    assert gate.concurrency.held == 1
+    # Once the tries are as rare as they get: one measurement (and its settling) in
+    # every HOLD_CAP_EPOCHS at window one.
+    assert later[2] <= 20 * (EPOCH_COMPLETIONS + 2) + 2 * EPOCH_COMPLETIONS, later
+    assert set(later) == {1, 2}
+
+
+def test_a_prefect_that_answers_a_second_request_with_503_sees_one_ever_more_rarely(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    busy_at: list[int] = []  # the flow runs created before each 503
+    created = 0
+    while created < 10 * HOLD_CAP_EPOCHS * EPOCH_COMPLETIONS:
+        if gate.limit > 1:
+            gate.observe(DOWN)
+            busy_at.append(created)
+        else:
+            serve(gate, clock, flat, 1)
+            created += 1
+    assert gate.limit == 1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(busy_at)]
+    # A 503 counts as two lost probes: tried again after 4, 16, then 64 measurements.
+    assert [round(gap / EPOCH_COMPLETIONS) for gap in gaps[:3]] == [4, 16, HOLD_CAP_EPOCHS], gaps
+    assert len(busy_at) <= 3 + 10, busy_at
+
+
+def test_a_prefect_as_fast_at_two_to_four_and_slower_at_one_is_held_above_one(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    serve(gate, clock, postgres, 300)  # found within the first few measurements
+    held = serve(gate, clock, postgres, 3000)
+    assert held[1] <= 0.05 * 3000, held  # one less is tried now and then, and loses
+    assert gate.concurrency.held > 1
+
+
+def test_a_held_window_whose_latency_doubles_gives_one_back_and_grows_again_if_worth_it(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    serve(gate, clock, flat, 3000)  # held at the maximum, one less tried only rarely
+    assert gate.concurrency.held == MAX_CONCURRENCY
+
+    def slower(window: int) -> float:
+        return 3 * flat(window)
+
+    created = 0  # within a few measurements (the first began before it got slower)
+    while gate.concurrency.held == MAX_CONCURRENCY and created < 3 * EPOCH_COMPLETIONS:
+        serve(gate, clock, slower, 1)
+        created += 1
+    assert gate.concurrency.held == MAX_CONCURRENCY - 1, "never gave one back"
+
+    serve(gate, clock, slower, 1000)  # as slow, but still faster with every one more
+    assert gate.concurrency.held == MAX_CONCURRENCY  # a window that only shrinks is wrong
+
+
+def test_the_window_halves_on_a_busy_answer_and_never_exceeds_the_maximum(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    serve(gate, clock, flat, 3000)
     assert (gate.window, gate.limit) == (MAX_CONCURRENCY, MAX_CONCURRENCY)
 
     gate.observe(slow_down(0.0))
@@ -133,11 +258,42 @@ def test_the_window_halves_on_a_busy_answer_and_never_exceeds_the_maximum(
     assert gate.limit == 1  # never below one
 
 
-def test_the_window_grows_by_one_every_growth_successes(gate: ConnectionGate) -> None:
-    for limit in range(2, MAX_CONCURRENCY + 1):
-        for _ in range(GROWTH_SUCCESSES):
-            gate.observe(SUCCESS)
-        assert gate.limit == limit
+@pytest.mark.parametrize(
+    "beside",
+    [
+        AttemptResult(Outcome.PERMANENT, 5_000.0, 422, "HTTP 422: invalid parameters"),
+        AttemptResult(Outcome.PERMANENT, 0.0, None, "route 'x' is no longer configured"),
+    ],
+    ids=["4xx", "not sent"],
+)
+def test_answers_other_than_a_created_flow_run_are_not_prefects_pace(
+    gate: ConnectionGate, clock: ManualClock, beside: AttemptResult
+) -> None:
+    for _ in range(200):
+        serve(gate, clock, flat, 5)
+        gate.observe(beside)  # slow, and not a flow run: neither latency nor a rate
+    assert gate.limit == MAX_CONCURRENCY
+
+
+def test_a_refused_connection_neither_halves_the_window_nor_counts_as_a_rate(
+    gate: ConnectionGate, clock: ManualClock
+) -> None:
+    grow(gate, clock, 2)
+    refused = AttemptResult(Outcome.TRANSIENT, 1.0, None, "ConnectError: refused")
+    gate.observe(refused)
+    assert gate.limit == 2
+    clock.advance(60.0)  # Prefect was away a minute: a rate across that is not its pace
+    serve(gate, clock, flat, 5 * EPOCH_COMPLETIONS)
+    assert gate.limit > 2
+
+
+async def test_a_window_never_full_is_not_grown(gate: ConnectionGate, clock: ManualClock) -> None:
+    for _ in range(20 * EPOCH_COMPLETIONS):  # one delivery every 30 ms, nobody waiting
+        async with gate.slot():
+            clock.advance(flat(1))
+        gate.observe(SUCCESS)
+        clock.advance(0.010)
+    assert gate.limit == 1
 
 
 # -- the circuit ------------------------------------------------------------------------
@@ -316,7 +472,10 @@ CLOCK_SLACK = 0.1 / RATE
 
 async def test_the_rate_cap_spaces_out_starts_even_when_the_window_has_room() -> None:
     gate = ConnectionGate(max_concurrency=MAX_CONCURRENCY, max_rate=RATE)
-    grow(gate, MAX_CONCURRENCY)  # four may be in flight: only the cap holds starts back
+    with pytest.MonkeyPatch.context() as patch:  # the window grown on a clock of its own
+        clock = ManualClock()
+        patch.setattr(app.gate, "time", clock)
+        grow(gate, clock, MAX_CONCURRENCY)  # four may be in flight: only the cap holds starts back
     starts: list[float] = []
 
     async def deliver() -> None:
