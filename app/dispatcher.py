@@ -343,7 +343,7 @@ class Dispatcher:
                     connection=name,
                     resumed=resumed,
                 )
-            free = gate.free
+            free = gate.claimable
             if free <= 0:
                 continue
             claims = await self.store.claim_due(

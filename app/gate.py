@@ -78,6 +78,9 @@ IDLE_SHARE = 0.1
 # was taken gives one request back: Prefect got slower, most likely busier with others.
 LATENCY_INFLATION = 2.0
 FAILURES_TO_OPEN = 3
+# Deliveries claimed at once beyond a window in flight and one waiting, when the waiting
+# ones run low: a backlog drains with one claim (one transaction) per batch.
+CLAIM_AHEAD = 8
 PROBE_FIRST = 0.5
 PROBE_CAP = 5.0
 # A probe's own deadline: a connection that accepts and never answers counts as down
@@ -271,6 +274,17 @@ class ConnectionGate:
         # One window in flight and one more claimed and waiting, so the next request
         # starts the moment one finishes instead of after another claim.
         return max(0, 2 * self.limit - self.load)
+
+    @property
+    def claimable(self) -> int:
+        """How many due deliveries the dispatcher's claim loop may take now: :attr:`free`,
+        but in batches of up to ``CLAIM_AHEAD`` more, taken once the waiting ones ran down
+        to one window, so that a backlog drains with one claim (one transaction) per
+        batch instead of one per flow run. (A new event is born claimed only when
+        :attr:`free` has room: its webhook waits for its turn, a queued one does not.)"""
+        if self.circuit is not Circuit.CLOSED or self.load > 2 * self.limit:
+            return self.free
+        return 2 * self.limit + CLAIM_AHEAD - self.load
 
     @property
     def limit(self) -> int:

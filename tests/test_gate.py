@@ -15,6 +15,7 @@ import pytest
 
 import app.gate
 from app.gate import (
+    CLAIM_AHEAD,
     CLIMB_COMPLETIONS,
     EPOCH_COMPLETIONS,
     HOLD_CAP_EPOCHS,
@@ -125,6 +126,27 @@ def test_a_closed_gate_lets_one_window_in_flight_and_one_more_waiting_be_claimed
 
     gate.load = 2 * limit + 1  # the window halved under deliveries already claimed
     assert (gate.admits, gate.free) == (True, 0)
+
+
+@pytest.mark.parametrize("limit", [1, 2, MAX_CONCURRENCY])
+def test_the_claim_loop_takes_due_deliveries_in_batches(
+    gate: ConnectionGate, clock: ManualClock, limit: int
+) -> None:
+    """The claim loop tops the waiting deliveries up to CLAIM_AHEAD more than a window
+    waiting, and only once they ran down to one window waiting: one claim per batch, not
+    per flow run. New events keep to ``free``."""
+    grow(gate, clock, limit)
+    for load in range(2 * limit + 1):
+        gate.load = load
+        assert gate.claimable == 2 * limit + CLAIM_AHEAD - load
+
+    for load in range(2 * limit + 1, 2 * limit + CLAIM_AHEAD + 2):
+        gate.load = load  # a batch is waiting (or the window halved under it)
+        assert (gate.claimable, gate.free) == (0, 0)
+
+    gate.observe(slow_down(1.0))  # the circuit opens: nothing is claimed
+    gate.load = 0
+    assert (gate.claimable, gate.free) == (0, 0)
 
 
 @pytest.mark.parametrize("limit", [1, 2, MAX_CONCURRENCY])
