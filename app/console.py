@@ -72,6 +72,7 @@ def console_app(settings: Settings) -> FastAPI:
         SessionSigner(settings.admin_token, settings.console_session.total_seconds()),
         Jinja2Templates(env=environment),
         RateLimiter(SIGN_IN_RATE, SIGN_IN_BURST),
+        settings.body_timeout.total_seconds(),
     )
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=UI / "static"), name="static")
@@ -147,7 +148,7 @@ def add_sign_in(app: FastAPI) -> None:
     async def sign_in(request: Request, console: ConsoleDep, bridge: BridgeDep) -> Response:
         if not same_origin(request):
             raise Refused(403, "a form from another site was refused")
-        form = await read_form(request)
+        form = await read_form(request, console)
         now = time.monotonic()
         if now < console.blocked_until:
             # Refused before comparing: a guesser learns nothing while blocked.

@@ -5,6 +5,7 @@ from another site, and sends its strict headers. The browser tests
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -124,6 +125,55 @@ async def test_wrong_tokens_past_the_burst_are_refused_without_being_compared(
     assert answers[:10] == [401] * 10  # the burst
     assert answers[-1] == 429
     assert right.status_code == 429  # not even the right one, until the pause is over
+
+
+class Body:
+    """A form body streamed in 1 KiB chunks, counting how many the service read."""
+
+    def __init__(self, chunks: int, *, then_stall: bool = False) -> None:
+        self.chunks = chunks
+        self.then_stall = then_stall
+        self.read = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            self.read += 1
+            yield b"token=" if self.read == 1 else b"x" * 1024
+        if self.then_stall:
+            await asyncio.Event().wait()  # never set: the rest never arrives
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded", **SAME_SITE}
+
+
+async def test_a_sign_in_form_over_the_cap_is_refused_before_it_is_all_read(
+    client: httpx.AsyncClient,
+) -> None:
+    huge = Body(10_000)  # 10 MB, no Content-Length: chunked
+    declared = Body(1)
+
+    streamed = await client.post("/ui/sign-in", content=huge, headers=FORM)
+    announced = await client.post(
+        "/ui/sign-in", content=declared, headers=FORM | {"Content-Length": "200000000"}
+    )
+
+    assert huge.read <= 65  # stopped just past 64 KiB, not 10 MB later
+    assert streamed.status_code == 413, streamed.text
+    assert "the form is larger than 65536 bytes" in streamed.text
+    assert announced.status_code == 413
+    assert declared.read == 0  # refused on the declared length alone
+
+
+async def test_a_form_that_stops_arriving_is_cut_off_with_408(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(admin_token=ADMIN_TOKEN, body_timeout="200ms")
+    # The outer timeout guards against a hang (the defect itself); nothing asserts a time.
+    async with open_client(settings) as client, asyncio.timeout(30):
+        stalled = await client.post("/ui/sign-in", content=Body(2, then_stall=True), headers=FORM)
+
+    assert stalled.status_code == 408
+    assert "the form did not arrive in time" in stalled.text
 
 
 async def test_a_cookie_signed_under_another_admin_token_or_expired_opens_nothing(
