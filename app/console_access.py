@@ -4,6 +4,7 @@ FastAPI dependencies; and what the console keeps for its lifetime."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -38,13 +39,13 @@ class Refused(Exception):
 @dataclass
 class Console:
     """What the console keeps for its lifetime: the session signer, the templates, the
-    wrong-token throttle and how long a form's body may take to arrive (seconds)."""
+    wrong-token throttle (keyed by :func:`client_of`) and how long a form's body may
+    take to arrive (seconds)."""
 
     signer: SessionSigner
     templates: Jinja2Templates
     failures: RateLimiter
     body_timeout: float
-    blocked_until: float = 0.0
 
     def page(
         self, request: Request, name: str, context: dict[str, Any], status: int = 200
@@ -58,6 +59,21 @@ class Console:
             "csrf": self.signer.csrf_token(session) if session else None,
         }
         return self.templates.TemplateResponse(request, name, common | context, status_code=status)
+
+
+def client_of(request: Request) -> str:
+    """Who is signing in, for the wrong-token throttle: the client's address (behind a
+    proxy on 127.0.0.1, the one its ``X-Forwarded-For`` names, as uvicorn reads it).
+    An IPv6 client counts by its /64, the block one host is usually given, so a guesser
+    cannot take a fresh allowance from each address of its own network."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 def console_of(request: Request) -> Console:

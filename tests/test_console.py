@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
+from app.main import create_app
 from app.session import COOKIE, SessionSigner
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
@@ -174,6 +176,34 @@ async def test_a_form_that_stops_arriving_is_cut_off_with_408(
 
     assert stalled.status_code == 408
     assert "the form did not arrive in time" in stalled.text
+
+
+async def test_one_clients_wrong_tokens_never_block_anothers_sign_in(
+    console_settings: Settings,
+) -> None:
+    async with LifespanManager(create_app(console_settings)) as manager:
+
+        def client_at(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=manager.app, client=(address, 50000))
+            return httpx.AsyncClient(transport=transport, base_url="http://bridge")
+
+        async def sign_in_from(address: str, token: str) -> int:
+            async with client_at(address) as client:
+                answer = await client.post("/ui/sign-in", data={"token": token}, headers=SAME_SITE)
+                return answer.status_code
+
+        guesses = [await sign_in_from("203.0.113.7", TOKEN) for _ in range(12)]
+        guesser = await sign_in_from("203.0.113.7", ADMIN_TOKEN)
+        operator = await sign_in_from("198.51.100.2", ADMIN_TOKEN)
+        for _ in range(12):
+            await sign_in_from("2001:db8::1", TOKEN)
+        same_network = await sign_in_from("2001:db8::2", ADMIN_TOKEN)  # the same /64
+        next_network = await sign_in_from("2001:db8:0:1::1", ADMIN_TOKEN)
+
+    assert guesses[-1] == 429
+    assert guesser == 429
+    assert operator == 303
+    assert (same_network, next_network) == (429, 303)
 
 
 async def test_a_cookie_signed_under_another_admin_token_or_expired_opens_nothing(

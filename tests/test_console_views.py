@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from app.console_views import CHART_HEIGHT, EventFilter, Masker, hourly_chart, iso
+from app.limits import RateLimiter
 from app.logs import MASK
 from app.records import EventState
 from app.session import SessionSigner
@@ -101,3 +102,18 @@ def test_a_session_cookie_changed_anywhere_is_not_read() -> None:
     assert signer.csrf_valid(session, signer.csrf_token(session))
     other, _ = signer.issue(now=1000)
     assert not signer.csrf_valid(other, signer.csrf_token(session))
+
+
+def test_the_sign_in_throttle_remembers_a_bounded_number_of_clients() -> None:
+    throttle = RateLimiter(rate=1e-9, burst=1, max_keys=2)  # no refill within the test
+
+    first_try = throttle.retry_after("198.51.100.1")
+    throttle.retry_after("198.51.100.2")
+    throttled = throttle.exhausted("198.51.100.1")
+    throttle.retry_after("198.51.100.3")  # a third client: the least recent is forgotten
+    throttle.retry_after("198.51.100.4")
+
+    assert first_try is None
+    assert throttled
+    assert not throttle.exhausted("198.51.100.1")  # forgotten: a full allowance again
+    assert throttle.exhausted("198.51.100.4")
