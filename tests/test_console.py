@@ -75,6 +75,24 @@ async def test_every_page_sends_a_browser_without_a_session_to_sign_in(
         assert answer.headers["location"] == "/ui/sign-in"
 
 
+@pytest.mark.parametrize("value", ["1.2.\u00e9", "4102444800.abc.\u00e9t\u00e9"])
+async def test_a_cookie_with_non_ascii_text_is_simply_not_signed_in(
+    client: httpx.AsyncClient, value: str
+) -> None:
+    # Sent as UTF-8 bytes, as a browser would send what a page or an extension set.
+    raw = {b"cookie": f"{COOKIE}={value}".encode()}
+    pages = [await client.get(path, headers=raw) for path in PAGES]
+    form = await client.get("/ui/sign-in", headers=raw)
+    signed = await client.post(
+        "/ui/sign-in", data={"token": ADMIN_TOKEN}, headers={b"origin": b"http://bridge", **raw}
+    )
+
+    assert [page.status_code for page in pages] == [303] * len(PAGES)
+    assert form.status_code == 200
+    assert signed.status_code == 303
+    assert signed.headers["location"] == "/ui/"
+
+
 async def test_signing_in_sets_a_strict_http_only_expiring_cookie(
     client: httpx.AsyncClient,
 ) -> None:

@@ -97,6 +97,9 @@ def test_a_session_cookie_changed_anywhere_is_not_read() -> None:
         f"{expires}.{session_id}.{signature[:-1]}{'B' if signature.endswith('A') else 'A'}",
         f"{expires}.{session_id}",
         "",
+        "1.2.\u00e9",  # non-ASCII: not signed in, not an error
+        f"{expires}.{session_id}.{signature[:-1]}\u00e9",
+        f"{expires}.{session_id}.{signature}\udc80",  # a lone surrogate
     ):
         assert signer.read(changed, now=1000) is None, changed
     assert signer.csrf_valid(session, signer.csrf_token(session))
