@@ -70,6 +70,13 @@ class History:
         row = await self.database.run(lambda conn: conn.execute(query).one_or_none())
         return delivery_of(row._mapping) if row is not None else None
 
+    async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord]:
+        """The deliveries of these ids that exist, in the order asked for (one query)."""
+        query = select(deliveries).where(deliveries.c.id.in_(delivery_ids))
+        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        found = {row.id: delivery_of(row._mapping) for row in rows}
+        return [found[i] for i in dict.fromkeys(delivery_ids) if i in found]
+
     async def attempts_of(self, delivery_ids: Sequence[str]) -> list[AttemptRecord]:
         query = (
             select(attempts)

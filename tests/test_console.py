@@ -9,6 +9,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -290,6 +291,41 @@ async def test_replay_as_a_new_run_asks_first_and_says_what_it_means(
     assert confirmed.status_code == 303
     assert confirmed.headers["location"].startswith("/ui/dead?notice=")
     assert ":replay-" in detail["deliveries"][0]["idempotency_key"]
+
+
+async def test_replay_selected_takes_every_ticked_delivery_and_counts_truthfully(
+    client: httpx.AsyncClient,
+) -> None:
+    csrf = await sign_in(client)
+    dead = [await dead_event(client) for _ in range(3)]
+    gone = [f"{n:032x}" for n in range(60)]  # ticked, then pruned: skipped, not dropped
+    ticked = [*gone, *(d.delivery_id for d in dead)]
+    form = {"delivery": ticked, "csrf": csrf, "back": "/ui/dead"}
+
+    confirm = await client.post("/ui/replay", data=form | {"mode": "new"}, headers=SAME_SITE)
+    done = await client.post("/ui/replay", data=form | {"mode": "same"}, headers=SAME_SITE)
+
+    assert "Yes, create 3 new flow runs" in confirm.text
+    notice = parse_qs(urlsplit(done.headers["location"]).query)["notice"][0]
+    assert notice.startswith("3 replayed with their idempotency keys")
+    assert notice.endswith("; 60 skipped (pending already, or gone)")
+    assert [await delivery_state(client, d.event_id) for d in dead] == ["pending"] * 3
+
+
+async def test_replay_refuses_more_deliveries_than_it_takes_naming_the_field(
+    client: httpx.AsyncClient,
+) -> None:
+    csrf = await sign_in(client)
+    event = await dead_event(client)
+    ticked = [*(f"{n:032x}" for n in range(500)), event.delivery_id]
+
+    answer = await client.post(
+        "/ui/replay", data={"delivery": ticked, "csrf": csrf}, headers=SAME_SITE
+    )
+
+    assert answer.status_code == 400
+    assert "delivery: 501 selected, at most 500 at a time" in answer.text
+    assert await delivery_state(client, event.event_id) == "dead"
 
 
 async def test_replay_never_redirects_off_the_console(client: httpx.AsyncClient) -> None:
