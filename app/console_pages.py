@@ -123,19 +123,24 @@ def add_pages(app: FastAPI) -> None:
     async def dead_letters(
         request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
     ) -> Response:
+        # A cursor this page did not make is a 400 naming it, as on the events page:
+        # never quietly the first page instead.
         wanted = EventFilter.of({"cursor": request.query_params.get("cursor", "")})
-        page = await bridge.history.list_events(
-            state=EventState.DEAD, before=wanted.before, limit=PAGE
-        )
+        page = []
+        if not wanted.errors:
+            page = await bridge.history.list_events(
+                state=EventState.DEAD, before=wanted.before, limit=PAGE
+            )
         rows = [(e, [d for d in found if d.state is DeliveryState.DEAD]) for e, found in page]
         context = {
             "nav": "dead",
             "rows": rows,
+            "errors": wanted.errors,
             "older": urlencode({"cursor": page_cursor(page[-1][0])}) if len(page) == PAGE else None,
             "mask": masker(bridge),
             "notice": notice_of(request),
         }
-        return console.page(request, "dead.html", context)
+        return console.page(request, "dead.html", context, 400 if wanted.errors else 200)
 
     @app.post("/replay", response_class=HTMLResponse)
     async def replay(

@@ -384,6 +384,19 @@ async def test_the_events_page_filters_as_the_admin_api_does(client: httpx.Async
     assert [e["id"] for e in api.json()["events"]] == [invoices.event_id]
 
 
+async def test_the_dead_letters_page_refuses_a_cursor_it_did_not_make(
+    client: httpx.AsyncClient,
+) -> None:
+    await sign_in(client)
+    await dead_event(client, table_name="invoices")
+
+    bad = await client.get("/ui/dead", params={"cursor": "garbage"})
+
+    assert bad.status_code == 400
+    assert "cursor: not one this page made" in bad.text
+    assert "invoices" not in bad.text  # not the first page instead
+
+
 async def test_the_overview_counts_the_last_day_and_lists_the_connections(
     client: httpx.AsyncClient,
 ) -> None:
