@@ -43,7 +43,7 @@ def add_pages(app: FastAPI) -> None:
         request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
     ) -> Response:
         now = bridge.history.clock()
-        outcomes = await bridge.history.outcomes_since(now - DAY)
+        outcomes = await bridge.history.outcomes_by_hour(now - DAY)
         pending = await bridge.history.pending_deliveries(limit=PENDING_SHOWN)
         queued = await bridge.history.pending_summary()
         connections = [

@@ -18,15 +18,14 @@ NOON = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 12 * HOUR  # noon, UTC
 
 def test_the_chart_has_a_bar_per_clock_hour_stacked_by_state() -> None:
     now = NOON + 30 * 60  # half past: the current hour is the last bar
-    outcomes = [
-        (NOON - 2 * HOUR + 10, EventState.DELIVERED),
-        (NOON + 60, EventState.DELIVERED),
-        (NOON + 120, EventState.DEAD),
-        (NOON + 180, EventState.DELIVERED),
-        (NOON - 30 * HOUR, EventState.DEAD),  # before the window: not drawn
+    counts = [  # as History.outcomes_by_hour gives them: (the hour, state, events)
+        (NOON - 2 * HOUR, EventState.DELIVERED, 1),
+        (NOON, EventState.DELIVERED, 2),
+        (NOON, EventState.DEAD, 1),
+        (NOON - 30 * HOUR, EventState.DEAD, 1),  # before the window: not drawn
     ]
 
-    chart = hourly_chart(outcomes, since=now - 24 * HOUR, now=now)
+    chart = hourly_chart(counts, since=now - 24 * HOUR, now=now)
 
     assert len(chart.bars) == 25  # the hour the window starts in, to the current one
     assert chart.peak == 3
