@@ -12,7 +12,6 @@ error pages, sign-in and sign-out; the pages are :mod:`app.console_pages`.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import jinja2
@@ -31,6 +30,7 @@ from app.console_access import (
     FormDep,
     Refused,
     SignInRequired,
+    client_of,
     console_of,
     first,
     read_form,
@@ -44,8 +44,9 @@ from app.session import COOKIE, SessionSigner, same_origin
 from app.settings import Settings
 
 UI = Path(__file__).parent / "ui"
-# Wrong tokens, from every client together: a burst of 10, then one a second.
-SIGN_IN_RATE, SIGN_IN_BURST = 1.0, 10.0
+# Wrong tokens, per client address: a burst of 10, then one a second. Addresses past the
+# most recent SIGN_IN_CLIENTS are forgotten (which only gives them a fresh burst).
+SIGN_IN_RATE, SIGN_IN_BURST, SIGN_IN_CLIENTS = 1.0, 10.0, 10_000
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -71,7 +72,8 @@ def console_app(settings: Settings) -> FastAPI:
     app.state.console = Console(
         SessionSigner(settings.admin_token, settings.console_session.total_seconds()),
         Jinja2Templates(env=environment),
-        RateLimiter(SIGN_IN_RATE, SIGN_IN_BURST),
+        RateLimiter(SIGN_IN_RATE, SIGN_IN_BURST, max_keys=SIGN_IN_CLIENTS),
+        settings.body_timeout.total_seconds(),
     )
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=UI / "static"), name="static")
@@ -147,17 +149,17 @@ def add_sign_in(app: FastAPI) -> None:
     async def sign_in(request: Request, console: ConsoleDep, bridge: BridgeDep) -> Response:
         if not same_origin(request):
             raise Refused(403, "a form from another site was refused")
-        form = await read_form(request)
-        now = time.monotonic()
-        if now < console.blocked_until:
-            # Refused before comparing: a guesser learns nothing while blocked.
+        form = await read_form(request, console)
+        client = client_of(request)
+        if console.failures.exhausted(client):
+            # Refused before comparing: a guesser learns nothing while throttled. Other
+            # clients (the operator) are not: the throttle is per address.
             message = "too many wrong tokens: wait a few seconds"
             return console.page(request, "sign_in.html", {"message": message}, 429)
         token = bridge.settings.admin_token
         presented = (first(form, "token") or "").strip().encode() or None
         if token is None or matching_token(presented, [token]) is None:
-            if (wait := console.failures.retry_after(0)) is not None:
-                console.blocked_until = now + wait
+            console.failures.retry_after(client)  # a wrong token spends from the allowance
             message = "that is not the admin token"
             return console.page(request, "sign_in.html", {"message": message}, 401)
         _, cookie = console.signer.issue()

@@ -4,6 +4,7 @@ FastAPI dependencies; and what the console keeps for its lifetime."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -13,6 +14,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app import __version__
+from app.body import read_capped_body
+from app.errors import PayloadTooLarge, RequestTimeout
 from app.limits import RateLimiter
 from app.session import COOKIE, Session, SessionSigner, same_origin
 
@@ -35,13 +38,14 @@ class Refused(Exception):
 
 @dataclass
 class Console:
-    """What the console keeps for its lifetime: the session signer, the templates and
-    the wrong-token throttle."""
+    """What the console keeps for its lifetime: the session signer, the templates, the
+    wrong-token throttle (keyed by :func:`client_of`) and how long a form's body may
+    take to arrive (seconds)."""
 
     signer: SessionSigner
     templates: Jinja2Templates
     failures: RateLimiter
-    blocked_until: float = 0.0
+    body_timeout: float
 
     def page(
         self, request: Request, name: str, context: dict[str, Any], status: int = 200
@@ -55,6 +59,21 @@ class Console:
             "csrf": self.signer.csrf_token(session) if session else None,
         }
         return self.templates.TemplateResponse(request, name, common | context, status_code=status)
+
+
+def client_of(request: Request) -> str:
+    """Who is signing in, for the wrong-token throttle: the client's address (behind a
+    proxy on 127.0.0.1, the one its ``X-Forwarded-For`` names, as uvicorn reads it).
+    An IPv6 client counts by its /64, the block one host is usually given, so a guesser
+    cannot take a fresh allowance from each address of its own network."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 def console_of(request: Request) -> Console:
@@ -79,11 +98,14 @@ def signed_in(request: Request, console: ConsoleDep) -> Session:
 SessionDep = Annotated[Session, Depends(signed_in)]
 
 
-async def read_form(request: Request) -> dict[str, list[str]]:
-    """A url-encoded form body (all a console form sends), size-capped."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise Refused(413, "the form is too large")
+async def read_form(request: Request, console: Console) -> dict[str, list[str]]:
+    """A url-encoded form body (all a console form sends), read as the webhook's is:
+    never more than MAX_FORM_BYTES held (sign-in needs no session, so anyone can send
+    one), and within BRIDGE_BODY_TIMEOUT."""
+    try:
+        body = await read_capped_body(request, MAX_FORM_BYTES, console.body_timeout, "the form")
+    except (PayloadTooLarge, RequestTimeout) as exc:
+        raise Refused(exc.status_code, exc.message) from None
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if body and kind != "application/x-www-form-urlencoded":
         raise Refused(415, "the console takes its own forms only")
@@ -98,7 +120,7 @@ async def posted(request: Request, console: ConsoleDep) -> dict[str, list[str]]:
     if not same_origin(request):
         raise Refused(403, "a form from another site was refused")
     session = signed_in(request, console)
-    form = await read_form(request)
+    form = await read_form(request, console)
     if not console.signer.csrf_valid(session, first(form, "csrf")):
         raise Refused(403, "the form's CSRF token is missing or wrong: reload the page")
     return form

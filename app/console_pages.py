@@ -32,6 +32,9 @@ from app.service import Bridge, BridgeDep
 DAY = 86400.0
 PAGE = 50
 PENDING_SHOWN = 20
+# Deliveries one replay may name: more than a full dead-letters page shows unless its
+# PAGE events average over ten dead deliveries each (routes plus Prefect events).
+MAX_SELECTED = 500
 
 
 def add_pages(app: FastAPI) -> None:
@@ -40,7 +43,7 @@ def add_pages(app: FastAPI) -> None:
         request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
     ) -> Response:
         now = bridge.history.clock()
-        outcomes = await bridge.history.outcomes_since(now - DAY)
+        outcomes = await bridge.history.outcomes_by_hour(now - DAY)
         pending = await bridge.history.pending_deliveries(limit=PENDING_SHOWN)
         queued = await bridge.history.pending_summary()
         connections = [
@@ -120,19 +123,24 @@ def add_pages(app: FastAPI) -> None:
     async def dead_letters(
         request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
     ) -> Response:
+        # A cursor this page did not make is a 400 naming it, as on the events page:
+        # never quietly the first page instead.
         wanted = EventFilter.of({"cursor": request.query_params.get("cursor", "")})
-        page = await bridge.history.list_events(
-            state=EventState.DEAD, before=wanted.before, limit=PAGE
-        )
+        page = []
+        if not wanted.errors:
+            page = await bridge.history.list_events(
+                state=EventState.DEAD, before=wanted.before, limit=PAGE
+            )
         rows = [(e, [d for d in found if d.state is DeliveryState.DEAD]) for e, found in page]
         context = {
             "nav": "dead",
             "rows": rows,
+            "errors": wanted.errors,
             "older": urlencode({"cursor": page_cursor(page[-1][0])}) if len(page) == PAGE else None,
             "mask": masker(bridge),
             "notice": notice_of(request),
         }
-        return console.page(request, "dead.html", context)
+        return console.page(request, "dead.html", context, 400 if wanted.errors else 200)
 
     @app.post("/replay", response_class=HTMLResponse)
     async def replay(
@@ -141,30 +149,53 @@ def add_pages(app: FastAPI) -> None:
         """Replay the deliveries chosen (``one``, or every ``delivery`` ticked). A new run
         is asked for with ``mode=new`` and done only once ``confirmed``: the page between
         says what it means."""
-        base = request.scope.get("root_path", "")
-        back = first(form, "back") or ""
-        if not back.startswith(f"{base}/") or "//" in back:  # never a redirect elsewhere
-            back = f"{base}/dead"
-        chosen = [first(form, "one")] if first(form, "one") else form.get("delivery", [])
-        ids = list(dict.fromkeys(i[:64] for i in chosen if i))[:PAGE]
+        back = back_of(request, form)
+        ids = selected(form)
         new_run = first(form, "mode") == "new"
         if not ids:
             return RedirectResponse(with_notice(back, "nothing was selected"), 303)
         if new_run and first(form, "confirmed") != "yes":
-            found = [await bridge.history.get_delivery(i) for i in ids]
             context = {
                 "nav": "dead",
-                "deliveries": [d for d in found if d is not None],
+                "deliveries": await bridge.history.get_deliveries(ids),
                 "back": back,
             }
             return console.page(request, "confirm.html", context)
         done, skipped = await replay_all(bridge, ids, new_run=new_run)
         bridge.dispatcher.wake()
-        kind = "as new runs" if new_run else "with their idempotency keys"
-        message = f"{done} replayed {kind}: the service sends them now"
-        if skipped:
-            message += f"; {skipped} skipped (pending already, or gone)"
-        return RedirectResponse(with_notice(back, message), 303)
+        return RedirectResponse(with_notice(back, replayed(done, skipped, new_run)), 303)
+
+
+def back_of(request: Request, form: dict[str, list[str]]) -> str:
+    """Where the replay's answer goes: the console page the form was on, never a
+    redirect elsewhere."""
+    base = request.scope.get("root_path", "")
+    back = first(form, "back") or ""
+    if not back.startswith(f"{base}/") or "//" in back:
+        return f"{base}/dead"
+    return back
+
+
+def selected(form: dict[str, list[str]]) -> list[str]:
+    """The deliveries a replay form names (``one``, or every ``delivery`` ticked), each
+    once. More than MAX_SELECTED is refused rather than cut short: an operator who
+    ticked them must not be told fewer were meant."""
+    one = first(form, "one")
+    chosen = [one] if one else form.get("delivery", [])
+    if len(chosen) > MAX_SELECTED:
+        raise Refused(400, f"delivery: {len(chosen)} selected, at most {MAX_SELECTED} at a time")
+    return list(dict.fromkeys(i[:64] for i in chosen if i))
+
+
+def replayed(done: int, skipped: int, new_run: bool) -> str:
+    """The notice after a replay: how many were replayed, and how many could not be."""
+    kind = "as new runs" if new_run else "with their idempotency keys"
+    message = f"{done} replayed {kind}"
+    if done:
+        message += ": the service sends them now"
+    if skipped:
+        message += f"; {skipped} skipped (pending already, or gone)"
+    return message
 
 
 async def replay_all(bridge: Bridge, ids: list[str], *, new_run: bool) -> tuple[int, int]:

@@ -73,16 +73,19 @@ class Chart:
     height: float = CHART_HEIGHT
 
 
-def hourly_chart(outcomes: Iterable[tuple[float, EventState]], since: float, now: float) -> Chart:
+def hourly_chart(
+    outcomes: Iterable[tuple[float, EventState, int]], since: float, now: float
+) -> Chart:
     """One stacked bar per clock hour (UTC) from the hour ``since`` falls in to the
-    current one, each split by the state the hour's events are in now."""
+    current one, each split by the state the hour's events are in now. ``outcomes`` are
+    :meth:`app.history.History.outcomes_by_hour`'s: (a time in the hour, state, count)."""
     first = math.floor(since / HOUR) * HOUR
     hours = int((math.floor(now / HOUR) * HOUR - first) // HOUR) + 1
     per_hour: list[Counter[EventState]] = [Counter() for _ in range(hours)]
-    for received_at, state in outcomes:
-        index = int((received_at - first) // HOUR)
+    for hour, state, count in outcomes:
+        index = int((hour - first) // HOUR)
         if 0 <= index < hours:
-            per_hour[index][state] += 1
+            per_hour[index][state] += count
     peak = max((sum(c.values()) for c in per_hour), default=0)
     scale = CHART_HEIGHT / peak if peak else 0.0
     bars = []
@@ -101,8 +104,11 @@ def hourly_chart(outcomes: Iterable[tuple[float, EventState]], since: float, now
     return Chart(bars, peak, width=hours * (BAR_WIDTH + BAR_GAP))
 
 
-def state_counts(outcomes: Iterable[tuple[float, EventState]]) -> dict[EventState, int]:
-    counted = Counter(state for _, state in outcomes)
+def state_counts(outcomes: Iterable[tuple[float, EventState, int]]) -> dict[EventState, int]:
+    """The events in each state, over every hour of ``outcomes`` (as hourly_chart takes)."""
+    counted: Counter[EventState] = Counter()
+    for _, state, count in outcomes:
+        counted[state] += count
     return {state: counted[state] for state in COUNT_ORDER}
 
 

@@ -8,7 +8,6 @@ The Erathos webhook (:mod:`app.webhook`) and the Prefect-shaped endpoints
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,12 +19,11 @@ import structlog
 from fastapi import Request
 from pydantic import BaseModel, Field, TypeAdapter
 
+from app.body import read_capped_body
 from app.dispatcher import Turn
 from app.errors import (
     BridgeError,
     InvalidBody,
-    PayloadTooLarge,
-    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
@@ -85,18 +83,9 @@ async def read_json_body(request: Request, settings: Settings) -> Any:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    body = bytearray()
-    try:
-        async with asyncio.timeout(settings.body_timeout.total_seconds()):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    except TimeoutError:
-        raise RequestTimeout("the body did not arrive in time") from None
+    body = await read_capped_body(
+        request, limit, settings.body_timeout.total_seconds(), what="the body"
+    )
     return parse_json(body)
 
 

@@ -62,7 +62,10 @@ class SessionSigner:
         if not cookie or cookie.count(".") != 2:
             return None
         body, _, signature = cookie.rpartition(".")
-        if not hmac.compare_digest(signature, self._sign(body.encode())):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a
+        # 500 on every page), and a cookie is whatever the browser was given.
+        expected = self._sign(body.encode("utf-8", "replace"))
+        if not hmac.compare_digest(signature.encode("utf-8", "replace"), expected.encode()):
             return None
         expires, _, session_id = body.partition(".")
         if not expires.isdigit() or int(expires) <= (time.time() if now is None else now):

@@ -5,14 +5,18 @@ from another site, and sends its strict headers. The browser tests
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
+from app.main import create_app
 from app.session import COOKIE, SessionSigner
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
@@ -72,6 +76,24 @@ async def test_every_page_sends_a_browser_without_a_session_to_sign_in(
         assert answer.headers["location"] == "/ui/sign-in"
 
 
+@pytest.mark.parametrize("value", ["1.2.\u00e9", "4102444800.abc.\u00e9t\u00e9"])
+async def test_a_cookie_with_non_ascii_text_is_simply_not_signed_in(
+    client: httpx.AsyncClient, value: str
+) -> None:
+    # Sent as UTF-8 bytes, as a browser would send what a page or an extension set.
+    raw = {b"cookie": f"{COOKIE}={value}".encode()}
+    pages = [await client.get(path, headers=raw) for path in PAGES]
+    form = await client.get("/ui/sign-in", headers=raw)
+    signed = await client.post(
+        "/ui/sign-in", data={"token": ADMIN_TOKEN}, headers={b"origin": b"http://bridge", **raw}
+    )
+
+    assert [page.status_code for page in pages] == [303] * len(PAGES)
+    assert form.status_code == 200
+    assert signed.status_code == 303
+    assert signed.headers["location"] == "/ui/"
+
+
 async def test_signing_in_sets_a_strict_http_only_expiring_cookie(
     client: httpx.AsyncClient,
 ) -> None:
@@ -124,6 +146,83 @@ async def test_wrong_tokens_past_the_burst_are_refused_without_being_compared(
     assert answers[:10] == [401] * 10  # the burst
     assert answers[-1] == 429
     assert right.status_code == 429  # not even the right one, until the pause is over
+
+
+class Body:
+    """A form body streamed in 1 KiB chunks, counting how many the service read."""
+
+    def __init__(self, chunks: int, *, then_stall: bool = False) -> None:
+        self.chunks = chunks
+        self.then_stall = then_stall
+        self.read = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            self.read += 1
+            yield b"token=" if self.read == 1 else b"x" * 1024
+        if self.then_stall:
+            await asyncio.Event().wait()  # never set: the rest never arrives
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded", **SAME_SITE}
+
+
+async def test_a_sign_in_form_over_the_cap_is_refused_before_it_is_all_read(
+    client: httpx.AsyncClient,
+) -> None:
+    huge = Body(10_000)  # 10 MB, no Content-Length: chunked
+    declared = Body(1)
+
+    streamed = await client.post("/ui/sign-in", content=huge, headers=FORM)
+    announced = await client.post(
+        "/ui/sign-in", content=declared, headers=FORM | {"Content-Length": "200000000"}
+    )
+
+    assert huge.read <= 65  # stopped just past 64 KiB, not 10 MB later
+    assert streamed.status_code == 413, streamed.text
+    assert "the form is larger than 65536 bytes" in streamed.text
+    assert announced.status_code == 413
+    assert declared.read == 0  # refused on the declared length alone
+
+
+async def test_a_form_that_stops_arriving_is_cut_off_with_408(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(admin_token=ADMIN_TOKEN, body_timeout="200ms")
+    # The outer timeout guards against a hang (the defect itself); nothing asserts a time.
+    async with open_client(settings) as client, asyncio.timeout(30):
+        stalled = await client.post("/ui/sign-in", content=Body(2, then_stall=True), headers=FORM)
+
+    assert stalled.status_code == 408
+    assert "the form did not arrive in time" in stalled.text
+
+
+async def test_one_clients_wrong_tokens_never_block_anothers_sign_in(
+    console_settings: Settings,
+) -> None:
+    async with LifespanManager(create_app(console_settings)) as manager:
+
+        def client_at(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=manager.app, client=(address, 50000))
+            return httpx.AsyncClient(transport=transport, base_url="http://bridge")
+
+        async def sign_in_from(address: str, token: str) -> int:
+            async with client_at(address) as client:
+                answer = await client.post("/ui/sign-in", data={"token": token}, headers=SAME_SITE)
+                return answer.status_code
+
+        guesses = [await sign_in_from("203.0.113.7", TOKEN) for _ in range(12)]
+        guesser = await sign_in_from("203.0.113.7", ADMIN_TOKEN)
+        operator = await sign_in_from("198.51.100.2", ADMIN_TOKEN)
+        for _ in range(12):
+            await sign_in_from("2001:db8::1", TOKEN)
+        same_network = await sign_in_from("2001:db8::2", ADMIN_TOKEN)  # the same /64
+        next_network = await sign_in_from("2001:db8:0:1::1", ADMIN_TOKEN)
+
+    assert guesses[-1] == 429
+    assert guesser == 429
+    assert operator == 303
+    assert (same_network, next_network) == (429, 303)
 
 
 async def test_a_cookie_signed_under_another_admin_token_or_expired_opens_nothing(
@@ -194,6 +293,41 @@ async def test_replay_as_a_new_run_asks_first_and_says_what_it_means(
     assert ":replay-" in detail["deliveries"][0]["idempotency_key"]
 
 
+async def test_replay_selected_takes_every_ticked_delivery_and_counts_truthfully(
+    client: httpx.AsyncClient,
+) -> None:
+    csrf = await sign_in(client)
+    dead = [await dead_event(client) for _ in range(3)]
+    gone = [f"{n:032x}" for n in range(60)]  # ticked, then pruned: skipped, not dropped
+    ticked = [*gone, *(d.delivery_id for d in dead)]
+    form = {"delivery": ticked, "csrf": csrf, "back": "/ui/dead"}
+
+    confirm = await client.post("/ui/replay", data=form | {"mode": "new"}, headers=SAME_SITE)
+    done = await client.post("/ui/replay", data=form | {"mode": "same"}, headers=SAME_SITE)
+
+    assert "Yes, create 3 new flow runs" in confirm.text
+    notice = parse_qs(urlsplit(done.headers["location"]).query)["notice"][0]
+    assert notice.startswith("3 replayed with their idempotency keys")
+    assert notice.endswith("; 60 skipped (pending already, or gone)")
+    assert [await delivery_state(client, d.event_id) for d in dead] == ["pending"] * 3
+
+
+async def test_replay_refuses_more_deliveries_than_it_takes_naming_the_field(
+    client: httpx.AsyncClient,
+) -> None:
+    csrf = await sign_in(client)
+    event = await dead_event(client)
+    ticked = [*(f"{n:032x}" for n in range(500)), event.delivery_id]
+
+    answer = await client.post(
+        "/ui/replay", data={"delivery": ticked, "csrf": csrf}, headers=SAME_SITE
+    )
+
+    assert answer.status_code == 400
+    assert "delivery: 501 selected, at most 500 at a time" in answer.text
+    assert await delivery_state(client, event.event_id) == "dead"
+
+
 async def test_replay_never_redirects_off_the_console(client: httpx.AsyncClient) -> None:
     csrf = await sign_in(client)
     for back in ("https://evil.example/", "//evil.example/ui/", "/ui//evil"):
@@ -248,6 +382,19 @@ async def test_the_events_page_filters_as_the_admin_api_does(client: httpx.Async
     assert "since:" in bad.text
     assert "cursor:" in bad.text
     assert [e["id"] for e in api.json()["events"]] == [invoices.event_id]
+
+
+async def test_the_dead_letters_page_refuses_a_cursor_it_did_not_make(
+    client: httpx.AsyncClient,
+) -> None:
+    await sign_in(client)
+    await dead_event(client, table_name="invoices")
+
+    bad = await client.get("/ui/dead", params={"cursor": "garbage"})
+
+    assert bad.status_code == 400
+    assert "cursor: not one this page made" in bad.text
+    assert "invoices" not in bad.text  # not the first page instead
 
 
 async def test_the_overview_counts_the_last_day_and_lists_the_connections(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from app.console_views import CHART_HEIGHT, EventFilter, Masker, hourly_chart, iso
+from app.limits import RateLimiter
 from app.logs import MASK
 from app.records import EventState
 from app.session import SessionSigner
@@ -17,15 +18,14 @@ NOON = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 12 * HOUR  # noon, UTC
 
 def test_the_chart_has_a_bar_per_clock_hour_stacked_by_state() -> None:
     now = NOON + 30 * 60  # half past: the current hour is the last bar
-    outcomes = [
-        (NOON - 2 * HOUR + 10, EventState.DELIVERED),
-        (NOON + 60, EventState.DELIVERED),
-        (NOON + 120, EventState.DEAD),
-        (NOON + 180, EventState.DELIVERED),
-        (NOON - 30 * HOUR, EventState.DEAD),  # before the window: not drawn
+    counts = [  # as History.outcomes_by_hour gives them: (the hour, state, events)
+        (NOON - 2 * HOUR, EventState.DELIVERED, 1),
+        (NOON, EventState.DELIVERED, 2),
+        (NOON, EventState.DEAD, 1),
+        (NOON - 30 * HOUR, EventState.DEAD, 1),  # before the window: not drawn
     ]
 
-    chart = hourly_chart(outcomes, since=now - 24 * HOUR, now=now)
+    chart = hourly_chart(counts, since=now - 24 * HOUR, now=now)
 
     assert len(chart.bars) == 25  # the hour the window starts in, to the current one
     assert chart.peak == 3
@@ -96,8 +96,26 @@ def test_a_session_cookie_changed_anywhere_is_not_read() -> None:
         f"{expires}.{session_id}.{signature[:-1]}{'B' if signature.endswith('A') else 'A'}",
         f"{expires}.{session_id}",
         "",
+        "1.2.\u00e9",  # non-ASCII: not signed in, not an error
+        f"{expires}.{session_id}.{signature[:-1]}\u00e9",
+        f"{expires}.{session_id}.{signature}\udc80",  # a lone surrogate
     ):
         assert signer.read(changed, now=1000) is None, changed
     assert signer.csrf_valid(session, signer.csrf_token(session))
     other, _ = signer.issue(now=1000)
     assert not signer.csrf_valid(other, signer.csrf_token(session))
+
+
+def test_the_sign_in_throttle_remembers_a_bounded_number_of_clients() -> None:
+    throttle = RateLimiter(rate=1e-9, burst=1, max_keys=2)  # no refill within the test
+
+    first_try = throttle.retry_after("198.51.100.1")
+    throttle.retry_after("198.51.100.2")
+    throttled = throttle.exhausted("198.51.100.1")
+    throttle.retry_after("198.51.100.3")  # a third client: the least recent is forgotten
+    throttle.retry_after("198.51.100.4")
+
+    assert first_try is None
+    assert throttled
+    assert not throttle.exhausted("198.51.100.1")  # forgotten: a full allowance again
+    assert throttle.exhausted("198.51.100.4")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -125,11 +126,11 @@ async def test_events_are_filtered_by_job_table_and_time_received(
         assert [e.execution_id for e, _ in listed] == [e.execution_id for e in wanted], filters
 
 
-async def test_outcomes_since_sum_each_event_up_as_its_deliveries_do(
+async def test_outcomes_by_hour_sum_each_event_up_as_its_deliveries_do(
     store: Store, history: History, clock: ManualClock
 ) -> None:
     """The console's counts and chart: the state of each event received since a time, as
-    event_state() and the listing's state filter decide it."""
+    event_state() and the listing's state filter decide it, counted per hour."""
     await finished(store, DeliveryState.DELIVERED, execution_id="before-the-window")
     clock.advance(10)
     since = clock()
@@ -146,17 +147,39 @@ async def test_outcomes_since_sum_each_event_up_as_its_deliveries_do(
     assert await complete(store, a, "w", ending(DeliveryState.DELIVERED, clock()))
     assert await complete(store, b, "w", ending(DeliveryState.DEAD, clock()))
 
-    outcomes = await history.outcomes_since(since)
+    outcomes = await history.outcomes_by_hour(since)
     listed = await history.list_events(since=since)
 
-    assert [state for _, state in outcomes] == [
-        EventState.PENDING,
-        EventState.DELIVERED,
-        EventState.DEAD,
-        EventState.IGNORED,
-        EventState.DEAD,
+    hour = since - since % 3600  # every event above arrived in this one
+    assert outcomes == [
+        (hour, EventState.IGNORED, 1),
+        (hour, EventState.DELIVERED, 1),
+        (hour, EventState.PENDING, 1),
+        (hour, EventState.DEAD, 2),
     ]
-    assert sorted(outcomes) == sorted((e.received_at, event_state(found)) for e, found in listed)
+    assert Counter({state: n for _, state, n in outcomes}) == Counter(
+        event_state(found) for _, found in listed
+    )
+
+
+async def test_outcomes_by_hour_put_each_event_in_the_clock_hour_it_arrived_in(
+    store: Store, history: History, clock: ManualClock
+) -> None:
+    """Grouped in the database, floored (never rounded) to the hour on either store."""
+    hour = clock() - clock() % 3600
+    for offset in (-1.0, 0.0, 1799.9, 1800.1, 3599.999, 7200.5):
+        clock.now = hour + offset
+        await finished(store, DeliveryState.DELIVERED)
+
+    outcomes = await history.outcomes_by_hour(hour - 3600)
+    listed = await history.list_events(since=hour - 3600)
+
+    assert outcomes == [
+        (hour - 3600, EventState.DELIVERED, 1),
+        (hour, EventState.DELIVERED, 4),
+        (hour + 7200, EventState.DELIVERED, 1),
+    ]
+    assert sum(n for _, _, n in outcomes) == len(listed)
 
 
 async def test_pending_deliveries_are_listed_next_due_first_with_their_events(
