@@ -39,7 +39,7 @@ FIGURES = sorted({number for numbers, _, _ in PHASES for number in numbers})
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (under 5 minutes)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about 6 minutes)")
     parser.add_argument(
         "--only",
         nargs="+",

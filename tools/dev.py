@@ -8,7 +8,7 @@ environment exists; it creates ``.venv`` itself from the hashed locks.
                                         the example flow served, and .env for the CLI)
     python3 tools/dev.py test [ARGS]    pytest against a real local Prefect server
     python3 tools/dev.py lint           ruff check, ruff format --check and mypy
-    python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: under 3 minutes)
+    python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: about 6 minutes)
     python3 tools/dev.py lock           regenerate the hashed requirements/*.txt
 """
 
