@@ -189,7 +189,9 @@ class Store:
         insert_event, insert_delivery = self._raw_inserts
         driver = conn.connection.driver_connection
         assert driver is not None
-        if driver.execute(insert_event, event).fetchone() is None:
+        # fetchall, not fetchone: the INSERT ... RETURNING runs to its end here, never left
+        # pending under the group's COMMIT.
+        if not driver.execute(insert_event, event).fetchall():
             return False
         driver.executemany(insert_delivery, rows)
         return True
