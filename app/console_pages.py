@@ -4,6 +4,7 @@ and replays as the admin API does."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
@@ -13,8 +14,8 @@ from app.console_access import ConsoleDep, FormDep, Refused, SessionDep, first
 from app.console_views import (
     COUNT_ORDER,
     EventFilter,
-    Masker,
     hourly_chart,
+    page_masker,
     payload_fields,
     state_counts,
     target_of,
@@ -46,6 +47,7 @@ def add_pages(app: FastAPI) -> None:
         outcomes = await bridge.history.outcomes_by_hour(now - DAY)
         pending = await bridge.history.pending_deliveries(limit=PENDING_SHOWN)
         queued = await bridge.history.pending_summary()
+        mask = masker(bridge)
         connections = [
             {
                 "name": name,
@@ -61,7 +63,7 @@ def add_pages(app: FastAPI) -> None:
             "nav": "overview",
             "counts": state_counts(outcomes),
             "chart": hourly_chart(outcomes, now - DAY, now),
-            "pending": [(d, e, masker(bridge)(d.last_error)) for d, e in pending],
+            "pending": [(d, e, mask(d.last_error)) for d, e in pending],
             "connections": connections,
             "queued": sum(count for count, _ in queued.values()),
             "now": now,
@@ -211,8 +213,8 @@ async def replay_all(bridge: Bridge, ids: list[str], *, new_run: bool) -> tuple[
     return done, skipped
 
 
-def masker(bridge: Bridge) -> Masker:
-    return Masker(bridge.settings, list(bridge.connections.values()))
+def masker(bridge: Bridge) -> Callable[[str | None], str]:
+    return page_masker(bridge.settings, list(bridge.connections.values()))
 
 
 def with_notice(path: str, message: str) -> str:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from app.history import parse_cursor
-from app.logs import MASK, configured_secrets
+from app.logs import Masker, configured_secrets
 from app.prefect import PrefectConnection
 from app.records import DeliveryRecord, EventState
 from app.routes import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, Router
@@ -196,25 +196,11 @@ def payload_fields(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-class Masker:
-    """Every configured secret, and each connection's credentials as it masks them,
-    replaced by ``********`` in what a page shows. Attempts are stored masked already;
+def page_masker(
+    settings: Settings, connections: Sequence[PrefectConnection]
+) -> Callable[[str | None], str]:
+    """Every configured secret and each connection's credentials replaced by ``********``
+    in what a page shows (:class:`app.logs.Masker`). Attempts are stored masked already;
     this is the last guard, as in the logs."""
-
-    def __init__(self, settings: Settings, connections: Sequence[PrefectConnection]) -> None:
-        forms = {
-            form
-            for secret in configured_secrets(settings)
-            for form in (secret, json.dumps(secret)[1:-1])
-        }
-        self._forms = sorted(forms, key=len, reverse=True)  # longest first: no partial masks
-        self._connections = connections
-
-    def __call__(self, text: str | None) -> str:
-        if not text:
-            return ""
-        for form in self._forms:
-            text = text.replace(form, MASK)
-        for connection in self._connections:
-            text = connection.redact(text)
-        return text
+    secrets = configured_secrets(settings) | {s for c in connections for s in c.secrets}
+    return Masker(secrets).mask

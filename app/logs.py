@@ -73,19 +73,23 @@ def configured_secrets(settings: Settings, connections: Iterable[ConnectionSpec]
     return {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
 
 
-class _Masker:
-    """The last processor: masks every configured secret in the rendered line, raw and
-    as JSON escapes it."""
+class Masker:
+    """Every given secret masked in a text, raw and as JSON escapes it: the logs' last
+    processor, and the console's last guard on what its pages show."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         forms = {form for s in secrets for form in (s, json.dumps(s)[1:-1])}
         self._forms = sorted(forms, key=len, reverse=True)  # longest first: no partial masks
 
+    def mask(self, text: str | None) -> str:
+        if not text:
+            return ""
+        for form in self._forms:
+            text = text.replace(form, MASK)
+        return text
+
     def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
-        if isinstance(line, str):
-            for form in self._forms:
-                line = line.replace(form, MASK)
-        return line
+        return self.mask(line) if isinstance(line, str) else line
 
 
 def _record_extras(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -130,12 +134,13 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[
             _leading_keys,
             structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
         ]
+    masker = Masker(secrets)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, _record_extras],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *renderer,
-            _Masker(secrets),
+            masker,
         ],
     )
     handler = _StderrHandler(sys.stderr)
@@ -154,7 +159,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[
     # The service's own lines skip the stdlib machinery (a LogRecord, handler locks, a
     # formatter): the same processors render them straight to stderr, at half the cost.
     structlog.configure(
-        processors=[*shared, *renderer, _Masker(secrets)],
+        processors=[*shared, *renderer, masker],
         logger_factory=_StderrLogger,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         # Not cached: a later configure_logging (the CLI in tests) takes effect everywhere.

@@ -334,9 +334,10 @@ class PrefectConnection:
         duration_ms = (time.perf_counter() - started) * 1000
         return AttemptResult(Outcome.TRANSIENT, duration_ms, error=self._redact(error))
 
-    def redact(self, text: str) -> str:
-        """``text`` with this connection's credentials masked (what the console shows)."""
-        return self._redact(text)
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """This connection's credentials as it sends them (for the console's masking)."""
+        return tuple(self._secrets)
 
     def _redact(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from app.console_views import CHART_HEIGHT, EventFilter, Masker, hourly_chart, iso
+from app.console_views import CHART_HEIGHT, EventFilter, hourly_chart, iso, page_masker
 from app.limits import RateLimiter
 from app.logs import MASK
 from app.records import EventState
@@ -73,7 +73,7 @@ def test_the_filter_reads_a_form_and_names_what_it_cannot() -> None:
 
 
 def test_text_shown_has_every_configured_secret_masked(make_settings: SettingsFactory) -> None:
-    masked = Masker(make_settings(admin_token=ADMIN_TOKEN), [])
+    masked = page_masker(make_settings(admin_token=ADMIN_TOKEN), [])
 
     shown = masked(f'echoed: Bearer {TOKEN} and "{ADMIN_TOKEN}"')
 
