@@ -18,7 +18,7 @@ async def read_capped_body(request: Request, limit: int, within: float, what: st
     ``what`` names the body in the messages ("the body", "the form")."""
     too_large = f"{what} is larger than {limit} bytes"
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(too_large)
     body = bytearray()
     try:

@@ -238,7 +238,8 @@ class Dispatcher:
                 result, connection = await attempt_delivery(
                     claim, self.router, self.connections, self.lookup
                 )
-            gate.observe(result)
+            if connection is not None:  # else nothing was sent: nothing to learn
+                gate.observe(result, paced=not is_emission(delivery.route))
             return await self._record(claim, started, result, connection)
         except GateClosed:
             # Not tried: the connection went down while it waited. Give it back

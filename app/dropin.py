@@ -207,8 +207,8 @@ async def _check_target(bridge: Bridge, kind: str, target_id: str) -> None:
     connection = bridge.connections[DEFAULT_CONNECTION]
     unreachable = False
     for name in allowed.names:
-        if kind == "flow":
-            found, failure = await connection.resolve_flow(name)
+        if kind == "flow":  # a read: a request about to be refused creates nothing
+            found, failure = await connection.find_flow(name)
         else:
             path = DeploymentTarget(name=name).name_path
             found, failure = await connection.resolve_deployment(path)

@@ -331,11 +331,13 @@ class ConnectionGate:
                     self._free_since.append(time.monotonic())
                 self._turn.notify_all()
 
-    def observe(self, result: AttemptResult) -> None:
-        """Learn from one answer: only transient failures count against the connection."""
+    def observe(self, result: AttemptResult, *, paced: bool = True) -> None:
+        """Learn from one answer: only transient failures count against the connection,
+        and only a flow run's creation (``paced``; not an event's) feeds the window's
+        measure of Prefect's pace."""
         if result.status_code in (429, 503) or (result.status_code is None and result.timed_out):
             self.concurrency.overloaded()
-        elif result.outcome is Outcome.DELIVERED:
+        elif result.outcome is Outcome.DELIVERED and paced:
             self.concurrency.created(result.duration_ms / 1000, time.monotonic())
         elif result.outcome is Outcome.TRANSIENT:
             self.concurrency.interrupted()  # no answer, or a 5xx: not Prefect's pace

@@ -29,6 +29,9 @@ class _Pool:
         return self._hex[at : at + 32]
 
     def empty(self) -> None:
+        """In a child after a fork: nothing drawn is shared, and a lock the parent's other
+        thread held at the fork is not inherited held."""
+        self._lock = threading.Lock()
         self._hex, self._at = "", 0
 
 

@@ -200,8 +200,10 @@ def new_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> N
         )
         for route in decision.routes
     ]
-    key = emission_key(event)
-    emissions = [NewDelivery(emission_route(name), name, key) for name in decision.emit_on]
+    emissions = []
+    if decision.emit_on:
+        key = emission_key(event)
+        emissions = [NewDelivery(emission_route(name), name, key) for name in decision.emit_on]
     return NewEvent(
         execution_id=event.execution_id,
         payload=payload,

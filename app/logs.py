@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -225,16 +226,24 @@ class _Batch:
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._sink: TextIO | None = None
+        # A stdlib record from another thread (the SQLite writer's) flushes too: a line
+        # added meanwhile must land in a batch whose flush is scheduled.
+        self._lock = threading.Lock()
 
     def add(self, loop: asyncio.AbstractEventLoop, sink: TextIO, line: str) -> None:
-        if self._lines and sink is not self._sink:
-            self.flush()  # stderr was replaced (tests do): the earlier lines go first
-        if not self._lines:
-            self._sink = sink
-            loop.call_soon(self.flush)
-        self._lines.append(line)
+        with self._lock:
+            if self._lines and sink is not self._sink:
+                self._flush()  # stderr was replaced (tests do): the earlier lines go first
+            if not self._lines:
+                self._sink = sink
+                loop.call_soon(self.flush)
+            self._lines.append(line)
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if not self._lines or self._sink is None:
             return
         lines, self._lines = self._lines, []

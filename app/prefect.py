@@ -19,7 +19,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -237,6 +237,12 @@ class PrefectConnection:
         failed lookup as an attempt result (404 is permanent: the name is wrong)."""
         what = f"looking up {name_path}"
         return await self._resolve(self._deployments, name_path, what, "GET", name_path)
+
+    async def find_flow(self, name: str) -> tuple[str | None, AttemptResult | None]:
+        """A flow's id by its name (cached with :meth:`resolve_flow`'s), by a read:
+        nothing is created (404 is permanent: Prefect has no flow by that name)."""
+        path = f"flows/name/{quote(name, safe='')}"
+        return await self._resolve(self._flows, name, f"looking up {path}", "GET", path)
 
     async def resolve_flow(self, name: str) -> tuple[str | None, AttemptResult | None]:
         """A flow's id by its name (cached), the flow created if Prefect has none by that
