@@ -57,9 +57,14 @@ def erathos_template(
         url += WEBHOOK_PATH
     jobs: list[str] = list(settings.jobs)
     rules: list[dict[str, Any]] = []
+    emitted = settings.prefect_events
     if settings.routes_file is not None:
-        route_jobs, rules = erathos_filters(read_routes_file(settings.routes_file))
+        model = read_routes_file(settings.routes_file)
+        route_jobs, rules = erathos_filters(model)
         jobs = jobs or route_jobs
+        emitted |= any(connection.events for connection in model.connections.values())
+    if emitted:
+        rules = []  # every load becomes a Prefect event: Erathos must send FAILED ones too
     return {
         "description": "erathos-prefect-bridge: start the Prefect flow of this load",
         "is_active": True,

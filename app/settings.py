@@ -103,6 +103,9 @@ class PublicSettings(BaseSettings):
     jobs: CommaList = Field(default_factory=list, validation_alias="BRIDGE_JOBS")
     public_url: str | None = Field(None, validation_alias="BRIDGE_PUBLIC_URL")
     routes_file: Path | None = Field(None, validation_alias="BRIDGE_ROUTES_FILE")
+    # Every Erathos event also emitted as a Prefect event on the environment's connection
+    # (public: then Erathos must send every load, FAILED ones too).
+    prefect_events: bool = Field(False, validation_alias="BRIDGE_PREFECT_EVENTS")
 
     @field_validator("jobs", mode="before")
     @classmethod
@@ -141,8 +144,6 @@ class PrefectSettings(PublicSettings):
     prefect_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias="BRIDGE_PREFECT_TIMEOUT"
     )
-    # Every Erathos event also emitted as a Prefect event on the environment's connection.
-    prefect_events: bool = Field(False, validation_alias="BRIDGE_PREFECT_EVENTS")
 
     @field_validator("prefect_timeout", mode="before")
     @classmethod

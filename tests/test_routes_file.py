@@ -315,6 +315,27 @@ def test_the_erathos_template_asks_erathos_for_the_routes_jobs_and_common_rules(
     assert definition["rules"] == [FINISHED]
 
 
+@pytest.mark.parametrize("emitted_by", ["BRIDGE_PREFECT_EVENTS", "a connection's events"])
+def test_the_erathos_template_asks_for_every_load_when_loads_become_prefect_events(
+    make_settings: SettingsFactory, tmp_path: Path, emitted_by: str
+) -> None:
+    """The routes want FINISHED loads only, but every load is emitted as a Prefect event:
+    Erathos must send the FAILED ones too, so the template carries no rule."""
+    document: dict[str, Any] = {
+        "routes": [{"name": "a", "rules": [FINISHED], "flow_id": FLOW}],
+    }
+    more: dict[str, Any] = {}
+    if emitted_by == "BRIDGE_PREFECT_EVENTS":
+        more["prefect_events"] = True
+    else:
+        document["connections"] = {"cloud": {"api_url": "http://127.0.0.1:9/api", "events": True}}
+    settings = settings_for(make_settings, tmp_path, document, **more)
+
+    definition = erathos_template(settings, "https://bridge.example.com")
+
+    assert definition["rules"] == []
+
+
 def test_check_names_the_route_whose_parameters_fail_the_deployment_schema(
     make_settings: SettingsFactory,
     tmp_path: Path,
