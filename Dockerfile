@@ -18,12 +18,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# The locked dependencies first: this layer is rebuilt only when the lock changes.
-COPY requirements/runtime.txt requirements/
-RUN /opt/venv/bin/pip install --require-hashes -r requirements/runtime.txt
+# The locked installer (pip and setuptools) first, whatever pip the base image brought;
+# then the locked dependencies: this layer is rebuilt only when a lock changes.
+COPY requirements/installer.txt requirements/runtime.txt requirements/
+RUN /opt/venv/bin/pip install --require-hashes -r requirements/installer.txt \
+    && /opt/venv/bin/pip install --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY app/ app/
-RUN /opt/venv/bin/pip install --no-deps .
+# Built with the locked setuptools, not one fetched for an isolated build.
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
 FROM python:${PYTHON_VERSION}-slim
 LABEL org.opencontainers.image.title="erathos-prefect-bridge" \

@@ -7,7 +7,7 @@ environment exists; it creates ``.venv`` itself from the hashed locks.
     python3 tools/dev.py run            the service (with no Prefect configured: a local one,
                                         the example flow served, and .env for the CLI)
     python3 tools/dev.py test [ARGS]    pytest against a real local Prefect server
-    python3 tools/dev.py lint           ruff check, ruff format --check and mypy
+    python3 tools/dev.py lint           ruff check, ruff format --check, mypy and deptry
     python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: about 6 minutes)
     python3 tools/dev.py lock           regenerate the hashed requirements/*.txt
 """
@@ -33,6 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tools.localprefect`, whatever the current directory
 
+from tools.installer import (  # noqa: E402
+    INSTALLER_LOCK,
+    PIP,
+    LockInstallError,
+    create_venv,
+    install_lock,
+)
 from tools.localprefect import (  # noqa: E402
     EXAMPLE_DEPLOYMENT,
     EXAMPLE_FLOW,
@@ -46,8 +53,14 @@ from tools.localprefect import (  # noqa: E402
 
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
-PIP = ["-m", "pip", "--quiet", "--disable-pip-version-check"]
-LOCKS = ("runtime", "test", "prefect-server")
+# Each lock and what it is compiled from, in requirements/: the service's dependencies come
+# from pyproject alone, so .venv and the image hold exactly what `pip install` declares.
+LOCKS = {
+    "installer": ["installer.in"],
+    "runtime": ["../pyproject.toml"],
+    "test": ["../pyproject.toml", "--extra", "test", "test.in"],
+    "prefect-server": ["prefect-server.in"],
+}
 UV_COMPILE = ["--quiet", "--universal", "--python-version", "3.11"]  # every platform, 3.11+
 UV_COMPILE += ["--generate-hashes", "--no-header"]  # for --require-hashes; no paths or dates
 # Options that would tie a lock to one package index (any "index-url" spelling matches).
@@ -73,19 +86,26 @@ def run(*command: str | Path) -> int:
 
 
 def ensure_venv(lock_name: str) -> None:
-    """Install ``requirements/<lock_name>.txt`` and the project into .venv, if the lock changed."""
+    """Install ``requirements/<lock_name>.txt`` and the project into .venv, if the lock (or
+    the installer's) changed since the last install."""
     lock = Path("requirements") / f"{lock_name}.txt"
     stamp = VENV / f".stamp-{lock_name}"
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    digest = hashlib.sha256(INSTALLER_LOCK.read_bytes() + lock.read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text().strip() == digest:
         return
     if not (BIN / "python").exists():
-        say("creating .venv")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    say(f"installing {lock} into .venv")
+        say(f"creating .venv from {lock}")
+        create_venv(VENV, lock)
+    else:
+        say(f"installing {lock} into .venv")
+        install_lock(VENV, INSTALLER_LOCK)
+        install_lock(VENV, lock)
+    # The project itself, built with the locked setuptools (no isolated build environment
+    # fetching the registry's newest).
     python = str(BIN / "python")
-    subprocess.run([python, *PIP, "install", "--require-hashes", "-r", str(lock)], check=True)
-    subprocess.run([python, *PIP, "install", "--no-deps", "-e", "."], check=True)
+    subprocess.run(
+        [python, *PIP, "install", "--no-deps", "--no-build-isolation", "-e", "."], check=True
+    )
     stamp.write_text(digest + "\n")
 
 
@@ -384,6 +404,8 @@ def cmd_lint() -> int:
         run(BIN / "ruff", "check", "."),
         run(BIN / "ruff", "format", "--check", "."),
         run(BIN / "mypy"),  # files and strictness come from pyproject.toml
+        # pyproject declares exactly what app/ imports (its [tool.deptry] says the rest).
+        run(BIN / "deptry", "app"),
     ]
     return 0 if not any(results) else 1
 
@@ -391,14 +413,13 @@ def cmd_lint() -> int:
 def cmd_lock() -> int:
     uv = shutil.which("uv")
     if uv is None:
-        if not (BIN / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        ensure_venv("test")
         subprocess.run([str(BIN / "python"), *PIP, "install", "uv"], check=True)
         uv = str(BIN / "uv")
     for name in LOCKS:
         say(f"locking requirements/{name}.txt")
-        # From requirements/, so the locks' "# via -r runtime.in" comments name no directory.
-        command = [uv, "pip", "compile", *UV_COMPILE, f"{name}.in", "-o", f"{name}.txt"]
+        # From requirements/, so the locks' "# via" comments name no machine's directory.
+        command = [uv, "pip", "compile", *UV_COMPILE, *LOCKS[name], "-o", f"{name}.txt"]
         subprocess.run(command, cwd="requirements", check=True)
     bad = [
         f"requirements/{name}.txt names --{option}"
@@ -436,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         say(f"failed ({exc.returncode}): {shlex.join(str(a) for a in exc.cmd)}")
         return exc.returncode or 1
+    except LockInstallError as exc:
+        say(str(exc))
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.installer import INSTALLER_LOCK, create_venv
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "prefect-server.txt"
 # The example a newcomer's webhook ends in: a flow served by Prefect itself, and the
@@ -47,7 +49,7 @@ def cache_dir() -> Path:
 
 def prefect_executable() -> Path:
     """The ``prefect`` command of the cached environment, created on first use."""
-    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(INSTALLER_LOCK.read_bytes() + LOCK.read_bytes()).hexdigest()[:12]
     venv = cache_dir() / f"prefect-server-{digest}"
     done = venv / ".complete"
     executable = venv / "bin" / "prefect"
@@ -60,21 +62,7 @@ def prefect_executable() -> Path:
             return executable
         shutil.rmtree(venv, ignore_errors=True)
         print(f"creating the Prefect server's environment in {venv} (once)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [
-                str(venv / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--require-hashes",
-                "-r",
-                str(LOCK),
-            ],
-            check=True,
-        )
+        create_venv(venv, LOCK)
         done.touch()
     return executable
 
