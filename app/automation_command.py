@@ -114,7 +114,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except ConfigurationError as exc:
-        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"{PROG}: configuration error: {problem}", file=sys.stderr)
         return 2
     except AutomationError as exc:
         print(f"{PROG}: {exc.message}", file=sys.stderr)

@@ -9,7 +9,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -24,12 +24,19 @@ from app.database import display_url
 from app.diagnose import check_route, simulate
 from app.errors import BridgeError, validated
 from app.event import METADATA, ErathosEvent
+from app.history import History
 from app.ingest import iso_utc, parse_json
 from app.logs import configure_logging, configured_secrets
 from app.records import DeliveryState, DeliveryStillPending, EventState, StoreUnavailable
 from app.routes_file import erathos_filters, read_routes_file
-from app.service import configure, open_bridge, shutdown_budget
-from app.settings import ConfigurationError, PublicSettings, Settings, load_settings
+from app.service import configure, open_bridge, open_database, shutdown_budget
+from app.settings import (
+    ConfigurationError,
+    PublicSettings,
+    Settings,
+    StoreSettings,
+    load_settings,
+)
 from app.templates import TemplateError
 
 if TYPE_CHECKING:
@@ -82,6 +89,10 @@ def erathos_template(
     }
 
 
+# Commands that only read or replay the store: they need the database setting alone.
+STORE_COMMANDS = ("events", "replay")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -98,11 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("erathos-template needs --url (or BRIDGE_PUBLIC_URL)")
             print(json.dumps(erathos_template(public, url, args.secret_name), indent=2))
             return 0
+        if command in STORE_COMMANDS:
+            return _store_command(load_settings(StoreSettings), args)
         settings = load_settings()
         # The routes and connections, checked before anything opens.
         routing, _ = configure(settings)
     except (ConfigurationError, TemplateError) as exc:
-        print(f"erathos-prefect-bridge: configuration error: {exc}", file=sys.stderr)
+        report_configuration_error(exc)
         return 2
     secrets = configured_secrets(settings, routing.connections.values())
     configure_logging(settings.log_format, settings.log_level, secrets)
@@ -113,15 +126,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check(settings))
         if command == "simulate":
             return _simulate_command(settings, args.event)
-        if command == "events":
-            return asyncio.run(_events(settings, args))
-        if command == "replay":
-            return asyncio.run(_replay(settings, args))
     except StoreUnavailable as exc:
         print(f"erathos-prefect-bridge: the store cannot be used: {exc}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {command}")  # pragma: no cover (argparse rejects it first)
     return 2  # pragma: no cover
+
+
+def report_configuration_error(exc: ConfigurationError | TemplateError) -> None:
+    """Every problem on a line of its own, each naming its variable."""
+    problems = exc.problems if isinstance(exc, ConfigurationError) else [str(exc)]
+    for problem in problems:
+        print(f"erathos-prefect-bridge: configuration error: {problem}", file=sys.stderr)
+
+
+def _store_command(settings: StoreSettings, args: argparse.Namespace) -> int:
+    configure_logging(settings.log_format, settings.log_level, configured_secrets(settings))
+    try:
+        if args.command == "events":
+            return asyncio.run(_events(settings, args))
+        return asyncio.run(_replay(settings, args))
+    except StoreUnavailable as exc:
+        print(f"erathos-prefect-bridge: the store cannot be used: {exc}", file=sys.stderr)
+        return 1
+
+
+@contextlib.asynccontextmanager
+async def open_history(settings: StoreSettings) -> AsyncIterator[History]:
+    """The operators' queries on the store, without the rest of the service."""
+    database = await open_database(settings)
+    try:
+        yield History(database)
+    finally:
+        await database.close()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -275,10 +312,10 @@ async def _simulate(settings: Settings, event: ErathosEvent) -> int:
     return 0
 
 
-async def _events(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_bridge(settings, dispatch=False) as bridge:
+async def _events(settings: StoreSettings, args: argparse.Namespace) -> int:
+    async with open_history(settings) as history:
         state = EventState(args.state) if args.state else None
-        page = await bridge.history.list_events(state=state, limit=args.limit)
+        page = await history.list_events(state=state, limit=args.limit)
     for event, found in page:
         if args.json:
             print(
@@ -317,9 +354,8 @@ async def _events(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_bridge(settings, dispatch=False) as bridge:
-        history = bridge.history
+async def _replay(settings: StoreSettings, args: argparse.Namespace) -> int:
+    async with open_history(settings) as history:
         delivery = await history.get_delivery(args.id)
         targets = [delivery] if delivery is not None else []
         if delivery is None:

@@ -33,7 +33,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from app.errors import internal_error
 from app.ids import new_id
 from app.routes_file import ConnectionSpec
-from app.settings import Settings
+from app.settings import StoreSettings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 MASK = "********"
@@ -48,7 +48,9 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color
 log = structlog.get_logger("erathos_prefect_bridge.http")
 
 
-def configured_secrets(settings: Settings, connections: Iterable[ConnectionSpec] = ()) -> set[str]:
+def configured_secrets(
+    settings: StoreSettings, connections: Iterable[ConnectionSpec] = ()
+) -> set[str]:
     """Every secret value the service holds: tokens, Prefect credentials (also as the
     Basic auth header carries them), and the database password."""
     found: list[SecretStr] = []

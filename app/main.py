@@ -9,7 +9,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
@@ -60,7 +60,29 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(admin)
         app.mount("/ui", console_app(settings), name="console")
     install_docs(app)
+    install_front_door(app, console=settings.admin_token is not None)
     return app
+
+
+def install_front_door(app: FastAPI, *, console: bool) -> None:
+    """``GET /``, the address a newcomer opens first: the console when it is on, else a
+    map of what this service answers. Never a 404."""
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def front_door(request: Request) -> RedirectResponse | dict[str, str]:
+        root = request.scope.get("root_path", "")
+        if console:
+            # A path, never an absolute URL built from the request's Host header.
+            return RedirectResponse(f"{root}/ui/", status_code=303)
+        return {
+            "service": "erathos-prefect-bridge",
+            "version": __version__,
+            "webhook": f"POST {root}/webhooks/erathos",
+            "docs": f"{root}/docs",
+            "healthz": f"{root}/healthz",
+            "readyz": f"{root}/readyz",
+            "console": "off: set BRIDGE_ADMIN_TOKEN to turn on the console at /ui/",
+        }
 
 
 def install_docs(app: FastAPI) -> None:

@@ -25,7 +25,7 @@ from app.prefect import PrefectConnection
 from app.probe import PrefectWatch
 from app.routes import DEFAULT_CONNECTION, Router, default_router
 from app.routes_file import ConnectionSpec, Routing, default_connection_spec, load_routes_file
-from app.settings import PrefectSettings, Settings
+from app.settings import PrefectSettings, Settings, StoreSettings
 from app.store import Store
 from app.templates import Lookup, template_lookup
 
@@ -86,6 +86,17 @@ def shutdown_budget(settings: Settings) -> tuple[float, float]:
     return requests, grace - requests
 
 
+async def open_database(settings: StoreSettings) -> Database:
+    """The store the settings name, its schema created or upgraded."""
+    return await Database.open(
+        settings.database_url,
+        settings.durability,
+        lock_timeout=settings.db_lock_timeout.total_seconds(),
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout.total_seconds(),
+    )
+
+
 @asynccontextmanager
 async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIterator[Bridge]:
     """Open every resource; with ``dispatch`` the dispatcher runs until the block exits,
@@ -94,13 +105,7 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
     routing, lookup = configure(settings)
     router = routing.router
     async with AsyncExitStack() as stack:
-        database = await Database.open(
-            settings.database_url,
-            settings.durability,
-            lock_timeout=settings.db_lock_timeout.total_seconds(),
-            pool_size=settings.db_pool_size,
-            pool_timeout=settings.db_pool_timeout.total_seconds(),
-        )
+        database = await open_database(settings)
         stack.push_async_callback(database.close)
         store, history = Store(database), History(database)
         connections = {}

@@ -126,6 +126,53 @@ class PublicSettings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
 
+class StoreSettings(PublicSettings):
+    """Where events are stored, and how the service logs: all that the commands which
+    only read or replay the store (``events``, ``replay``) need."""
+
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", validation_alias="BRIDGE_LOG_FORMAT"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias="BRIDGE_LOG_LEVEL"
+    )
+
+    database_url: str = Field("sqlite:///./data/bridge.db", validation_alias="BRIDGE_DATABASE_URL")
+    durability: Durability = Field(Durability.CRASH, validation_alias="BRIDGE_DURABILITY")
+    retention: Duration = Field(timedelta(days=30), validation_alias="BRIDGE_RETENTION")
+    db_lock_timeout: Duration = Field(
+        timedelta(seconds=5), validation_alias="BRIDGE_DB_LOCK_TIMEOUT"
+    )
+    db_pool_size: Annotated[int, Ge(1)] = Field(5, validation_alias="BRIDGE_DB_POOL_SIZE")
+    db_pool_timeout: Duration = Field(
+        timedelta(seconds=10), validation_alias="BRIDGE_DB_POOL_TIMEOUT"
+    )
+
+    @field_validator("retention", "db_lock_timeout", "db_pool_timeout", mode="before")
+    @classmethod
+    def _store_durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = value.strip()
+        if database_kind(value) is None:
+            raise ValueError(
+                "must be a sqlite:/// URL (for example "
+                "sqlite:///./data/bridge.db) or a postgresql:// URL (for example "
+                "postgresql://bridge:<password>@db:5432/bridge)"
+            )
+        return value
+
+    @field_validator("db_pool_timeout")
+    @classmethod
+    def _positive_pool_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0 s")
+        return value
+
+
 class PrefectSettings(PublicSettings):
     """The environment's Prefect connection: the default route's (and the drop-in's and
     the events'), and all the ``automation`` command needs."""
@@ -186,26 +233,35 @@ class PrefectSettings(PublicSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_way_in(self) -> Self:
+    def _coherent(self) -> Self:
+        # Every problem across settings at once, one line each (each names its variable).
+        problems = self._problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _problems(self) -> list[str]:
+        """What is wrong across settings (each one was valid on its own)."""
+        problems = []
         if (self.prefect_account_id is None) != (self.prefect_workspace_id is None):
             missing = (
                 "PREFECT_WORKSPACE_ID"
                 if self.prefect_workspace_id is None
                 else "PREFECT_ACCOUNT_ID"
             )
-            raise ValueError(f"{missing}: is required with the other Prefect Cloud id")
+            problems.append(f"{missing}: is required with the other Prefect Cloud id")
         if self.prefect_events and self.api_url is None:
-            raise ValueError(
+            problems.append(
                 "BRIDGE_PREFECT_EVENTS: needs PREFECT_API_URL (or the Prefect Cloud ids): "
                 "events go to the environment's Prefect (a routes file's connection takes "
                 '"events": true)'
             )
         if self.prefect_api_key is not None and self.prefect_api_auth_string is not None:
-            raise ValueError(
+            problems.append(
                 "PREFECT_API_AUTH_STRING: set either it (self-hosted Basic auth) or "
                 "PREFECT_API_KEY (Prefect Cloud), not both"
             )
-        return self
+        return problems
 
     @property
     def api_url(self) -> str | None:
@@ -220,7 +276,7 @@ class PrefectSettings(PublicSettings):
         )
 
 
-class Settings(PrefectSettings):
+class Settings(PrefectSettings, StoreSettings):
     """Every setting of the service. Attribute names drop the variable's prefix."""
 
     # Prefect: the default route's flow (the connection is PrefectSettings').
@@ -264,24 +320,6 @@ class Settings(PrefectSettings):
     flow_run_name: str = Field(
         "erathos_run_${{erathos.table_name}}", validation_alias="BRIDGE_FLOW_RUN_NAME"
     )
-    log_format: Literal["auto", "json", "console"] = Field(
-        "auto", validation_alias="BRIDGE_LOG_FORMAT"
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias="BRIDGE_LOG_LEVEL"
-    )
-
-    # The store.
-    database_url: str = Field("sqlite:///./data/bridge.db", validation_alias="BRIDGE_DATABASE_URL")
-    durability: Durability = Field(Durability.CRASH, validation_alias="BRIDGE_DURABILITY")
-    retention: Duration = Field(timedelta(days=30), validation_alias="BRIDGE_RETENTION")
-    db_lock_timeout: Duration = Field(
-        timedelta(seconds=5), validation_alias="BRIDGE_DB_LOCK_TIMEOUT"
-    )
-    db_pool_size: Annotated[int, Ge(1)] = Field(5, validation_alias="BRIDGE_DB_POOL_SIZE")
-    db_pool_timeout: Duration = Field(
-        timedelta(seconds=10), validation_alias="BRIDGE_DB_POOL_TIMEOUT"
-    )
 
     # What ${{variables.X}} and ${{secrets.X}} in a routes file read, as the sources of the
     # other settings read them (never set by a variable of their own): every variable of
@@ -313,9 +351,6 @@ class Settings(PrefectSettings):
         "console_session",
         "header_timeout",
         "keepalive_timeout",
-        "retention",
-        "db_lock_timeout",
-        "db_pool_timeout",
         "sync_wait",
         "max_age",
         "retry_base",
@@ -339,8 +374,6 @@ class Settings(PrefectSettings):
     @field_validator("webhook_tokens")
     @classmethod
     def _strong_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
-        if not tokens:
-            raise ValueError("is required: the token Erathos must send as 'Authorization: Bearer'")
         for token in tokens:
             if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
                 raise ValueError(f"every token must be at least {MIN_TOKEN_LENGTH} characters long")
@@ -395,25 +428,6 @@ class Settings(PrefectSettings):
     def _flow_name(cls, value: str | None) -> str | None:
         return None if value is None else check_flow_name(value)
 
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        value = value.strip()
-        if database_kind(value) is None:
-            raise ValueError(
-                "must be a sqlite:/// URL (for example "
-                "sqlite:///./data/bridge.db) or a postgresql:// URL (for example "
-                "postgresql://bridge:<password>@db:5432/bridge)"
-            )
-        return value
-
-    @field_validator("db_pool_timeout")
-    @classmethod
-    def _positive_pool_timeout(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0 s")
-        return value
-
     @field_validator("header_timeout", "keepalive_timeout", "console_session")
     @classmethod
     def _positive_connection_timeouts(cls, value: timedelta) -> timedelta:
@@ -421,41 +435,46 @@ class Settings(PrefectSettings):
             raise ValueError("must be longer than 0 s")
         return value
 
-    @model_validator(mode="after")
-    def _coherent(self) -> Self:
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
+        if not self.webhook_tokens:
+            problems.append(
+                "BRIDGE_WEBHOOK_TOKEN: is required: the token Erathos must send as "
+                "'Authorization: Bearer'"
+            )
         if self.prefect_flow_id is not None and self.prefect_flow_name is not None:
-            raise ValueError(
+            problems.append(
                 "PREFECT_FLOW_NAME: set either it (the flow by name) or PREFECT_FLOW_ID, not both"
             )
         # With a routes file, connections and targets may all come from the file.
         if self.routes_file is None:
             if self.prefect_api_url is None and self.prefect_account_id is None:
-                raise ValueError(
+                problems.append(
                     "PREFECT_API_URL: is required (or PREFECT_ACCOUNT_ID and "
                     "PREFECT_WORKSPACE_ID for Prefect Cloud, or a BRIDGE_ROUTES_FILE)"
                 )
             if self.prefect_flow_id is None and self.prefect_flow_name is None:
-                raise ValueError(
+                problems.append(
                     "PREFECT_FLOW_ID: is required: the flow the default route runs "
                     "(or PREFECT_FLOW_NAME, or a BRIDGE_ROUTES_FILE)"
                 )
         elif not self.routes_file.is_file():
-            raise ValueError(f"BRIDGE_ROUTES_FILE: {self.routes_file} is not a file")
+            problems.append(f"BRIDGE_ROUTES_FILE: {self.routes_file} is not a file")
         elif self.prefect_flow_name is not None:
-            raise ValueError(
+            problems.append(
                 "PREFECT_FLOW_NAME: the default route's flow, which a BRIDGE_ROUTES_FILE "
                 'replaces: give a route "flow" instead'
             )
         if self.dropin and self.api_url is None:
-            raise ValueError(
+            problems.append(
                 "BRIDGE_DROPIN: needs PREFECT_API_URL (or the Prefect Cloud ids): drop-in "
                 "calls are forwarded to the environment's Prefect"
             )
         if self.lease <= self.prefect_timeout:
-            raise ValueError("BRIDGE_LEASE: must be longer than BRIDGE_PREFECT_TIMEOUT")
+            problems.append("BRIDGE_LEASE: must be longer than BRIDGE_PREFECT_TIMEOUT")
         if self.retry_cap < self.retry_base:
-            raise ValueError("BRIDGE_RETRY_CAP: must not be shorter than BRIDGE_RETRY_BASE")
-        return self
+            problems.append("BRIDGE_RETRY_CAP: must not be shorter than BRIDGE_RETRY_BASE")
+        return problems
 
 
 @overload
@@ -463,14 +482,48 @@ def load_settings() -> Settings: ...
 @overload
 def load_settings(model: type[S]) -> S: ...
 def load_settings(model: type[PublicSettings] = Settings) -> PublicSettings:
-    """Read and validate the settings, or raise one :class:`ConfigurationError`."""
+    """Read and validate the settings, or raise one :class:`ConfigurationError` that
+    lists every problem, one line each: the invalid values, then what is wrong across
+    settings (found again with each invalid value at its default)."""
     try:
         return model(_secrets_dir=secrets_dir())
     except ValidationError as exc:
-        raise ConfigurationError(describe_validation_error(exc)) from None
+        problems = describe_validation_error(exc)
+        failed = _failed_fields(model, exc)
+    if failed is not None:
+        try:
+            model(_secrets_dir=secrets_dir(), **failed)
+        except ValidationError as again:
+            # A line that names a setting already reported only follows from its default.
+            named = {line.partition(":")[0] for line in problems}
+            problems += [
+                line
+                for line in describe_validation_error(again)
+                if not any(variable in line for variable in named)
+            ]
+    raise ConfigurationError(*problems) from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def _failed_fields(model: type[PublicSettings], exc: ValidationError) -> dict[str, Any] | None:
+    """The fields that failed on their own, at their defaults; None when one has none
+    (or the failure is not a single field's)."""
+    by_variable = {
+        (field.validation_alias if isinstance(field.validation_alias, str) else name).upper(): name
+        for name, field in model.model_fields.items()
+    }
+    defaults: dict[str, Any] = {}
+    for error in exc.errors(include_input=False, include_url=False):
+        name = by_variable.get(str(error["loc"][0]).upper()) if error["loc"] else None
+        if name is None:
+            return None
+        field = model.model_fields[name]
+        if field.is_required():
+            return None
+        defaults[name] = field.get_default(call_default_factory=True)
+    return defaults
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
     """Turn pydantic's error list into lines that name the variable, never its value."""
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
@@ -478,8 +531,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         if error["loc"]:
             lines.append(f"{_variable_name(str(error['loc'][0]))}: {message}")
         else:
-            lines.append(message)
-    return "; ".join(lines)
+            lines.extend(message.splitlines())
+    return lines
 
 
 def _variable_name(field_or_alias: str) -> str:

@@ -22,7 +22,12 @@ MAX_SECRET_BYTES = 64 * 1024
 
 
 class ConfigurationError(Exception):
-    """The settings cannot run the service; the message names the variable."""
+    """The settings cannot run the service: each problem is one line that names its
+    variable (all of them at once, so one restart fixes them all)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 class TemplateEnvironment(PydanticBaseSettingsSource):

@@ -229,6 +229,51 @@ def test_events_lists_dead_letters_and_replay_sends_them_again(
     assert run["idempotency_key"] == execution_id
 
 
+def test_events_and_replay_need_only_the_database_setting(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    prefect: PrefectServer,
+) -> None:
+    environment.setenv("PREFECT_API_URL", prefect.api_url)
+    environment.setenv("PREFECT_FLOW_ID", str(uuid.uuid4()))  # unknown to Prefect: dead
+    execution_id = str(uuid.uuid4())
+    asyncio.run(_send(execution_id))
+    capsys.readouterr()
+    # Elsewhere, with nothing configured but where the store is: no token, no Prefect.
+    for name in ("BRIDGE_WEBHOOK_TOKEN", "PREFECT_API_URL", "PREFECT_FLOW_ID"):
+        environment.delenv(name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environment.chdir(elsewhere)
+
+    listed = main(["events", "--json"])
+    [event] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    replayed = main(["replay", event["event_id"]])
+
+    assert listed == 0
+    assert event["execution_id"] == execution_id
+    assert replayed == 0
+    assert "pending again" in capsys.readouterr().out
+
+
+def test_serve_lists_every_missing_setting_at_once(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environment.delenv("BRIDGE_WEBHOOK_TOKEN")
+
+    code = main(["serve"])
+
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert [line.split(": ")[2] for line in lines] == [
+        "BRIDGE_WEBHOOK_TOKEN",
+        "PREFECT_API_URL",
+        "PREFECT_FLOW_ID",
+    ]
+    assert all(line.startswith("erathos-prefect-bridge: configuration error: ") for line in lines)
+
+
 async def _send(execution_id: str) -> None:
     async with open_client(load_settings()) as client:
         body = webhook_body(execution_id=execution_id)

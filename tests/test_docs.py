@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.conftest import SettingsFactory, open_client
+from tests.conftest import ADMIN_TOKEN, SettingsFactory, open_client
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +82,35 @@ async def test_the_assets_directory_lists_nothing_and_serves_nothing_else(
         escaped = await client.get("/docs/assets/%2e%2e/__init__.py")
 
     assert (listing.status_code, outside.status_code, escaped.status_code) == (404, 404, 404)
+
+
+async def test_the_first_address_maps_the_service_when_the_console_is_off(
+    make_settings: SettingsFactory,
+) -> None:
+    async with open_client(make_settings()) as client:
+        response = await client.get("/")
+        answers = {
+            name: await client.get(path)
+            for name, path in (
+                ("docs", response.json()["docs"]),
+                ("healthz", response.json()["healthz"]),
+            )
+        }
+
+    assert response.status_code == 200
+    assert response.json()["webhook"] == "POST /webhooks/erathos"
+    assert response.json()["readyz"] == "/readyz"
+    assert {name: a.status_code for name, a in answers.items()} == {"docs": 200, "healthz": 200}
+
+
+async def test_the_first_address_leads_to_the_console_when_it_is_on(
+    make_settings: SettingsFactory,
+) -> None:
+    async with open_client(make_settings(admin_token=ADMIN_TOKEN)) as client:
+        response = await client.get("/", headers={"Host": "evil.example"})
+        console = await client.get(response.headers["location"], follow_redirects=True)
+
+    assert response.status_code == 303
+    assert response.headers["location"] == "/ui/"  # a path: never the request's Host
+    assert console.status_code == 200
+    assert "sign" in console.text.lower()

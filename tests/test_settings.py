@@ -751,3 +751,49 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(ValidationError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_every_missing_setting_is_listed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = configuration_error(
+        monkeypatch, BRIDGE_WEBHOOK_TOKEN=None, PREFECT_API_URL=None, PREFECT_FLOW_ID=None
+    ).splitlines()
+
+    assert [line.partition(":")[0] for line in problems] == [
+        "BRIDGE_WEBHOOK_TOKEN",
+        "PREFECT_API_URL",
+        "PREFECT_FLOW_ID",
+    ]
+
+
+def test_invalid_values_and_problems_across_settings_are_listed_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    problems = configuration_error(
+        monkeypatch,
+        BRIDGE_PORT="eighty",
+        BRIDGE_LOG_LEVEL="LOUD",
+        BRIDGE_WEBHOOK_TOKEN=None,
+        PREFECT_API_KEY=API_KEY,
+        PREFECT_API_AUTH_STRING=AUTH_STRING,
+    ).splitlines()
+
+    named = sorted(line.partition(":")[0] for line in problems)
+    assert named == [
+        "BRIDGE_LOG_LEVEL",
+        "BRIDGE_PORT",
+        "BRIDGE_WEBHOOK_TOKEN",
+        "PREFECT_API_AUTH_STRING",
+    ]
+    assert not any(secret in line for line in problems for secret in SECRET_VALUES)
+
+
+def test_a_setting_reported_invalid_is_not_reported_again_at_its_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At its default (5 s) the base would be longer than this cap: that follows from the
+    # default, not from what was set, and is not reported.
+    problems = configuration_error(
+        monkeypatch, BRIDGE_RETRY_BASE="soon", BRIDGE_RETRY_CAP="1s"
+    ).splitlines()
+
+    assert [line.partition(":")[0] for line in problems] == ["BRIDGE_RETRY_BASE"]

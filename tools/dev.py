@@ -10,6 +10,7 @@ environment exists; it creates ``.venv`` itself from the hashed locks.
     python3 tools/dev.py lint           ruff check, ruff format --check, mypy and deptry
     python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: about 6 minutes)
     python3 tools/dev.py lock           regenerate the hashed requirements/*.txt
+    python3 tools/dev.py package        the wheel, installed as `pip install` does, served
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tools.localprefect`, whatever the current directory
 
+from tools import package_check  # noqa: E402
 from tools.installer import (  # noqa: E402
     INSTALLER_LOCK,
     PIP,
@@ -410,6 +412,11 @@ def cmd_lint() -> int:
     return 0 if not any(results) else 1
 
 
+def cmd_package() -> int:
+    ensure_venv("test")  # the locked setuptools builds the wheel
+    return package_check.check(BIN / "python")
+
+
 def cmd_lock() -> int:
     uv = shutil.which("uv")
     if uv is None:
@@ -436,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tools/dev.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("command", choices=["run", "test", "lint", "lock", "bench"])
+    parser.add_argument("command", choices=["run", "test", "lint", "lock", "bench", "package"])
     parser.add_argument(
         "args", nargs=argparse.REMAINDER, help="pytest's arguments, for test; --quick, for bench"
     )
@@ -453,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_lint()
         if options.command == "bench":
             return cmd_bench(options.args)
+        if options.command == "package":
+            return cmd_package()
         return cmd_lock()
     except subprocess.CalledProcessError as exc:
         say(f"failed ({exc.returncode}): {shlex.join(str(a) for a in exc.cmd)}")
