@@ -1,6 +1,7 @@
 """The auth matrix: every route of the app, every kind of wrong credential.
 
-Health, readiness, metrics and the API docs are the only open routes; the webhook and the
+Health, readiness, metrics, the API docs and the front door (``/``) are the only open
+routes; the webhook and the
 Prefect-shaped endpoints take only a webhook token; the admin API only the admin token
 (and does not exist without one); the console, mounted at /ui, only its session cookie
 (tests/test_console.py). A new route fails this test until it is classified."""
@@ -23,6 +24,7 @@ from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_clien
 pytestmark = pytest.mark.anyio
 
 OPEN = {
+    "/",  # the front door: a redirect to the console, or a map of these paths
     "/healthz",
     "/readyz",
     "/metrics",
