@@ -189,10 +189,10 @@ def _serve(settings: Settings, routes: list[str]) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        # httptools (for its speed) with header timeout, header size and connection limits.
+        # httptools (for its speed) with a deadline for every phase of a connection (the
+        # idle one too: uvicorn's timeout_keep_alive is not used), header size and
+        # connection limits.
         http=limited_http_protocol(ConnectionLimits.of(settings)),
-        # Annotated int, but handed to loop.call_later, which takes any float.
-        timeout_keep_alive=settings.keepalive_timeout.total_seconds(),  # type: ignore[arg-type]
         log_config=None,
         access_log=False,  # app.logs.RequestContext logs each request, with its request id
         proxy_headers=True,

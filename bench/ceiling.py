@@ -50,9 +50,10 @@ def main() -> None:
                 header_timeout=defaults["header_timeout"].default.total_seconds(),
                 max_header_bytes=defaults["max_header_bytes"].default,
                 max_connections=defaults["max_connections"].default,
+                body_timeout=defaults["body_timeout"].default.total_seconds(),
+                keepalive_timeout=defaults["keepalive_timeout"].default.total_seconds(),
             )
         ),
-        timeout_keep_alive=int(defaults["keepalive_timeout"].default.total_seconds()),
         log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
