@@ -2,11 +2,13 @@
 service process: a request head, a request body (on every route, answered or not,
 authenticated or not, chunked or not) and the idle time after an answer. No client can
 hold a connection by sending a byte now and then, so hostile connections as many as the
-bound let a real webhook in within the timeouts."""
+bound let a real webhook in within the timeouts; /metrics counts each refusal."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +180,7 @@ async def test_as_many_hostile_connections_as_the_bound_still_let_a_webhook_in_i
                     within=SLACK,
                     what="every hostile connection closed by the server",
                 )
+                scraped = (await client.get("/metrics")).text
         finally:
             for (_, writer), closed in held:
                 closed.cancel()
@@ -185,3 +188,82 @@ async def test_as_many_hostile_connections_as_the_bound_still_let_a_webhook_in_i
 
     assert held_out == 503, held_out
     assert set(statuses) <= {503, 202}, statuses
+    refused = refused_counts(scraped)
+    assert refused["too_many"] >= 1
+    assert refused["body_too_slow"] >= (len(kinds) - 1) * (bound // len(kinds))
+    assert refused["idle"] >= bound // len(kinds)
+
+
+def refused_counts(scraped: str) -> dict[str, int]:
+    prefix = 'erathos_bridge_connections_refused_total{reason="'
+    return {
+        line[len(prefix) :].partition('"')[0]: int(float(line.rpartition(" ")[2]))
+        for line in scraped.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+async def test_metrics_count_each_refused_connection_by_reason(tmp_path: Path) -> None:
+    bound = 3
+    settings = {
+        "BRIDGE_HEADER_TIMEOUT": "1s",
+        "BRIDGE_BODY_TIMEOUT": "1s",
+        "BRIDGE_KEEPALIVE_TIMEOUT": "1s",
+        "BRIDGE_MAX_CONNECTIONS": str(bound),
+    }
+    async with running_service(tmp_path, **settings) as service:
+        silent = [await connect(service) for _ in range(bound)]
+        reader, writer = await connect(service)  # one too many
+        assert (await read_response(reader))[0] == 503
+        writer.close()
+        for silent_reader, silent_writer in silent:
+            assert await asyncio.wait_for(closed_by_server(silent_reader), 1 + SLACK)
+            silent_writer.close()
+        await all_closed_by_server(
+            service, [ANSWERED_BODIES["liveness"], Hostile(HEALTHZ, 200)], within=1 + SLACK
+        )
+        reader, writer = await connect(service)
+        writer.write(get("/healthz", b"X-Big: " + b"a" * 20_000 + b"\r\n"))
+        assert (await read_response(reader))[0] == 431
+        writer.close()
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            scraped = (await client.get("/metrics")).text
+
+    assert refused_counts(scraped) == {
+        "too_many": 1,
+        "head_too_large": 1,
+        "head_too_slow": bound,
+        "body_too_slow": 1,
+        "idle": 1,
+        "answer_unread": 0,
+    }
+
+
+async def test_answers_a_client_does_not_read_are_dropped_and_the_connection_closed(
+    tmp_path: Path,
+) -> None:
+    # Pipelined requests whose answers (9 MB) outgrow every buffer between the two ends
+    # while the client reads nothing: writing stalls, and a stall has a deadline too.
+    requests = 1000
+    async with (
+        running_service(tmp_path, BRIDGE_BODY_TIMEOUT="1s") as service,
+        httpx.AsyncClient(base_url=service.url) as client,
+    ):
+        answer_size = len((await client.get("/openapi.json")).content)
+
+        async def cut_off() -> bool:
+            return refused_counts((await client.get("/metrics")).text)["answer_unread"] == 1
+
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", int(service.env["BRIDGE_PORT"])))
+            await loop.sock_sendall(sock, get("/openapi.json") * requests)
+            await eventually(cut_off, within=10, what="the stalled connection closed")
+            received = 0
+            with suppress(ConnectionError):
+                while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 10):
+                    received += len(chunk)
+
+    assert received < requests * answer_size  # what was not read by the deadline is gone
