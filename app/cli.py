@@ -25,7 +25,7 @@ from app.diagnose import check_route, simulate
 from app.errors import BridgeError, validated
 from app.event import METADATA, ErathosEvent
 from app.ingest import iso_utc, parse_json
-from app.logs import configure_logging, configured_secrets
+from app.logs import configure_logging, configured_secrets, hold_standard_streams
 from app.records import DeliveryState, DeliveryStillPending, EventState, StoreUnavailable
 from app.routes_file import erathos_filters, read_routes_file
 from app.service import configure, open_bridge, shutdown_budget
@@ -83,6 +83,7 @@ def erathos_template(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    hold_standard_streams()  # first: a closed stderr's number must not go to a socket
     parser = _parser()
     args = parser.parse_args(argv)
     command: str = args.command
