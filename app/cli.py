@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -185,6 +186,10 @@ def _serve(settings: Settings, routes: list[str]) -> int:
     # the stop was clean, so the process exits 0 (and a SIGTERM before uvicorn listens,
     # during start-up, exits 0 at once).
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    if os.environ.get("FORWARDED_ALLOW_IPS"):
+        log.warning(
+            "FORWARDED_ALLOW_IPS is not read: list the proxies to trust in BRIDGE_TRUSTED_PROXIES"
+        )
     requests_grace, _ = shutdown_budget(settings)
     config = uvicorn.Config(
         create_app(settings),
@@ -196,7 +201,9 @@ def _serve(settings: Settings, routes: list[str]) -> int:
         http=limited_http_protocol(ConnectionLimits.of(settings)),
         log_config=None,
         access_log=False,  # app.logs.RequestContext logs each request, with its request id
-        proxy_headers=True,
+        # X-Forwarded-For and -Proto are read by app.forwarded, from BRIDGE_TRUSTED_PROXIES
+        # only (uvicorn's own trusts 127.0.0.1 by default, and takes any text as a client).
+        proxy_headers=False,
         # Annotated int, but handed to asyncio.wait_for, which takes any float.
         timeout_graceful_shutdown=requests_grace,  # type: ignore[arg-type]
         server_header=False,

@@ -17,6 +17,7 @@ from app.admin import admin
 from app.console import console_app
 from app.dropin import dropin_router
 from app.errors import install_error_handlers
+from app.forwarded import ForwardedClient
 from app.health import health
 from app.logs import RequestContext
 from app.service import Bridge, open_bridge
@@ -50,6 +51,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestContext)
+    # Outermost: the request's client and scheme are settled before anything reads them.
+    app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)
     app.include_router(webhooks)
     app.include_router(health)
     if settings.dropin:

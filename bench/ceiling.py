@@ -1,7 +1,7 @@
 """The stack's ceiling: a bare FastAPI app that parses the same JSON body as the webhook
 and answers 202, run by uvicorn with the same settings as ``erathos-prefect-bridge serve``
 (``app.cli._serve``: one process, uvicorn's default loop and HTTP implementation of this
-virtual environment, no server header, proxy headers on, no logging configuration).
+virtual environment, no server header, uvicorn's proxy headers off, no logging configuration).
 
     python -m bench.ceiling --port 8099
 """
@@ -55,7 +55,7 @@ def main() -> None:
             )
         ),
         log_config=None,
-        proxy_headers=True,
+        proxy_headers=False,  # app.forwarded reads them, from trusted proxies only
         timeout_graceful_shutdown=10,
         server_header=False,
     )
