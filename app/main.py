@@ -9,7 +9,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
@@ -48,6 +48,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours are below
         redoc_url=None,
+        # Starlette's redirect to the path with(out) its trailing slash is absolute, built
+        # from the Host header: any host a client names would be sent back to it.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.add_middleware(RequestContext)
@@ -62,6 +65,12 @@ def create_app(settings: Settings) -> FastAPI:
         # Without an admin token the admin endpoints and the console do not exist at all.
         app.include_router(admin)
         app.mount("/ui", console_app(settings), name="console")
+
+        @app.get("/ui", include_in_schema=False)
+        async def console_home(request: Request) -> RedirectResponse:
+            # Relative: a Location built from the Host header could name any site.
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/ui/", 307)
+
     install_docs(app)
     return app
 

@@ -1,6 +1,7 @@
-"""Who a request is from: the console's wrong-token throttle counts a client by its real
-address (an IPv4 client reached over IPv6 by its IPv4 address; a forwarded address only
-from a trusted proxy, and only a valid one)."""
+"""Who a request is from, and where an answer sends it: the console's wrong-token
+throttle counts a client by its real address (an IPv4 client reached over IPv6 by its
+IPv4 address; a forwarded address only from a trusted proxy, and only a valid one), and
+no answer builds a URL from the Host header a client sent."""
 
 from __future__ import annotations
 
@@ -152,6 +153,24 @@ async def test_forged_forwarded_addresses_from_the_local_host_are_throttled(
     assert statuses[:BURST] == [401] * BURST
     assert statuses[-1] == 429
     assert statuses.count(429) >= 15  # a second's allowance refills one; 30 never all pass
+
+
+@pytest.mark.parametrize("host", ["evil.example", "bridge"])
+async def test_the_console_redirect_is_relative_whatever_the_host_header(
+    console_settings: Settings, host: str
+) -> None:
+    async with LifespanManager(create_app(console_settings)) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
+            console = await client.get("/ui")
+            slash = await client.get("/healthz/")
+            console_page_slash = await client.get("/ui/sign-in/")
+
+    assert console.status_code == 307
+    assert console.headers["location"] == "/ui/"
+    for answer in (slash, console_page_slash):
+        assert "location" not in answer.headers, answer.headers
+        assert answer.status_code == 404
 
 
 def test_a_trusted_proxy_list_takes_addresses_and_networks(
