@@ -1,5 +1,5 @@
 """Connections the HTTP server turned away or cut off at one of its limits, counted by
-reason for ``/metrics`` (app.server counts, app.metrics reads).
+reason for ``/metrics`` and logged sparingly (app.server counts, app.metrics reads).
 
 Counted for the whole process, as its log lines lost are (:data:`app.logs.lost_lines`):
 the server is the process's, and no request is there to carry them to a service's state.
@@ -7,7 +7,15 @@ the server is the process's, and no request is there to carry them to a service'
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("erathos_prefect_bridge.http")
+
+LOG_EVERY = 10.0  # seconds: at most one line per kind of refusal, saying how many it covers
 
 
 class Refusal(StrEnum):
@@ -32,3 +40,24 @@ class Refusals:
 
 
 refusals = Refusals()
+
+
+@dataclass
+class Tally:
+    """Refusals of one kind, counted for ``/metrics`` and, when ``event`` names them,
+    logged at most every LOG_EVERY seconds: a flood of hostile connections must not
+    become a flood of log lines."""
+
+    reason: Refusal
+    event: str | None
+    logged_at: float = field(default=-LOG_EVERY)
+    unlogged: int = 0
+
+    def count(self, now: float, **fields: Any) -> None:
+        refusals.count(self.reason)
+        if self.event is None:
+            return
+        self.unlogged += 1
+        if now - self.logged_at >= LOG_EVERY:
+            log.warning(self.event, connections=self.unlogged, **fields)
+            self.logged_at, self.unlogged = now, 0

@@ -17,21 +17,17 @@ of its own (uvicorn's keep-alive timer, one per request, is not used).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.refusals import Refusal, refusals
+from app.refusals import Refusal, Tally
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 
-log = structlog.get_logger("erathos_prefect_bridge.http")
-
-LOG_EVERY = 10.0  # seconds: at most one line per kind of refusal, saying how many it covers
 # How long a refused connection is still read (and what arrives dropped) after its answer:
 # closing a socket with unread bytes resets the connection, and the client loses the answer.
 LINGER = 1.0
@@ -83,27 +79,6 @@ class ConnectionLimits:
             body_timeout=settings.body_timeout.total_seconds(),
             keepalive_timeout=settings.keepalive_timeout.total_seconds(),
         )
-
-
-@dataclass
-class _Tally:
-    """Refusals of one kind, counted for ``/metrics`` and, when ``event`` names them,
-    logged at most every LOG_EVERY seconds: a flood of hostile connections must not
-    become a flood of log lines."""
-
-    reason: Refusal
-    event: str | None
-    logged_at: float = field(default=-LOG_EVERY)
-    unlogged: int = 0
-
-    def count(self, now: float, **fields: Any) -> None:
-        refusals.count(self.reason)
-        if self.event is None:
-            return
-        self.unlogged += 1
-        if now - self.logged_at >= LOG_EVERY:
-            log.warning(self.event, connections=self.unlogged, **fields)
-            self.logged_at, self.unlogged = now, 0
 
 
 class _Refusal(asyncio.Protocol):
@@ -164,12 +139,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     lingering: ClassVar[set[_Refusal]]  # refused connections not closed yet
-    refused: ClassVar[_Tally]
-    too_large: ClassVar[_Tally]
-    head_too_slow: ClassVar[_Tally]
-    body_too_slow: ClassVar[_Tally]
-    idle: ClassVar[_Tally]
-    unread: ClassVar[_Tally]
+    refused: ClassVar[Tally]
+    too_large: ClassVar[Tally]
+    head_too_slow: ClassVar[Tally]
+    body_too_slow: ClassVar[Tally]
+    idle: ClassVar[Tally]
+    unread: ClassVar[Tally]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -390,19 +365,19 @@ def limited_http_protocol(limits: ConnectionLimits) -> type[LimitedHttpToolsProt
 
     Limited.limits = limits
     Limited.lingering = set()
-    Limited.refused = _Tally(Refusal.TOO_MANY, "connection refused: BRIDGE_MAX_CONNECTIONS reached")
-    Limited.too_large = _Tally(
+    Limited.refused = Tally(Refusal.TOO_MANY, "connection refused: BRIDGE_MAX_CONNECTIONS reached")
+    Limited.too_large = Tally(
         Refusal.HEAD_TOO_LARGE, "request headers over BRIDGE_MAX_HEADER_BYTES: answered 431"
     )
-    Limited.head_too_slow = _Tally(
+    Limited.head_too_slow = Tally(
         Refusal.HEAD_TOO_SLOW, "request headers not complete in BRIDGE_HEADER_TIMEOUT: closed"
     )
-    Limited.body_too_slow = _Tally(
+    Limited.body_too_slow = Tally(
         Refusal.BODY_TOO_SLOW, "request body not complete in BRIDGE_BODY_TIMEOUT: closed"
     )
     # The usual end of a kept-alive connection: counted, never logged.
-    Limited.idle = _Tally(Refusal.IDLE, None)
-    Limited.unread = _Tally(
+    Limited.idle = Tally(Refusal.IDLE, None)
+    Limited.unread = Tally(
         Refusal.ANSWER_UNREAD, "answers not read by the client in BRIDGE_BODY_TIMEOUT: closed"
     )
     return Limited
