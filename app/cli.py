@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -26,7 +27,7 @@ from app.errors import BridgeError, validated
 from app.event import METADATA, ErathosEvent
 from app.history import History
 from app.ingest import iso_utc, parse_json
-from app.logs import configure_logging, configured_secrets
+from app.logs import configure_logging, configured_secrets, hold_standard_streams
 from app.records import DeliveryState, DeliveryStillPending, EventState, StoreUnavailable
 from app.routes_file import erathos_filters, read_routes_file
 from app.service import configure, open_bridge, open_database, shutdown_budget
@@ -94,6 +95,7 @@ STORE_COMMANDS = ("events", "replay")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    hold_standard_streams()  # first: a closed stderr's number must not go to a socket
     parser = _parser()
     args = parser.parse_args(argv)
     command: str = args.command
@@ -221,18 +223,24 @@ def _serve(settings: Settings, routes: list[str]) -> int:
     # the stop was clean, so the process exits 0 (and a SIGTERM before uvicorn listens,
     # during start-up, exits 0 at once).
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    if os.environ.get("FORWARDED_ALLOW_IPS"):
+        log.warning(
+            "FORWARDED_ALLOW_IPS is not read: list the proxies to trust in BRIDGE_TRUSTED_PROXIES"
+        )
     requests_grace, _ = shutdown_budget(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        # httptools (for its speed) with header timeout, header size and connection limits.
+        # httptools (for its speed) with a deadline for every phase of a connection (the
+        # idle one too: uvicorn's timeout_keep_alive is not used), header size and
+        # connection limits.
         http=limited_http_protocol(ConnectionLimits.of(settings)),
-        # Annotated int, but handed to loop.call_later, which takes any float.
-        timeout_keep_alive=settings.keepalive_timeout.total_seconds(),  # type: ignore[arg-type]
         log_config=None,
         access_log=False,  # app.logs.RequestContext logs each request, with its request id
-        proxy_headers=True,
+        # X-Forwarded-For and -Proto are read by app.forwarded, from BRIDGE_TRUSTED_PROXIES
+        # only (uvicorn's own trusts 127.0.0.1 by default, and takes any text as a client).
+        proxy_headers=False,
         # Annotated int, but handed to asyncio.wait_for, which takes any float.
         timeout_graceful_shutdown=requests_grace,  # type: ignore[arg-type]
         server_header=False,

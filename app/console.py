@@ -68,7 +68,9 @@ def console_app(settings: Settings) -> FastAPI:
     )
     environment.filters.update(iso=iso, utc=utc_text)
     environment.globals.update(BAR_WIDTH=BAR_WIDTH)
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    # No redirect to the path with(out) its trailing slash: Starlette's is absolute, built
+    # from the Host header.
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.console = Console(
         SessionSigner(settings.admin_token, settings.console_session.total_seconds()),
         Jinja2Templates(env=environment),

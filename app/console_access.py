@@ -16,11 +16,13 @@ from fastapi.templating import Jinja2Templates
 from app import __version__
 from app.body import read_capped_body
 from app.errors import PayloadTooLarge, RequestTimeout
+from app.forwarded import ip_of
 from app.limits import RateLimiter
 from app.session import COOKIE, Session, SessionSigner, same_origin
 
 SESSION_KEY = "console.session"
 MAX_FORM_BYTES = 65536
+UNKNOWN_CLIENT = "-"
 
 
 class SignInRequired(Exception):
@@ -63,17 +65,17 @@ class Console:
 
 def client_of(request: Request) -> str:
     """Who is signing in, for the wrong-token throttle: the client's address (behind a
-    proxy on 127.0.0.1, the one its ``X-Forwarded-For`` names, as uvicorn reads it).
-    An IPv6 client counts by its /64, the block one host is usually given, so a guesser
-    cannot take a fresh allowance from each address of its own network."""
-    host = request.client.host if request.client else ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
+    trusted proxy, the one its ``X-Forwarded-For`` names: app.forwarded). An IPv4
+    client reached over IPv6 (``::ffff:a.b.c.d``) counts by its IPv4 address; an IPv6
+    client by its /64, the block one host is usually given, so a guesser cannot take a
+    fresh allowance from each address of its own network. A client that is no address
+    at all (never so over TCP) shares one allowance with every other such client."""
+    address = ip_of(request.client.host) if request.client else None
+    if address is None:
+        return UNKNOWN_CLIENT
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return host
+    return str(address)
 
 
 def console_of(request: Request) -> Console:

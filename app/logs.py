@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
+import io
 import json
 import logging
+import os
 import re
 import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from pydantic import SecretStr
@@ -115,7 +117,8 @@ def _leading_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
 def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     """Route structlog and every stdlib logger (uvicorn's too) through one handler on
     stderr: JSON lines, or console text for ``console`` (and ``auto`` on a terminal)."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    stderr = _stderr()
+    use_console = fmt == "console" or (fmt == "auto" and stderr.isatty())
     stamp = (
         structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False)
         if use_console
@@ -129,7 +132,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[
     ]
     renderer: list[Processor]
     if use_console:
-        renderer = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), sort_keys=False)]
+        renderer = [structlog.dev.ConsoleRenderer(colors=stderr.isatty(), sort_keys=False)]
     else:
         renderer = [
             structlog.processors.format_exc_info,
@@ -146,7 +149,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", secrets: Iterable[
             masker,
         ],
     )
-    handler = _StderrHandler(sys.stderr)
+    handler = _StderrHandler(stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -184,6 +187,40 @@ lost_lines = LostLines()
 _SINK_GONE = (OSError, ValueError)
 
 
+class _NoStderr(io.TextIOBase):
+    """The sink of a process started without stderr (``2>&-``: Python's ``sys.stderr`` is
+    None): every line written to it is lost, and counted as such."""
+
+    def write(self, text: str) -> int:
+        raise OSError(f"stderr is closed: {len(text)} characters lost")
+
+
+# A text stream as the sinks take one (typing's TextIO is an interface no io class names).
+_NO_STDERR = cast(TextIO, _NoStderr())
+
+
+def _stderr() -> TextIO:
+    return sys.stderr if sys.stderr is not None else _NO_STDERR
+
+
+def hold_standard_streams() -> None:
+    """Open the null device on each standard descriptor (0, 1, 2) the process was
+    started without (``2>&-``), before anything else is opened.
+
+    Otherwise the next descriptor opened takes that number: libuv aborts the process at
+    once when its epoll descriptor is 2, and anything written to "stderr" would land in
+    a socket or the store's file. ``sys.stderr`` stays None (Python decided it at
+    start-up): what the service logs is lost, and counted (:data:`lost_lines`)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # the lowest free number is fd, unless a lower one was taken
+                os.dup2(null, fd)
+                os.close(null)
+
+
 class _StderrLogger(structlog.WriteLogger):
     """One rendered line to the current ``sys.stderr``, with the logger's name (for
     ``add_logger_name``). A line the sink refuses is lost and counted, never raised:
@@ -193,7 +230,7 @@ class _StderrLogger(structlog.WriteLogger):
     start of the next (:class:`_Batch`); elsewhere (the CLI, a thread) at once."""
 
     def __init__(self, name: str = "") -> None:
-        super().__init__(sys.stderr)
+        super().__init__(_stderr())
         self.name = name
 
     def msg(self, message: str) -> None:

@@ -17,6 +17,7 @@ from app.admin import admin
 from app.console import console_app
 from app.dropin import dropin_router
 from app.errors import install_error_handlers
+from app.forwarded import ForwardedClient
 from app.health import health
 from app.logs import RequestContext
 from app.service import Bridge, open_bridge
@@ -47,9 +48,14 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours are below
         redoc_url=None,
+        # Starlette's redirect to the path with(out) its trailing slash is absolute, built
+        # from the Host header: any host a client names would be sent back to it.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.add_middleware(RequestContext)
+    # Outermost: the request's client and scheme are settled before anything reads them.
+    app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)
     app.include_router(webhooks)
     app.include_router(health)
     if settings.dropin:
@@ -59,6 +65,12 @@ def create_app(settings: Settings) -> FastAPI:
         # Without an admin token the admin endpoints and the console do not exist at all.
         app.include_router(admin)
         app.mount("/ui", console_app(settings), name="console")
+
+        @app.get("/ui", include_in_schema=False)
+        async def console_home(request: Request) -> RedirectResponse:
+            # Relative: a Location built from the Host header could name any site.
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/ui/", 307)
+
     install_docs(app)
     install_front_door(app, console=settings.admin_token is not None)
     return app

@@ -1,9 +1,11 @@
-"""Prometheus metrics: what arrived, what Prefect made of it, and how deep the retry queue is.
+"""Prometheus metrics: what arrived, what Prefect made of it, how deep the retry queue is,
+and what the process turned away or lost (connections, log lines).
 
 One :class:`Metrics` per running service, with its own ``CollectorRegistry`` (never the
-process-global one), fed by the webhook and the dispatcher and read by ``GET /metrics``.
-Every label is bounded: reasons, status classes, outcomes and the configured connection
-names. Never an execution id, a table name or anything secret.
+process-global one), fed by the webhook and the dispatcher and read by ``GET /metrics``;
+the process's own counts (app.refusals, app.logs) are read at each scrape. Every label
+is bounded: reasons, status classes, outcomes and the configured connection names.
+Never an execution id, a table name or anything secret.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from app import __version__
 from app.gate import Circuit, ConnectionGate
 from app.history import History
+from app.logs import lost_lines
 from app.prefect import AttemptResult, Outcome
+from app.refusals import refusals
 
 PREFIX = "erathos_bridge"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -82,6 +86,31 @@ class WithoutCreated:
             yield family
 
 
+class ProcessLosses:
+    """What the process turned away or lost, read from its own counts at each scrape:
+    connections the HTTP server refused or closed at a limit, by reason, and log lines
+    the log's sink refused. Counted where it happens, outside any request, for the
+    whole process (see app.refusals)."""
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            f"{PREFIX}_connections_refused",
+            "Connections the HTTP server refused or closed at one of its limits, by reason: "
+            "too_many (503), head_too_large (431), head_too_slow, body_too_slow, idle "
+            "(kept alive past BRIDGE_KEEPALIVE_TIMEOUT with no next request), answer_unread "
+            "(answers the client did not read within BRIDGE_BODY_TIMEOUT)",
+            labels=["reason"],
+        )
+        for reason, count in refusals.counts.items():
+            refused.add_metric([reason.value], count)
+        yield refused
+        yield CounterMetricFamily(
+            f"{PREFIX}_log_lines_lost",
+            "Log lines the log's sink refused (stderr closed, a broken pipe)",
+            value=lost_lines.count,
+        )
+
+
 class Metrics:
     """The service's counters, gauges and histograms, and how they are updated."""
 
@@ -89,6 +118,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         registry = self.registry
         self._scraped = WithoutCreated(registry)
+        registry.register(ProcessLosses())
         self.received = Counter(
             f"{PREFIX}_events_received",
             "Webhook requests (Erathos and Prefect-shaped), whatever became of them",

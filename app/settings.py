@@ -29,10 +29,12 @@ from pydantic_settings import (
 from app.sources import ConfigurationError as ConfigurationError
 from app.sources import TemplateEnvironment, secrets_dir
 from app.values import (
+    IPNetwork,
     check_flow_name,
     database_kind,
     normalise_api_url,
     parse_duration,
+    parse_networks,
     split_list,
 )
 
@@ -309,6 +311,11 @@ class Settings(PrefectSettings, StoreSettings):
         timedelta(seconds=5), validation_alias="BRIDGE_KEEPALIVE_TIMEOUT"
     )
     rate_limit: Annotated[float, Gt(0)] | None = Field(None, validation_alias="BRIDGE_RATE_LIMIT")
+    # The proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (app.forwarded):
+    # none unless listed, so that no client can name its own address.
+    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=list, validation_alias="BRIDGE_TRUSTED_PROXIES"
+    )
     # The Prefect-shaped endpoints: off unless turned on, and then only for the targets the
     # service is configured for (and those listed), without the fields that change how or
     # where a run executes (unless listed).
@@ -378,6 +385,11 @@ class Settings(PrefectSettings, StoreSettings):
             if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
                 raise ValueError(f"every token must be at least {MIN_TOKEN_LENGTH} characters long")
         return tokens
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: Any) -> Any:
+        return parse_networks(value)
 
     @field_validator("dropin_allow", "dropin_allow_fields", mode="before")
     @classmethod

@@ -94,6 +94,28 @@ def check_flow_name(value: str) -> str:
     return value
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: Any) -> Any:
+    """Comma-separated IP addresses and networks (``10.0.0.5``, ``10.0.0.0/8``, ``::1``),
+    each as a network; an address with host bits under its prefix is refused as a likely
+    typo (``10.0.0.5/8``)."""
+    networks: list[IPNetwork] = []
+    for part in split_list(value) if isinstance(value, str) else value:
+        if not isinstance(part, str):
+            networks.append(part)
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part))
+        except ValueError as exc:
+            raise ValueError(
+                f"{part[:80]!r} is not an IP address or network (such as 10.0.0.5, "
+                f"10.0.0.0/8 or ::1): {exc}"
+            ) from None
+    return networks
+
+
 def split_list(value: Any) -> Any:
     """Comma-separated environment values become lists; blanks are dropped."""
     if isinstance(value, str):

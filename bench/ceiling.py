@@ -1,7 +1,7 @@
 """The stack's ceiling: a bare FastAPI app that parses the same JSON body as the webhook
 and answers 202, run by uvicorn with the same settings as ``erathos-prefect-bridge serve``
 (``app.cli._serve``: one process, uvicorn's default loop and HTTP implementation of this
-virtual environment, no server header, proxy headers on, no logging configuration).
+virtual environment, no server header, uvicorn's proxy headers off, no logging configuration).
 
     python -m bench.ceiling --port 8099
 """
@@ -50,11 +50,12 @@ def main() -> None:
                 header_timeout=defaults["header_timeout"].default.total_seconds(),
                 max_header_bytes=defaults["max_header_bytes"].default,
                 max_connections=defaults["max_connections"].default,
+                body_timeout=defaults["body_timeout"].default.total_seconds(),
+                keepalive_timeout=defaults["keepalive_timeout"].default.total_seconds(),
             )
         ),
-        timeout_keep_alive=int(defaults["keepalive_timeout"].default.total_seconds()),
         log_config=None,
-        proxy_headers=True,
+        proxy_headers=False,  # app.forwarded reads them, from trusted proxies only
         timeout_graceful_shutdown=10,
         server_header=False,
     )

@@ -63,7 +63,7 @@ class Requests:
         return key, self.head + self.prefix + key.encode() + self.suffix
 
 
-# uvicorn closes a keep-alive connection idle for 5 s (timeout_keep_alive): one idle
+# The service closes a kept-alive connection idle for 5 s (BRIDGE_KEEPALIVE_TIMEOUT): one idle
 # longer than this is not reused, or a request could meet a connection being closed.
 MAX_IDLE_SECONDS = 3.0
 

@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import signal
+import subprocess
 import sys
 import uuid
 from collections import defaultdict
@@ -28,7 +29,7 @@ from app.records import DeliveryState
 from app.settings import Settings
 from tests.conftest import auth, open_client, stored_events
 from tests.erathos import webhook_body
-from tests.processes import ServiceProcess, clean_environment
+from tests.processes import ServiceProcess, clean_environment, fast_service_environment
 from tools.localprefect import PrefectServer, free_port
 
 UNKNOWN_FLOW = "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de"
@@ -38,6 +39,7 @@ ROTATED_TOKEN = "wh-old-" + uuid.uuid4().hex
 ADMIN_TOKEN = "adm-" + uuid.uuid4().hex
 METRICS_TOKEN = "met-" + uuid.uuid4().hex
 PREFECT_PASSWORD = "pw-" + uuid.uuid4().hex
+LOST_LINES = "erathos_bridge_log_lines_lost_total "
 AUTH_STRING = f"bridge:{PREFECT_PASSWORD}"
 SECRETS = {
     WEBHOOK_TOKEN,
@@ -315,3 +317,35 @@ async def test_lines_of_one_turn_of_the_loop_are_written_together_in_order(
 
     messages = [[json.loads(line)["msg"] for line in w.splitlines()] for w in sink.writes]
     assert messages == [["first", "second"], ["third"], ["a stdlib record"]]
+
+
+@pytest.mark.slow
+def test_started_with_stderr_closed_the_service_serves_and_counts_its_lost_lines(
+    tmp_path: Path,
+) -> None:
+    env = fast_service_environment(
+        "http://127.0.0.1:9/api", str(uuid.uuid4()), f"sqlite:///{tmp_path / 'bridge.db'}"
+    )
+    service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
+    # As a shell runs `erathos-prefect-bridge serve 2>&-`: no descriptor 2 at all.
+    service.process = subprocess.Popen(
+        ["sh", "-c", 'exec "$0" -m app.cli serve 2>&-', sys.executable],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        service.wait_ready()
+        with httpx.Client(base_url=service.url, timeout=10) as client:
+            answer = client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
+            scraped = client.get("/metrics").text
+        service.signal(signal.SIGTERM)
+        exit_code = service.wait()
+    finally:
+        service.stop()
+
+    assert answer.status_code == 202, answer.text
+    lost = next(line for line in scraped.splitlines() if line.startswith(LOST_LINES))
+    assert float(lost.rpartition(" ")[2]) >= 1  # "service ready", "event accepted", ...
+    assert exit_code == 0

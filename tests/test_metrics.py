@@ -4,18 +4,23 @@ happened, each app has its own registry, and the metrics token is enforced."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
+import sys
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import __version__, errors
 from app.gate import EPOCH_COMPLETIONS
+from app.logs import configure_logging
 from app.metrics import REJECTED_BY_CODE, REJECTION_REASONS
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
@@ -235,3 +240,38 @@ def test_every_rejecting_error_has_a_reason_label() -> None:
     }
     answered_by_webhooks = codes - {"not_found", "conflict", "internal_error"}
     assert answered_by_webhooks <= set(REJECTED_BY_CODE)
+
+
+class GoneStderr:
+    """A stderr whose every write fails, as a closed pipe's does."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+async def test_log_lines_the_sink_refused_are_counted(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    monkeypatch.setattr(sys, "stderr", GoneStderr())
+    try:
+        configure_logging("json", "INFO")
+        async with open_client(make_settings()) as client:
+            before = (await scrape(client)).value("log_lines_lost_total")
+            structlog.get_logger("test").warning("one line lost")
+            logging.getLogger("uvicorn.error").warning("and a stdlib record")
+            await asyncio.sleep(0)  # the loop's turn, when the batch is written
+            after = (await scrape(client)).value("log_lines_lost_total")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+    assert after - before == 2

@@ -231,6 +231,12 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
             {"BRIDGE_KEEPALIVE_TIMEOUT": "-1s"}, "BRIDGE_KEEPALIVE_TIMEOUT", id="keepalive-negative"
         ),
         pytest.param({"BRIDGE_KEEPALIVE_TIMEOUT": "0"}, "BRIDGE_KEEPALIVE_TIMEOUT", id="idle-zero"),
+        pytest.param(
+            {"BRIDGE_TRUSTED_PROXIES": "10.0.0.5,proxy"}, "BRIDGE_TRUSTED_PROXIES", id="proxy-name"
+        ),
+        pytest.param(
+            {"BRIDGE_TRUSTED_PROXIES": "10.0.0.5/8"}, "BRIDGE_TRUSTED_PROXIES", id="proxy-host-bits"
+        ),
         pytest.param({"BRIDGE_DURABILITY": "always"}, "BRIDGE_DURABILITY", id="durability"),
         pytest.param({"BRIDGE_LOG_LEVEL": "LOUD"}, "BRIDGE_LOG_LEVEL", id="log-level"),
         pytest.param({"BRIDGE_LOG_FORMAT": "xml"}, "BRIDGE_LOG_FORMAT", id="log-format"),
