@@ -30,7 +30,10 @@ FENCED: dict[str, str] = {
     "HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8",
     "HttpToolsProtocol.on_body": "dba9c32aeba35b6a",
     "HttpToolsProtocol.on_message_complete": "1fbad42dc31fc01f",
-    "HttpToolsProtocol.on_response_complete": "64e254f28e389e76",
+    "HttpToolsProtocol.on_response_complete": "64e254f28e389e76",  # replaced whole: kept in step
+    "HttpToolsProtocol._start_asgi_task": "9c08c2571ae9b038",
+    "HttpToolsProtocol.pause_writing": "17a8fd215d96a13c",
+    "HttpToolsProtocol.resume_writing": "7844bbaa8cceb1ef",
     "HttpToolsProtocol.timeout_keep_alive_handler": "8b53bf5f2e202970",
     "HttpToolsProtocol._unset_keepalive_if_required": "00a6a4e47214e68e",
     "HttpToolsProtocol.shutdown": "d7351fa33f00d430",
