@@ -29,6 +29,7 @@ from app.automations import (
 from app.cli import main
 from tests.conftest import SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
+from tests.faults import FaultProxy
 from tests.waiting import eventually
 from tools.localprefect import PrefectError, PrefectServer
 
@@ -377,6 +378,37 @@ def test_an_unknown_deployment_or_parameter_is_refused_and_nothing_is_created(
     assert f"{name} has no parameter n (it takes: execution_id, table_name," in wrong_parameter[2]
     related = prefect.request("GET", f"automations/related-to/prefect.deployment.{deployment_id}")
     assert related == []
+
+
+@pytest.mark.anyio
+async def test_create_behind_a_proxy_that_answers_503_after_prefect_saved_it_makes_one(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    deployment: tuple[str, str],
+    created: list[tuple[PrefectServer, str]],
+) -> None:
+    """A 503 (a timeout, a lost connection) may come after Prefect saved the automation:
+    the command looks for it by name before it sends it again."""
+    proxy = FaultProxy(
+        f"http://127.0.0.1:{prefect.port}", ["503-after", "503-after"], faulted=("/automations/",)
+    )
+    await proxy.start()
+    environment.setenv("PREFECT_API_URL", f"{proxy.url}/api")
+    name, deployment_id = deployment
+    try:
+        # The CLI runs its own event loop: in a thread of its own, beside the proxy's.
+        code, out, err = await asyncio.to_thread(
+            run, ["--deployment", name, "--table", "orders", "--create"], capsys
+        )
+    finally:
+        await proxy.stop()
+
+    related = prefect.request("GET", f"automations/related-to/prefect.deployment.{deployment_id}")
+    created += [(prefect, a["id"]) for a in related]
+    assert code == 0, err
+    assert proxy.applied == ["503-after"]  # saved, answered 503, found by its name
+    assert [a["id"] for a in related] == [out.strip()]
 
 
 # --- what Prefect does with them: a real server with its services ----------------------
