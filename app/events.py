@@ -145,11 +145,18 @@ def _related(event: ErathosEvent) -> list[dict[str, str]]:
 
 
 def _occurred(event: ErathosEvent, received_at: float) -> str:
-    """Erathos's finished date and time (UTC, to the minute), or the time of receipt."""
-    if event.finished_at_date is not None and event.finished_at_time is not None:
-        when = datetime.combine(event.finished_at_date, event.finished_at_time, tzinfo=UTC)
-    else:
-        when = datetime.fromtimestamp(received_at, UTC)
+    """Erathos's finished date and time (UTC, to the minute), or the time of receipt when
+    either is missing, or when it is later than that: Prefect takes a future ``occurred``
+    as given, and a debounced trigger would then ignore the table until that time (the
+    payload keeps Erathos's own finish time)."""
+    received = datetime.fromtimestamp(received_at, UTC)
+    if event.finished_at_date is None or event.finished_at_time is None:
+        return _utc_text(received)
+    finished = datetime.combine(event.finished_at_date, event.finished_at_time, tzinfo=UTC)
+    return _utc_text(min(finished, received))
+
+
+def _utc_text(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 

@@ -165,6 +165,19 @@ def at(event: dict[str, Any], path: str) -> Any:
         ({"finished_at_time": "06:15:30+02:00"}, "occurred", "2026-11-28T04:15:30Z"),
         ({"finished_at_time": None}, "occurred", "2026-11-30T08:03:59.225778Z"),
         ({"finished_at_date": None}, "occurred", "2026-11-30T08:03:59.225778Z"),
+        # never after the receipt (a debounced trigger would wait for it): the payload keeps it
+        ({"finished_at_date": "2099-12-31"}, "occurred", "2026-11-30T08:03:59.225778Z"),
+        ({"finished_at_date": "2099-12-31"}, "payload/finished_at_date", "2099-12-31"),
+        (
+            {"finished_at_date": "2026-11-30", "finished_at_time": "08:04"},
+            "occurred",
+            "2026-11-30T08:03:59.225778Z",
+        ),
+        (
+            {"finished_at_date": "2026-11-30", "finished_at_time": "08:03"},
+            "occurred",
+            "2026-11-30T08:03:00Z",
+        ),
         # numbers and booleans typed, times as ISO text, missing fields null
         ({"rows": "0"}, "payload/rows", 0),
         ({"columns": "7"}, "payload/columns", 7),
