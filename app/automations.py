@@ -296,7 +296,7 @@ async def create_automation(
     name = str(body["name"])
     waits = iter(RETRY_WAITS)
     while True:
-        created = await connection.fetch("automations/", create=body)
+        created = await connection.fetch("automations/", post=body)
         if created.body is not None:
             if not created.body.get("id"):
                 raise AutomationError("creating the automation: Prefect answered no id")

@@ -1,14 +1,18 @@
 """One delivery's turn, as plain functions: ``attempt_delivery`` sends its request to
 Prefect, ``plan_next`` decides what the answer means for it (delivered, retried after a
 backoff, or dead; ``unexpected_failure`` makes an exception an answer like the others),
-and ``log_attempt`` writes the one line each attempt gets. The
-:class:`app.dispatcher.Dispatcher` only schedules them.
+and ``log_attempt`` writes the one line each attempt gets; a :class:`Turn` is what came
+of it. The :class:`app.dispatcher.Dispatcher` only schedules them (and an emission's
+read-back, :mod:`app.readback`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import structlog
@@ -201,3 +205,32 @@ def log_attempt(
         retry_in=round(retry_in, 3) if retry_in is not None else None,
         error=result.error,
     )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One delivery after its turn: its record as it stands now, and Prefect's answer
+    when it was sent (None when it was not: it is queued, was still in flight when the
+    caller stopped waiting, or was given back untried)."""
+
+    delivery: DeliveryRecord
+    result: AttemptResult | None = None
+
+
+@contextmanager
+def never_in_the_way(what: str, delivery_id: str) -> Iterator[None]:
+    """Logging and metrics never stand between Prefect's answer and its record: a failure
+    in them is logged (when logging itself works) and the turn goes on."""
+    try:
+        yield
+    except Exception:
+        with suppress(Exception):
+            log.exception(what, delivery_id=delivery_id)
+
+
+def turn_of(task: asyncio.Task[Turn] | None, delivery: DeliveryRecord) -> Turn:
+    """The task's turn when it finished; else the delivery as it was stored, unsent (a
+    task that failed was logged by ``Dispatcher._forget``, with its traceback)."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return Turn(delivery)
+    return task.result()

@@ -287,14 +287,14 @@ class PrefectConnection:
         cache[key] = str(found)
         return str(found), None
 
-    async def fetch(self, path: str, *, create: Any = None) -> Fetched:
-        """GET one object (a flow, a deployment), or POST ``create`` to make one (an
-        automation); never raises."""
+    async def fetch(self, path: str, *, post: Any = None) -> Fetched:
+        """GET one object (a flow, a deployment), or POST ``post`` (to make one, an
+        automation, or to ask as the filters do); never raises."""
         try:
-            if create is None:
+            if post is None:
                 response = await self.get(path)
             else:
-                response = await self._request("POST", path, create)
+                response = await self._request("POST", path, post)
         except (TimeoutError, httpx.HTTPError) as exc:
             return Fetched(None, error=self._masker.mask(f"{type(exc).__name__}: {exc}"))
         try:

@@ -27,10 +27,10 @@ from app.automations import (
     chosen_parameters,
 )
 from app.cli import main
-from tests.conftest import SettingsFactory, auth, open_client
+from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.faults import FaultProxy
-from tests.waiting import eventually
+from tests.waiting import eventually, settled
 from tools.localprefect import PrefectError, PrefectServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "automations"
@@ -651,6 +651,7 @@ async def test_a_webhook_becomes_a_typed_run_through_its_event_and_a_cli_made_au
         prefect_api_url=served.server.api_url,
         prefect_flow_id=served.request("POST", "flows/", {"name": f"f-{uuid.uuid4().hex}"})["id"],
         prefect_events=True,
+        admin_token=ADMIN_TOKEN,
     )
     body = webhook_body(table_name="orders", rows="1520")
 
@@ -661,8 +662,10 @@ async def test_a_webhook_becomes_a_typed_run_through_its_event_and_a_cli_made_au
             return len(served.runs()) >= 1
 
         await eventually(run_made, within=30, what="the automation's run", every=0.5)
+        await settled(client, within=30)  # the event read back from Prefect's store
+        detail = await client.get(f"/events/{answer['event_id']}", headers=auth(ADMIN_TOKEN))
 
-    emitted = [d for d in answer["deliveries"] if d["route"] == "prefect-event"]
+    emitted = [d for d in detail.json()["deliveries"] if d["route"] == "prefect-event"]
     assert [d["state"] for d in emitted] == ["delivered"]
     [run_] = served.runs()
     assert run_["deployment_id"] == served.id
