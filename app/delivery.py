@@ -63,8 +63,10 @@ class RetryPolicy:
 def plan_next(
     delivery: DeliveryRecord, result: AttemptResult, policy: RetryPolicy, now: float
 ) -> tuple[DeliveryUpdate, float | None]:
-    """What this attempt makes of the delivery, and the retry delay (if any)."""
+    """What this attempt makes of the delivery, and the retry delay (if any). The retry
+    budget counts the attempts since the delivery was last replayed."""
     status = result.status_code
+    made = delivery.budget_used
     if result.outcome is Outcome.DELIVERED:
         update = DeliveryUpdate(
             DeliveryState.DELIVERED, status, None, flow_run_id=result.flow_run_id, finished_at=now
@@ -74,20 +76,20 @@ def plan_next(
         return DeliveryUpdate(DeliveryState.DEAD, status, result.error, finished_at=now), None
     if result.retry_after is not None:
         delay = result.retry_after
-    elif status in (429, 503) and delivery.attempts <= policy.overload_retries:
+    elif status in (429, 503) and made <= policy.overload_retries:
         # "Busy, try again": Prefect is up, and the connection's window has just halved.
         # Coming back in about a second keeps the backlog moving in order, where an
         # exponential backoff would hold this delivery back long after Prefect recovered.
         delay = policy.busy_retry()
     else:
-        delay = policy.backoff(delivery.attempts)
+        delay = policy.backoff(made)
     retry_at = now + delay
-    if delivery.attempts >= policy.max_attempts:
-        error = f"gave up after {delivery.attempts} attempts; last: {result.error}"
+    if made >= policy.max_attempts:
+        error = f"gave up after {made} attempts; last: {result.error}"
         return DeliveryUpdate(DeliveryState.DEAD, status, error, finished_at=now), None
     if retry_at - delivery.window_started_at > policy.max_age:
         age = now - delivery.window_started_at
-        error = f"gave up after {age:.0f} s and {delivery.attempts} attempts; last: {result.error}"
+        error = f"gave up after {age:.0f} s and {made} attempts; last: {result.error}"
         return DeliveryUpdate(DeliveryState.DEAD, status, error, finished_at=now), None
     update = DeliveryUpdate(DeliveryState.PENDING, status, result.error, next_attempt_at=retry_at)
     return update, delay
