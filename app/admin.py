@@ -143,10 +143,15 @@ def _event_summary(event: EventRecord, found: list[DeliveryRecord]) -> dict[str,
     ).model_dump()
 
 
-def nothing_to_replay(event: EventRecord) -> str:
-    """Why an event has nothing to replay: it made no delivery (the admin API and the CLI
-    say it alike)."""
-    return f"nothing to replay: the event was ignored: {event.ignored_reason or 'no route'}"
+def nothing_to_replay(event: EventRecord, found: list[DeliveryRecord]) -> str | None:
+    """Why an event has nothing to replay (the admin API and the CLI say it alike): it
+    made no delivery, or every one is still pending (retried by itself); None when it
+    has something."""
+    if not found:
+        return f"nothing to replay: the event was ignored: {event.ignored_reason or 'no route'}"
+    if all(d.state is DeliveryState.PENDING for d in found):
+        return "nothing to replay: every delivery is still pending: each is retried by itself"
+    return None
 
 
 @admin.get("/events", response_model=EventPage, summary="List events, newest first")
@@ -270,7 +275,8 @@ async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) ->
     status_code=202,
     summary="Replay every dead or delivered delivery of an event",
     description=(
-        "409 for an event that was ignored (it has no delivery): the error says why it was ignored."
+        "409 for an event that has nothing to replay (it was ignored: it has no delivery; or "
+        "every delivery is still pending): the error says which."
     ),
     responses=responses(NotFound, Conflict),
 )
@@ -281,8 +287,8 @@ async def replay_event(
     if found is None:
         raise NotFound(f"no event {event_id}")
     event, found_deliveries = found
-    if not found_deliveries:
-        raise Conflict(nothing_to_replay(event))
+    if (why := nothing_to_replay(event, found_deliveries)) is not None:
+        raise Conflict(why)
     replayed = []
     try:
         for delivery in found_deliveries:
