@@ -10,8 +10,9 @@ targets, ``BRIDGE_DROPIN_ALLOW``): the webhook token never starts just any deplo
 The request is stored durably, keyed by its target and its ``idempotency_key`` (as
 Prefect deduplicates) apart from any Erathos execution id, and forwarded to the
 environment's Prefect connection with the service's own credentials (a deployment's
-run with a key that names the deployment: :func:`prefect_key`). The answer is Prefect's own (the flow run, or its refusal)
-when Prefect answered within ``BRIDGE_SYNC_WAIT``; otherwise 202 with the delivery.
+run with a key that names the deployment: :func:`prefect_key`). The answer is Prefect's
+own (the flow run, or its refusal) when Prefect answered within ``BRIDGE_SYNC_WAIT``;
+otherwise 202 with the delivery.
 """
 
 from __future__ import annotations
