@@ -133,15 +133,22 @@ def _related(event: ErathosEvent) -> list[dict[str, str]]:
         connection["prefect.resource.name"] = event.connection_name
     related = [connection]
     if event.schema_name and event.table_name:
-        table = f"{event.schema_name}.{event.table_name}"
+        table = f"{_id_part(event.schema_name)}.{_id_part(event.table_name)}"
         related.append(
             {
                 "prefect.resource.id": f"erathos.table.{event.connection_id}.{table}",
                 "prefect.resource.role": "table",
-                "prefect.resource.name": table,
+                "prefect.resource.name": f"{event.schema_name}.{event.table_name}",
             }
         )
     return related
+
+
+def _id_part(name: str) -> str:
+    """A name as one part of a dotted resource id: its ``%`` and ``.`` percent-encoded, so
+    that schema ``a.b`` with table ``c`` and schema ``a`` with table ``b.c`` are two
+    resources (a name with neither is written as it is)."""
+    return name.replace("%", "%25").replace(".", "%2E")
 
 
 def _occurred(event: ErathosEvent, received_at: float) -> str:

@@ -217,6 +217,22 @@ def test_without_a_connection_id_there_is_no_related_resource() -> None:
     assert prefect_event(stored(erathos(connection_id=None)))["related"] == []
 
 
+def test_a_dot_in_a_schema_or_table_name_never_makes_two_tables_one_resource() -> None:
+    def table_of(schema: str, table: str) -> dict[str, str]:
+        event = prefect_event(stored(erathos(schema_name=schema, table_name=table)))
+        related: dict[str, str] = event["related"][1]
+        return related
+
+    one, other = table_of("a.b", "c"), table_of("a", "b.c")
+
+    assert one["prefect.resource.id"] == f"erathos.table.{CONNECTION}.a%2Eb.c"
+    assert other["prefect.resource.id"] == f"erathos.table.{CONNECTION}.a.b%2Ec"
+    assert table_of("50%", "x")["prefect.resource.id"] == f"erathos.table.{CONNECTION}.50%25.x"
+    assert one["prefect.resource.name"] == other["prefect.resource.name"] == "a.b.c"  # a name
+    plain = table_of("raw_shop", "orders")  # no dot, no %: as it was
+    assert plain["prefect.resource.id"] == f"erathos.table.{CONNECTION}.raw_shop.orders"
+
+
 def test_every_label_is_a_string() -> None:
     event = prefect_event(stored(erathos()))
 
