@@ -121,8 +121,10 @@ async def attempt_delivery(
         body = route.flow_run_body(event, claim.delivery.idempotency_key, lookup)
     except ValueError as exc:  # pydantic's ValidationError, a template that cannot render
         # Never a crash loop: an event stored by an older release that this one reads
-        # differently is a dead letter with the reason, to fix and replay.
-        return _config_error(f"the stored event cannot be rendered: {exc}"), connection
+        # differently is a dead letter with the reason, to fix and replay. Nothing was
+        # sent: no connection, so it is not taken for Prefect's answer (the circuit, the
+        # window, the metrics of requests).
+        return _config_error(f"the stored event cannot be rendered: {exc}"), None
     # A target named by name: its id, from the connection's cache or a lookup (a flow by
     # name is created when Prefect has none by that name yet).
     resolved = None
