@@ -75,7 +75,10 @@ def plan_next(
     if result.outcome is Outcome.PERMANENT:
         return DeliveryUpdate(DeliveryState.DEAD, status, result.error, finished_at=now), None
     if result.retry_after is not None:
-        delay = result.retry_after
+        # Prefect's wait, at most the policy's cap, and never past the delivery's age
+        # limit: a header alone never dead-letters it (its next failure may).
+        left = delivery.window_started_at + policy.max_age - now
+        delay = max(0.0, min(result.retry_after, policy.cap, left))
     elif status in (429, 503) and made <= policy.overload_retries:
         # "Busy, try again": Prefect is up, and the connection's window has just halved.
         # Coming back in about a second keeps the backlog moving in order, where an

@@ -82,8 +82,9 @@ class Dispatcher:
         self.poll_interval = settings.poll_interval.total_seconds()
         self.retention = settings.retention.total_seconds()
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        cap = self.policy.cap
         self.gates = {
-            name: ConnectionGate(settings.max_concurrency, settings.max_rate, name)
+            name: ConnectionGate(settings.max_concurrency, settings.max_rate, name, cap)
             for name in connections
         }
         # Emissions count once Prefect is seen to have kept them (app.readback).
