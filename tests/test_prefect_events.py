@@ -19,11 +19,12 @@ from pydantic import SecretStr
 import app.events
 import app.readback
 from app.cli import main
-from app.event import METADATA
+from app.event import METADATA, ErathosEvent
 from app.events import NAMESPACE, emission_request, id_of_key, prefect_event, too_large
 from app.prefect import Outcome, PrefectRequest
 from app.records import EventRecord
 from app.settings import ConfigurationError, Settings
+from app.templates import Lookup, compile_json, render_json
 from tests.conftest import (
     ADMIN_TOKEN,
     AUTH_STRING,
@@ -231,6 +232,24 @@ def test_a_dot_in_a_schema_or_table_name_never_makes_two_tables_one_resource() -
     assert one["prefect.resource.name"] == other["prefect.resource.name"] == "a.b.c"  # a name
     plain = table_of("raw_shop", "orders")  # no dot, no %: as it was
     assert plain["prefect.resource.id"] == f"erathos.table.{CONNECTION}.raw_shop.orders"
+
+
+@pytest.mark.parametrize("finished_at_time", ["20:21", "20:21:30", "20:21+02:00"])
+def test_a_routes_run_and_an_automations_run_of_one_load_get_the_same_values(
+    finished_at_time: str,
+) -> None:
+    """The route's parameters of examples/routes.json, and what an automation passes (the
+    event's payload), for the same load: one form of every value, the time too."""
+    load = erathos(finished_at_time=finished_at_time)
+    route = json.loads((ROOT / "examples" / "routes.json").read_text())["routes"][0]
+    lookup = Lookup(variables={}, secrets={})
+    compiled = compile_json(route["flow_run"]["parameters"], lookup, where="parameters")
+
+    by_route = render_json(compiled, ErathosEvent.model_validate(load), lookup)
+    payload = prefect_event(stored(load))["payload"]
+
+    assert by_route == {name: payload[name] for name in by_route}
+    assert len(by_route["finished_at_time"]) == len("20:21:00")  # ISO 8601, seconds kept
 
 
 def test_every_label_is_a_string() -> None:
