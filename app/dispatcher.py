@@ -88,7 +88,7 @@ class Dispatcher:
             for name in connections
         }
         # Emissions count once Prefect is seen to have kept them (app.readback).
-        self.readbacks = {name: ReadBack(connections[name]) for name in router.emit_on}
+        self.readbacks = {n: ReadBack(connections[n]) for n in router.emit_on if n in connections}
         self._tasks: dict[str, asyncio.Task[Turn]] = {}
         self._wake = asyncio.Event()
         # Whether a connection has deliveries due that no claim has taken yet: only then
