@@ -25,6 +25,7 @@ from app.errors import (
 from app.event import ErathosEvent
 from app.history import CURSOR_PATTERN, page_cursor, parse_cursor
 from app.ingest import DeliveryOut, read_json_body, utc_time
+from app.masking import Masker
 from app.records import (
     AttemptRecord,
     DeliveryNotFound,
@@ -95,9 +96,9 @@ class EventPage(BaseModel):
     next_cursor: str | None
 
 
-def _delivery_detail(d: DeliveryRecord) -> DeliveryDetail:
+def _delivery_detail(d: DeliveryRecord, masker: Masker) -> DeliveryDetail:
     return DeliveryDetail(
-        **DeliveryOut.of(d).model_dump(),
+        **_delivery_out(d, masker).model_dump(),
         connection=d.connection,
         idempotency_key=d.idempotency_key,
         created_at=utc_time(d.created_at),
@@ -105,17 +106,27 @@ def _delivery_detail(d: DeliveryRecord) -> DeliveryDetail:
     )
 
 
-def _attempt_out(a: AttemptRecord) -> AttemptOut:
+def _delivery_out(d: DeliveryRecord, masker: Masker) -> DeliveryOut:
+    return DeliveryOut.of(d).model_copy(update={"error": _masked(masker, d.last_error)})
+
+
+def _attempt_out(a: AttemptRecord, masker: Masker) -> AttemptOut:
     return AttemptOut(
         number=a.number,
         started_at=utc_time(a.started_at),
         duration_ms=a.duration_ms,
         outcome=a.outcome,
         status_code=a.status_code,
-        error=a.error,
-        response_excerpt=a.response_excerpt,
+        error=_masked(masker, a.error),
+        response_excerpt=_masked(masker, a.response_excerpt),
         retry_in_seconds=a.retry_in,
     )
+
+
+def _masked(masker: Masker, text: str | None) -> str | None:
+    """Prefect's words as stored, every configured secret masked in every form: stored
+    masked already, but by what the release that stored them knew to mask."""
+    return None if text is None else masker.mask(text)
 
 
 def _event_summary(event: EventRecord, found: list[DeliveryRecord]) -> dict[str, Any]:
@@ -132,10 +143,15 @@ def _event_summary(event: EventRecord, found: list[DeliveryRecord]) -> dict[str,
     ).model_dump()
 
 
-def nothing_to_replay(event: EventRecord) -> str:
-    """Why an event has nothing to replay: it made no delivery (the admin API and the CLI
-    say it alike)."""
-    return f"nothing to replay: the event was ignored: {event.ignored_reason or 'no route'}"
+def nothing_to_replay(event: EventRecord, found: list[DeliveryRecord]) -> str | None:
+    """Why an event has nothing to replay (the admin API and the CLI say it alike): it
+    made no delivery, or every one is still pending (retried by itself); None when it
+    has something."""
+    if not found:
+        return f"nothing to replay: the event was ignored: {event.ignored_reason or 'no route'}"
+    if all(d.state is DeliveryState.PENDING for d in found):
+        return "nothing to replay: every delivery is still pending: each is retried by itself"
+    return None
 
 
 @admin.get("/events", response_model=EventPage, summary="List events, newest first")
@@ -164,7 +180,10 @@ async def list_events(
         limit=limit,
     )
     out = [
-        EventOut(**_event_summary(event, found), deliveries=[_delivery_detail(d) for d in found])
+        EventOut(
+            **_event_summary(event, found),
+            deliveries=[_delivery_detail(d, bridge.masker) for d in found],
+        )
         for event, found in page
     ]
     next_cursor = None
@@ -207,8 +226,8 @@ async def get_event(event_id: str, bridge: BridgeDep) -> EventDetail:
     tried = await bridge.history.attempts_of([d.id for d in found_deliveries])
     deliveries = [
         DeliveryAttempts(
-            **_delivery_detail(d).model_dump(),
-            attempts_made=[_attempt_out(a) for a in tried if a.delivery_id == d.id],
+            **_delivery_detail(d, bridge.masker).model_dump(),
+            attempts_made=[_attempt_out(a, bridge.masker) for a in tried if a.delivery_id == d.id],
         )
         for d in found_deliveries
     ]
@@ -247,7 +266,7 @@ async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) ->
         raise NotFound(f"no delivery {delivery.id}") from None
     except DeliveryStillPending as exc:
         raise Conflict(str(exc)) from None
-    return DeliveryOut.of(d)
+    return _delivery_out(d, bridge.masker)
 
 
 @admin.post(
@@ -256,7 +275,8 @@ async def _replay(bridge: BridgeDep, delivery: DeliveryRecord, new_run: bool) ->
     status_code=202,
     summary="Replay every dead or delivered delivery of an event",
     description=(
-        "409 for an event that was ignored (it has no delivery): the error says why it was ignored."
+        "409 for an event that has nothing to replay (it was ignored: it has no delivery; or "
+        "every delivery is still pending): the error says which."
     ),
     responses=responses(NotFound, Conflict),
 )
@@ -267,8 +287,8 @@ async def replay_event(
     if found is None:
         raise NotFound(f"no event {event_id}")
     event, found_deliveries = found
-    if not found_deliveries:
-        raise Conflict(nothing_to_replay(event))
+    if (why := nothing_to_replay(event, found_deliveries)) is not None:
+        raise Conflict(why)
     replayed = []
     try:
         for delivery in found_deliveries:

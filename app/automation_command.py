@@ -154,7 +154,7 @@ async def _with_prefect(
                 f"({existing[body['name']]}): a second would run {deployment.label} twice "
                 "for each event; delete that one first, or give this one another --name"
             )
-        automation_id = await create_automation(connection, body)
+        automation_id = await create_automation(connection, body, deployment.id)
         # The connection knows where its UI shows a flow run (self-hosted, Prefect Cloud,
         # PREFECT_UI_URL): the UI's root is above that.
         ui = connection.flow_run_url("").removesuffix("/runs/flow-run/")

@@ -42,9 +42,10 @@ DEFAULT_PARAMETERS = (
 # A debounced automation counts the events of each table on its own (the schema too: two
 # schemas may each have an "orders"). Sorted: Prefect keeps them as a set.
 PER_TABLE = ("erathos.schema.name", "erathos.table.name")
-# Prefect answers 503 for an error its clients may retry (SQLite busy, most often: nothing
-# was written) and 429 when rate limited: tried again after these waits, as Prefect's own
-# client does. Nothing else is retried: a timeout may have created the automation.
+# Prefect answers 503 for an error its clients may retry (SQLite busy, most often) and 429
+# when rate limited: tried again after these waits, as Prefect's own client does. A
+# create is tried again only once Prefect is known not to have saved it (see
+# create_automation): a 5xx, a timeout or a lost connection may come after it did.
 RETRY_WAITS = (0.5, 1.0, 2.0, 4.0)
 RETRY_STATUSES = frozenset({429, 503})
 T = TypeVar("T")
@@ -282,15 +283,35 @@ async def automations_running(connection: PrefectConnection, deployment_id: str)
     return {str(a.get("name")): str(a.get("id")) for a in found if isinstance(a, dict)}
 
 
-async def create_automation(connection: PrefectConnection, body: dict[str, Any]) -> str:
-    """``POST automations/`` (with the slash); the new automation's id."""
-    created = await _retried(
-        lambda: connection.fetch("automations/", create=body),
-        lambda f: f.status_code in RETRY_STATUSES,
-    )
-    if created.body is None or not created.body.get("id"):
-        raise AutomationError(f"creating the automation: {created.error or 'no id answered'}")
-    return str(created.body["id"])
+async def create_automation(
+    connection: PrefectConnection, body: dict[str, Any], deployment_id: str
+) -> str:
+    """``POST automations/`` (with the slash); the new automation's id.
+
+    An answer that leaves it unknown whether Prefect saved the automation (a 5xx, a
+    timeout, a lost connection: a proxy may answer 503 after Prefect saved it) is
+    followed by a look for it by its name among the deployment's automations (the
+    caller made sure none had that name): found, it is the one; not found, it is sent
+    again after the next of RETRY_WAITS. A 429 is sent again as it is."""
+    name = str(body["name"])
+    waits = iter(RETRY_WAITS)
+    while True:
+        created = await connection.fetch("automations/", post=body)
+        if created.body is not None:
+            if not created.body.get("id"):
+                raise AutomationError("creating the automation: Prefect answered no id")
+            return str(created.body["id"])
+        status = created.status_code
+        if status is None or status >= 500:
+            existing = await automations_running(connection, deployment_id)
+            if name in existing:
+                return existing[name]
+        elif status not in RETRY_STATUSES:
+            raise AutomationError(f"creating the automation: {created.error}")
+        wait = next(waits, None)
+        if wait is None:
+            raise AutomationError(f"creating the automation: {created.error}")
+        await asyncio.sleep(wait)
 
 
 async def _fetch(connection: PrefectConnection, path: str) -> Fetched:

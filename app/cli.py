@@ -191,7 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     events = sub.add_parser("events", help="list stored events, newest first")
     events.add_argument("--state", choices=[s.value for s in EventState])
-    events.add_argument("--limit", type=int, default=20)
+    events.add_argument(
+        "--limit", type=_positive, default=20, help="at most this many (default: %(default)s)"
+    )
     events.add_argument("--json", action="store_true", help="print JSON lines")
     add_automation_arguments(
         sub.add_parser(
@@ -210,6 +212,16 @@ def _parser() -> argparse.ArgumentParser:
         help="use a new idempotency key: Prefect creates a new run",
     )
     return parser
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return number
 
 
 def _serve(settings: Settings, routes: list[str]) -> int:
@@ -372,8 +384,8 @@ async def _replay(settings: StoreSettings, args: argparse.Namespace) -> int:
                 print(f"no delivery or event {args.id}", file=sys.stderr)
                 return 1
             event, found_deliveries = found
-            if not found_deliveries:
-                print(nothing_to_replay(event), file=sys.stderr)
+            if (why := nothing_to_replay(event, found_deliveries)) is not None:
+                print(why, file=sys.stderr)
                 return 1
             targets = [d for d in found_deliveries if d.state is not DeliveryState.PENDING]
         for target in targets:

@@ -15,7 +15,6 @@ from app.console_views import (
     COUNT_ORDER,
     EventFilter,
     hourly_chart,
-    page_masker,
     payload_fields,
     state_counts,
     target_of,
@@ -214,7 +213,9 @@ async def replay_all(bridge: Bridge, ids: list[str], *, new_run: bool) -> tuple[
 
 
 def masker(bridge: Bridge) -> Callable[[str | None], str]:
-    return page_masker(bridge.settings, list(bridge.connections.values()))
+    """What a page shows, every configured secret masked in every form (attempts are
+    stored masked already: this is the last guard, as in the logs)."""
+    return bridge.masker.mask
 
 
 def with_notice(path: str, message: str) -> str:

@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from app.history import parse_cursor
-from app.logs import Masker, configured_secrets
-from app.prefect import PrefectConnection
 from app.records import DeliveryRecord, EventState
 from app.routes import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, Router
-from app.settings import Settings
 
 HOUR = 3600.0
 # Bottom to top in each bar, and the order counts are listed in.
@@ -194,13 +191,3 @@ def payload_fields(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
         (name, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         for name, value in payload.items()
     ]
-
-
-def page_masker(
-    settings: Settings, connections: Sequence[PrefectConnection]
-) -> Callable[[str | None], str]:
-    """Every configured secret and each connection's credentials replaced by ``********``
-    in what a page shows (:class:`app.logs.Masker`). Attempts are stored masked already;
-    this is the last guard, as in the logs."""
-    secrets = configured_secrets(settings) | {s for c in connections for s in c.secrets}
-    return Masker(secrets).mask

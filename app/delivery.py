@@ -1,14 +1,18 @@
 """One delivery's turn, as plain functions: ``attempt_delivery`` sends its request to
 Prefect, ``plan_next`` decides what the answer means for it (delivered, retried after a
 backoff, or dead; ``unexpected_failure`` makes an exception an answer like the others),
-and ``log_attempt`` writes the one line each attempt gets. The
-:class:`app.dispatcher.Dispatcher` only schedules them.
+and ``log_attempt`` writes the one line each attempt gets; a :class:`Turn` is what came
+of it. The :class:`app.dispatcher.Dispatcher` only schedules them (and an emission's
+read-back, :mod:`app.readback`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import structlog
@@ -59,8 +63,10 @@ class RetryPolicy:
 def plan_next(
     delivery: DeliveryRecord, result: AttemptResult, policy: RetryPolicy, now: float
 ) -> tuple[DeliveryUpdate, float | None]:
-    """What this attempt makes of the delivery, and the retry delay (if any)."""
+    """What this attempt makes of the delivery, and the retry delay (if any). The retry
+    budget counts the attempts since the delivery was last replayed."""
     status = result.status_code
+    made = delivery.budget_used
     if result.outcome is Outcome.DELIVERED:
         update = DeliveryUpdate(
             DeliveryState.DELIVERED, status, None, flow_run_id=result.flow_run_id, finished_at=now
@@ -69,21 +75,24 @@ def plan_next(
     if result.outcome is Outcome.PERMANENT:
         return DeliveryUpdate(DeliveryState.DEAD, status, result.error, finished_at=now), None
     if result.retry_after is not None:
-        delay = result.retry_after
-    elif status in (429, 503) and delivery.attempts <= policy.overload_retries:
+        # Prefect's wait, at most the policy's cap, and never past the delivery's age
+        # limit: a header alone never dead-letters it (its next failure may).
+        left = delivery.window_started_at + policy.max_age - now
+        delay = max(0.0, min(result.retry_after, policy.cap, left))
+    elif status in (429, 503) and made <= policy.overload_retries:
         # "Busy, try again": Prefect is up, and the connection's window has just halved.
         # Coming back in about a second keeps the backlog moving in order, where an
         # exponential backoff would hold this delivery back long after Prefect recovered.
         delay = policy.busy_retry()
     else:
-        delay = policy.backoff(delivery.attempts)
+        delay = policy.backoff(made)
     retry_at = now + delay
-    if delivery.attempts >= policy.max_attempts:
-        error = f"gave up after {delivery.attempts} attempts; last: {result.error}"
+    if made >= policy.max_attempts:
+        error = f"gave up after {made} attempts; last: {result.error}"
         return DeliveryUpdate(DeliveryState.DEAD, status, error, finished_at=now), None
     if retry_at - delivery.window_started_at > policy.max_age:
         age = now - delivery.window_started_at
-        error = f"gave up after {age:.0f} s and {delivery.attempts} attempts; last: {result.error}"
+        error = f"gave up after {age:.0f} s and {made} attempts; last: {result.error}"
         return DeliveryUpdate(DeliveryState.DEAD, status, error, finished_at=now), None
     update = DeliveryUpdate(DeliveryState.PENDING, status, result.error, next_attempt_at=retry_at)
     return update, delay
@@ -115,8 +124,10 @@ async def attempt_delivery(
         body = route.flow_run_body(event, claim.delivery.idempotency_key, lookup)
     except ValueError as exc:  # pydantic's ValidationError, a template that cannot render
         # Never a crash loop: an event stored by an older release that this one reads
-        # differently is a dead letter with the reason, to fix and replay.
-        return _config_error(f"the stored event cannot be rendered: {exc}"), connection
+        # differently is a dead letter with the reason, to fix and replay. Nothing was
+        # sent: no connection, so it is not taken for Prefect's answer (the circuit, the
+        # window, the metrics of requests).
+        return _config_error(f"the stored event cannot be rendered: {exc}"), None
     # A target named by name: its id, from the connection's cache or a lookup (a flow by
     # name is created when Prefect has none by that name yet).
     resolved = None
@@ -201,3 +212,32 @@ def log_attempt(
         retry_in=round(retry_in, 3) if retry_in is not None else None,
         error=result.error,
     )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One delivery after its turn: its record as it stands now, and Prefect's answer
+    when it was sent (None when it was not: it is queued, was still in flight when the
+    caller stopped waiting, or was given back untried)."""
+
+    delivery: DeliveryRecord
+    result: AttemptResult | None = None
+
+
+@contextmanager
+def never_in_the_way(what: str, delivery_id: str) -> Iterator[None]:
+    """Logging and metrics never stand between Prefect's answer and its record: a failure
+    in them is logged (when logging itself works) and the turn goes on."""
+    try:
+        yield
+    except Exception:
+        with suppress(Exception):
+            log.exception(what, delivery_id=delivery_id)
+
+
+def turn_of(task: asyncio.Task[Turn] | None, delivery: DeliveryRecord) -> Turn:
+    """The task's turn when it finished; else the delivery as it was stored, unsent (a
+    task that failed was logged by ``Dispatcher._forget``, with its traceback)."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return Turn(delivery)
+    return task.result()

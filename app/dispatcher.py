@@ -7,7 +7,8 @@ leased stays in here. New deliveries are tried at once when their connection has
 due retries come from a polling loop, at most ``BRIDGE_MAX_CONCURRENCY`` requests run
 per Prefect connection, optionally at most ``BRIDGE_MAX_RATE`` per second, and none
 while a connection asked us to wait (``Retry-After``) or is known to be down (see
-:mod:`app.gate`). Each turn is :mod:`app.delivery`'s plain functions.
+:mod:`app.gate`). Each turn is :mod:`app.delivery`'s plain functions (and, for an
+emission, :mod:`app.readback`'s read-back, outside the connection's slot).
 """
 
 from __future__ import annotations
@@ -16,24 +17,28 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import replace
 
 import structlog
 
 from app.delivery import (
     RetryPolicy,
+    Turn,
     attempt_delivery,
     log_attempt,
+    never_in_the_way,
     plan_next,
+    turn_of,
     unexpected_failure,
 )
 from app.events import is_emission
 from app.gate import ConnectionGate, GateClosed
 from app.history import History
 from app.metrics import EVENT, FLOW_RUN, Metrics
-from app.prefect import AttemptResult, PrefectConnection
+from app.prefect import AttemptResult, Outcome, PrefectConnection
+from app.readback import ReadBack, confirmed, kept_already
 from app.records import (
     AttemptRecord,
     Claim,
@@ -51,16 +56,6 @@ from app.templates import Lookup
 log = structlog.get_logger("erathos_prefect_bridge.dispatcher")
 
 PRUNE_EVERY_SECONDS = 3600.0
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One delivery after its turn: its record as it stands now, and Prefect's answer
-    when it was sent (None when it was not: it is queued, was still in flight when the
-    caller stopped waiting, or was given back untried)."""
-
-    delivery: DeliveryRecord
-    result: AttemptResult | None = None
 
 
 class Dispatcher:
@@ -87,10 +82,13 @@ class Dispatcher:
         self.poll_interval = settings.poll_interval.total_seconds()
         self.retention = settings.retention.total_seconds()
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        cap = self.policy.cap
         self.gates = {
-            name: ConnectionGate(settings.max_concurrency, settings.max_rate, name)
+            name: ConnectionGate(settings.max_concurrency, settings.max_rate, name, cap)
             for name in connections
         }
+        # Emissions count once Prefect is seen to have kept them (app.readback).
+        self.readbacks = {n: ReadBack(connections[n]) for n in router.emit_on if n in connections}
         self._tasks: dict[str, asyncio.Task[Turn]] = {}
         self._wake = asyncio.Event()
         # Whether a connection has deliveries due that no claim has taken yet: only then
@@ -116,9 +114,12 @@ class Dispatcher:
         for probe in self._probes.values():
             probe.cancel()
         await asyncio.gather(*self._probes.values(), return_exceptions=True)
-        running = dict(self._tasks)
-        if not running:
-            return
+        if running := dict(self._tasks):
+            await self._give_back(running, grace)
+        for readback in self.readbacks.values():
+            await readback.close()
+
+    async def _give_back(self, running: dict[str, asyncio.Task[Turn]], grace: float) -> None:
         _, still = await asyncio.wait(running.values(), timeout=grace)
         unfinished = [key for key, task in running.items() if task in still]
         for task in still:
@@ -154,18 +155,15 @@ class Dispatcher:
     async def deliver_new(self, recorded: Recorded, wait: float) -> list[Turn]:
         """Send the deliveries :meth:`record` made claimed, and wait up to ``wait``
         seconds for their answers; one turn per delivery, in order."""
-        claims = [
-            Claim(d, recorded.event)
-            for d in recorded.deliveries
-            if recorded.created and d.lease_owner == self.owner
-        ]
+        mine = [d for d in recorded.deliveries if recorded.created and d.lease_owner == self.owner]
+        claims = [Claim(d, recorded.event) for d in mine]
         tasks = {
             claim.delivery.id: task
             for claim, task in zip(claims, self._submit(claims), strict=True)
         }
         if tasks:
             await asyncio.wait(tasks.values(), timeout=wait)
-        return [_turn_of(tasks.get(d.id), d) for d in recorded.deliveries]
+        return [turn_of(tasks.get(d.id), d) for d in recorded.deliveries]
 
     def wake(self) -> None:
         """Look for due deliveries now (after a replay, say) instead of at the next poll."""
@@ -223,31 +221,54 @@ class Dispatcher:
     async def _take_turn(self, claim: Claim) -> Turn:
         delivery = claim.delivery
         route = self.router.route(delivery.route)
-        gate = self.gates.get(route.connection if route else delivery.connection)
+        name = route.connection if route else delivery.connection
+        gate = self.gates.get(name)
+        readback = self.readbacks.get(name) if is_emission(delivery.route) else None
+        if readback is not None and delivery.attempts > 1:
+            # Sent before, maybe kept: read back first, never sent twice for nothing.
+            started = self.store.clock()
+            if (kept := await kept_already(claim, readback)) is not None:
+                return await self._record(claim, started, kept, readback.connection)
+        sent = await self._send(claim, gate)
+        if sent is None:
+            return Turn(delivery)
+        started, result, connection = sent
+        if readback is not None and result.outcome is Outcome.DELIVERED:
+            # Outside the connection's slot: others are sent while Prefect writes this.
+            result = await confirmed(claim, result, readback)
+            await self._still_ours(delivery)
+        return await self._record(claim, started, result, connection)
+
+    async def _send(
+        self, claim: Claim, gate: ConnectionGate | None
+    ) -> tuple[float, AttemptResult, PrefectConnection | None] | None:
+        """The delivery's request, in its turn at the connection's gate (if it still has
+        one); None when it was not sent (the lease was lost, or the circuit opened while
+        it waited)."""
+        delivery = claim.delivery
         if gate is None:
-            result, connection = await attempt_delivery(
-                claim, self.router, self.connections, self.lookup
-            )
-            return await self._record(claim, self.store.clock(), result, connection)
+            started = self.store.clock()
+            return (started, *await self._attempt(claim))
         gate.load += 1
         try:
             async with gate.slot():
                 if not await self._still_ours(delivery):
-                    return Turn(delivery)
+                    return None
                 started = self.store.clock()
-                result, connection = await attempt_delivery(
-                    claim, self.router, self.connections, self.lookup
-                )
+                result, connection = await self._attempt(claim)
             if connection is not None:  # else nothing was sent: nothing to learn
                 gate.observe(result, paced=not is_emission(delivery.route))
-            return await self._record(claim, started, result, connection)
+            return started, result, connection
         except GateClosed:
             # Not tried: the connection went down while it waited. Give it back
             # untouched; it is resumed with the others when the connection recovers.
             await self._release_untried(delivery)
-            return Turn(delivery)
+            return None
         finally:
             gate.load -= 1
+
+    async def _attempt(self, claim: Claim) -> tuple[AttemptResult, PrefectConnection | None]:
+        return await attempt_delivery(claim, self.router, self.connections, self.lookup)
 
     async def _still_ours(self, delivery: DeliveryRecord) -> bool:
         """After waiting for a turn, renew the lease if half of it is gone, so a slow
@@ -286,7 +307,7 @@ class Dispatcher:
             update = replace(update, flow_run_url=connection.flow_run_url(update.flow_run_id))
         connection_name = connection.name if connection is not None else delivery.connection
         kind = EVENT if is_emission(delivery.route) else FLOW_RUN
-        with _never_in_the_way("attempt not logged or counted", delivery.id):
+        with never_in_the_way("attempt not logged or counted", delivery.id):
             log_attempt(claim, connection_name, result, update, retry_in)
             self.metrics.attempted(connection_name, kind, result, sent=connection is not None)
         attempt = AttemptRecord(
@@ -312,7 +333,7 @@ class Dispatcher:
             log.warning("lease lost; its new holder records the delivery", delivery_id=delivery.id)
         elif update.state is not DeliveryState.PENDING:
             waited = now - delivery.window_started_at
-            with _never_in_the_way("finished delivery not counted", delivery.id):
+            with never_in_the_way("finished delivery not counted", delivery.id):
                 self.metrics.finished(
                     connection_name, kind, result, state=update.state, waited=waited
                 )
@@ -339,11 +360,8 @@ class Dispatcher:
             if gate.recovered:
                 resumed = await self.store.resume(name)  # on StoreUnavailable: next poll
                 gate.recovered = False
-                log.info(
-                    "connection is back; pending deliveries resumed",
-                    connection=name,
-                    resumed=resumed,
-                )
+                message = "connection is back; pending deliveries resumed"
+                log.info(message, connection=name, resumed=resumed)
             free = gate.claimable
             if free <= 0:
                 continue
@@ -379,22 +397,3 @@ class Dispatcher:
         removed = await self.history.prune(now - self.retention)
         if removed:
             log.info("finished events past the retention period pruned", removed=removed)
-
-
-@contextmanager
-def _never_in_the_way(what: str, delivery_id: str) -> Iterator[None]:
-    """Logging and metrics never stand between Prefect's answer and its record: a failure
-    in them is logged (when logging itself works) and the turn goes on."""
-    try:
-        yield
-    except Exception:
-        with suppress(Exception):
-            log.exception(what, delivery_id=delivery_id)
-
-
-def _turn_of(task: asyncio.Task[Turn] | None, delivery: DeliveryRecord) -> Turn:
-    """The task's turn when it finished; else the delivery as it was stored, unsent (a
-    task that failed was logged by ``Dispatcher._forget``, with its traceback)."""
-    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
-        return Turn(delivery)
-    return task.result()

@@ -8,9 +8,11 @@ Off unless ``BRIDGE_DROPIN=true``. ``POST /api/flow_runs/`` and ``POST
 deployments the service is configured for (``PREFECT_FLOW_ID``, the routes file's
 targets, ``BRIDGE_DROPIN_ALLOW``): the webhook token never starts just any deployment.
 The request is stored durably, keyed by its target and its ``idempotency_key`` (as
-Prefect deduplicates), and forwarded to the environment's Prefect connection with the
-service's own credentials. The answer is Prefect's own (the flow run, or its refusal)
-when Prefect answered within ``BRIDGE_SYNC_WAIT``; otherwise 202 with the delivery.
+Prefect deduplicates) apart from any Erathos execution id, and forwarded to the
+environment's Prefect connection with the service's own credentials (a deployment's
+run with a key that names the deployment: :func:`prefect_key`). The answer is Prefect's
+own (the flow run, or its refusal) when Prefect answered within ``BRIDGE_SYNC_WAIT``;
+otherwise 202 with the delivery.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ from app.errors import (
 from app.ingest import WebhookOut, count_event, read_json_body, store_and_deliver
 from app.prefect import Outcome
 from app.records import DeliveryState, NewDelivery, NewEvent
-from app.routes import DEFAULT_CONNECTION, DROP_IN_ROUTE, DeploymentTarget, FlowTarget
+from app.routes import (
+    DEFAULT_CONNECTION,
+    DROP_IN_ROUTE,
+    DeploymentTarget,
+    FlowTarget,
+    dropin_key,
+)
 from app.service import Bridge, BridgeDep
 from app.settings import DROPIN_GUARDED_FIELDS
 
@@ -90,7 +98,7 @@ async def create_flow_run(request: Request, bridge: BridgeDep) -> Response:
     body = await _validated(request, bridge, FlowRunCreate)
     flow_id = str(body["flow_id"])
     await _check_target(bridge, "flow", flow_id)
-    return await _forward(bridge, "flow_runs/", body, dedup=f"flow:{flow_id}")
+    return await _forward(bridge, "flow_runs/", body, kind="flow", target_id=flow_id)
 
 
 async def create_deployment_flow_run(
@@ -99,7 +107,7 @@ async def create_deployment_flow_run(
     body = await _validated(request, bridge, DeploymentFlowRunCreate)
     await _check_target(bridge, "deployment", str(deployment_id))
     path = f"deployments/{deployment_id}/create_flow_run"
-    return await _forward(bridge, path, body, dedup=f"deployment:{deployment_id}")
+    return await _forward(bridge, path, body, kind="deployment", target_id=str(deployment_id))
 
 
 def dropin_router(allowed_fields: Collection[str] = ()) -> APIRouter:
@@ -228,13 +236,17 @@ async def _check_target(bridge: Bridge, kind: str, target_id: str) -> None:
     )
 
 
-async def _forward(bridge: Bridge, path: str, body: dict[str, Any], *, dedup: str) -> Response:
+async def _forward(
+    bridge: Bridge, path: str, body: dict[str, Any], *, kind: str, target_id: str
+) -> Response:
     key: str = body["idempotency_key"]
     new = NewEvent(
         # As Prefect deduplicates: the same key for another flow is another run.
-        execution_id=f"{dedup}:{key}",
+        execution_id=dropin_key(kind, target_id, key),
         payload={DROP_IN_ROUTE: {"path": path, "body": body}},
-        deliveries=[NewDelivery(DROP_IN_ROUTE, DEFAULT_CONNECTION, key)],
+        deliveries=[
+            NewDelivery(DROP_IN_ROUTE, DEFAULT_CONNECTION, prefect_key(kind, target_id, key))
+        ],
         table_name=body.get("name"),
     )
     accepted = await store_and_deliver(bridge, new)
@@ -261,6 +273,15 @@ async def _forward(bridge: Bridge, path: str, body: dict[str, Any], *, dedup: st
                 answered.response_body, answered.status_code, media_type=_media(answered)
             )
     return JSONResponse(accepted.answer().model_dump(mode="json"), 202)
+
+
+def prefect_key(kind: str, target_id: str, key: str) -> str:
+    """The idempotency key sent to Prefect: the caller's for a flow run (as the seed
+    template sends it); for a deployment's run ``deployment/<id>/<key>``. Prefect
+    deduplicates per flow, so with the caller's key alone a deployment's call would be
+    answered with a bare run (or another deployment's) of the same flow made with that
+    key: another deployment is another run."""
+    return key if kind == "flow" else f"{kind}/{target_id}/{key}"
 
 
 def _media(answer: Any) -> str:

@@ -57,7 +57,8 @@ METADATA: dict[str, MetadataType] = {
 }
 
 # Erathos documents execution ids as UUIDs; anything id-shaped is accepted so that
-# an unexpected format is still delivered rather than refused and lost.
+# an unexpected format is still delivered rather than refused and lost. Never a "/":
+# drop-in calls are stored under keys that have one (app.routes.dropin_key).
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _EMPTY = {"", "null", "none"}
 MAX_EXTRA_FIELDS = 100  # unknown fields are kept with the event, but not without bound

@@ -133,23 +133,37 @@ def _related(event: ErathosEvent) -> list[dict[str, str]]:
         connection["prefect.resource.name"] = event.connection_name
     related = [connection]
     if event.schema_name and event.table_name:
-        table = f"{event.schema_name}.{event.table_name}"
+        table = f"{_id_part(event.schema_name)}.{_id_part(event.table_name)}"
         related.append(
             {
                 "prefect.resource.id": f"erathos.table.{event.connection_id}.{table}",
                 "prefect.resource.role": "table",
-                "prefect.resource.name": table,
+                "prefect.resource.name": f"{event.schema_name}.{event.table_name}",
             }
         )
     return related
 
 
+def _id_part(name: str) -> str:
+    """A name as one part of a dotted resource id: its ``%`` and ``.`` percent-encoded, so
+    that schema ``a.b`` with table ``c`` and schema ``a`` with table ``b.c`` are two
+    resources (a name with neither is written as it is)."""
+    return name.replace("%", "%25").replace(".", "%2E")
+
+
 def _occurred(event: ErathosEvent, received_at: float) -> str:
-    """Erathos's finished date and time (UTC, to the minute), or the time of receipt."""
-    if event.finished_at_date is not None and event.finished_at_time is not None:
-        when = datetime.combine(event.finished_at_date, event.finished_at_time, tzinfo=UTC)
-    else:
-        when = datetime.fromtimestamp(received_at, UTC)
+    """Erathos's finished date and time (UTC, to the minute), or the time of receipt when
+    either is missing, or when it is later than that: Prefect takes a future ``occurred``
+    as given, and a debounced trigger would then ignore the table until that time (the
+    payload keeps Erathos's own finish time)."""
+    received = datetime.fromtimestamp(received_at, UTC)
+    if event.finished_at_date is None or event.finished_at_time is None:
+        return _utc_text(received)
+    finished = datetime.combine(event.finished_at_date, event.finished_at_time, tzinfo=UTC)
+    return _utc_text(min(finished, received))
+
+
+def _utc_text(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 

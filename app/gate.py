@@ -236,8 +236,15 @@ class ConcurrencyWindow:
 
 
 class ConnectionGate:
-    def __init__(self, max_concurrency: int, max_rate: float | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        max_concurrency: int,
+        max_rate: float | None = None,
+        name: str = "",
+        retry_cap: float = 3600.0,
+    ) -> None:
         self.max_concurrency = max_concurrency
+        self.retry_cap = retry_cap  # seconds: BRIDGE_RETRY_CAP
         self.concurrency = ConcurrencyWindow(max_concurrency, name)
         self.in_flight = 0
         self._waiting = 0  # deliveries waiting in slot() for a turn
@@ -349,9 +356,8 @@ class ConnectionGate:
             self._probe_interval = PROBE_FIRST
             return
         self._failures += 1
-        now = time.monotonic()
-        if result.retry_after is not None:
-            self._open(until=now + result.retry_after)
+        if result.retry_after is not None:  # obeyed up to BRIDGE_RETRY_CAP
+            self._open(until=time.monotonic() + min(result.retry_after, self.retry_cap))
         elif self.circuit is Circuit.HALF_OPEN or self._failures >= FAILURES_TO_OPEN:
             self._open(until=None)
 

@@ -25,7 +25,16 @@ from app.records import (
     EventState,
 )
 from app.schema import attempts, deliveries, events
-from app.store import DEAD, DELIVERED, PENDING, Clock, delivery_of, event_of, with_deliveries
+from app.store import (
+    DEAD,
+    DELIVERED,
+    DELIVERY_ORDER,
+    PENDING,
+    Clock,
+    delivery_of,
+    event_of,
+    with_deliveries,
+)
 
 _REPLAY_SUFFIX = re.compile(r":replay-[0-9a-f]{8}$")
 # A page's cursor: the last event's (received_at, id), as `list_events` takes it in `before`.
@@ -147,7 +156,7 @@ class History:
             found = conn.execute(
                 select(deliveries)
                 .where(deliveries.c.event_id.in_([row.id for row in rows]))
-                .order_by(deliveries.c.route)
+                .order_by(*DELIVERY_ORDER)
             )
             by_event: dict[str, list[DeliveryRecord]] = {}
             for d in found:
@@ -237,7 +246,7 @@ class History:
                 raise DeliveryStillPending(delivery_id)
             changes: dict[str, Any] = {
                 "state": PENDING,
-                "attempts": 0,
+                "attempts_before_replay": row.attempts,  # a fresh budget; the count goes on
                 "window_started_at": now,
                 "next_attempt_at": now,
                 "lease_owner": None,

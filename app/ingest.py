@@ -20,7 +20,7 @@ from fastapi import Request
 from pydantic import BaseModel, Field, TypeAdapter
 
 from app.body import read_capped_body
-from app.dispatcher import Turn
+from app.delivery import Turn
 from app.errors import (
     BridgeError,
     InvalidBody,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import base64
 import io
-import json
 import logging
 import os
 import re
@@ -22,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, TextIO, cast
+from typing import TextIO, cast
 
 import structlog
 from pydantic import SecretStr
@@ -34,12 +32,11 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from app.errors import internal_error
 from app.ids import new_id
+from app.masking import Masker
 from app.routes_file import ConnectionSpec
 from app.settings import StoreSettings
 
 REQUEST_ID_HEADER = "X-Request-ID"
-MASK = "********"
-MIN_SECRET_CHARS = 6  # shorter fragments would mask ordinary words
 # Probes and scrapes arrive every few seconds: logged at DEBUG unless they fail.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 NOISY_LIBRARIES = ("httpx", "httpcore", "asyncio")
@@ -53,8 +50,8 @@ log = structlog.get_logger("erathos_prefect_bridge.http")
 def configured_secrets(
     settings: StoreSettings, connections: Iterable[ConnectionSpec] = ()
 ) -> set[str]:
-    """Every secret value the service holds: tokens, Prefect credentials (also as the
-    Basic auth header carries them), and the database password."""
+    """Every secret value the service holds: tokens, Prefect credentials and the database
+    password (a :class:`app.masking.Masker` masks each in every form it travels in)."""
     found: list[SecretStr] = []
     for name in type(settings).model_fields:
         value = getattr(settings, name)
@@ -62,39 +59,14 @@ def configured_secrets(
         found += [v for v in values if isinstance(v, SecretStr)]
     for spec in connections:
         found += [s for s in (spec.api_key, spec.auth_string) if s is not None]
-    secrets: set[str] = set()
-    for secret in found:
-        text = secret.get_secret_value()
-        secrets.add(text)
-        if ":" in text:  # user:password, as Basic auth
-            secrets.add(text.partition(":")[2])
-            secrets.add(base64.b64encode(text.encode()).decode())
+    secrets = {secret.get_secret_value() for secret in found}
     try:
         password = make_url(settings.database_url).password
     except ArgumentError:
         password = None
     if password:
         secrets.add(str(password))
-    return {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
-
-
-class Masker:
-    """Every given secret masked in a text, raw and as JSON escapes it: the logs' last
-    processor, and the console's last guard on what its pages show."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        forms = {form for s in secrets for form in (s, json.dumps(s)[1:-1])}
-        self._forms = sorted(forms, key=len, reverse=True)  # longest first: no partial masks
-
-    def mask(self, text: str | None) -> str:
-        if not text:
-            return ""
-        for form in self._forms:
-            text = text.replace(form, MASK)
-        return text
-
-    def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
-        return self.mask(line) if isinstance(line, str) else line
+    return secrets
 
 
 def _record_extras(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -25,6 +25,7 @@ import httpx
 from pydantic import SecretStr
 
 from app import __version__
+from app.masking import Masker
 
 USER_AGENT = f"erathos-prefect-bridge/{__version__}"
 EXCERPT_CHARS = 1000
@@ -120,6 +121,7 @@ class PrefectConnection:
         timeout: float = 10.0,
         ui_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        masker: Masker | None = None,
     ) -> None:
         self.name = name
         self.api_url = api_url.rstrip("/")
@@ -132,11 +134,11 @@ class PrefectConnection:
             self.auth_scheme = "Basic"
             encoded = base64.b64encode(auth_string.get_secret_value().encode()).decode()
             self.headers["Authorization"] = f"Basic {encoded}"
-        # Masked wherever Prefect's answer is kept: the credentials, and the header value
-        # they travel in (a proxy or WAF may echo the request's headers back).
-        self._secrets = [s.get_secret_value() for s in (api_key, auth_string) if s is not None]
-        if "Authorization" in self.headers:
-            self._secrets.append(self.headers["Authorization"].partition(" ")[2])
+        # Masked wherever Prefect's answer is kept, before it is cut short: the service's
+        # secrets (by default this connection's credentials) in every form they travel
+        # in (a proxy or WAF may echo the request's headers back).
+        own = [s.get_secret_value() for s in (api_key, auth_string) if s is not None]
+        self._masker = masker if masker is not None else Masker(own)
         # Targets named by name, resolved to their ids once (name path -> id).
         self._deployments: dict[str, str] = {}
         self._flows: dict[str, str] = {}
@@ -197,7 +199,7 @@ class PrefectConnection:
             return self._failed(started, f"{type(exc).__name__}: {exc}")
         duration_ms = (time.perf_counter() - started) * 1000
         outcome = classify_status(response.status_code)
-        text = self._redact(response.text)
+        text = self._masker.mask(response.text)
         excerpt = text[:EXCERPT_CHARS]
         if outcome is Outcome.DELIVERED and not answers_flow_run:
             return AttemptResult(
@@ -226,7 +228,7 @@ class PrefectConnection:
             outcome,
             duration_ms,
             response.status_code,
-            error=f"HTTP {response.status_code}: {self._redact(_error_message(response))}",
+            error=f"HTTP {response.status_code}: {self._error_message(response)}",
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             response_excerpt=excerpt,
             response_body=text,
@@ -274,33 +276,33 @@ class PrefectConnection:
             outcome = classify_status(response.status_code)
             if outcome is Outcome.DELIVERED:
                 outcome = Outcome.PERMANENT
-            message = _error_message(response)
+            message = self._error_message(response)
             return None, AttemptResult(
                 outcome,
                 duration_ms,
                 response.status_code,
-                error=f"{what}: HTTP {response.status_code}: {self._redact(message)}",
+                error=f"{what}: HTTP {response.status_code}: {message}",
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         cache[key] = str(found)
         return str(found), None
 
-    async def fetch(self, path: str, *, create: Any = None) -> Fetched:
-        """GET one object (a flow, a deployment), or POST ``create`` to make one (an
-        automation); never raises."""
+    async def fetch(self, path: str, *, post: Any = None) -> Fetched:
+        """GET one object (a flow, a deployment), or POST ``post`` (to make one, an
+        automation, or to ask as the filters do); never raises."""
         try:
-            if create is None:
+            if post is None:
                 response = await self.get(path)
             else:
-                response = await self._request("POST", path, create)
+                response = await self._request("POST", path, post)
         except (TimeoutError, httpx.HTTPError) as exc:
-            return Fetched(None, error=self._redact(f"{type(exc).__name__}: {exc}"))
+            return Fetched(None, error=self._masker.mask(f"{type(exc).__name__}: {exc}"))
         try:
             body = response.json() if response.is_success else None
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict):
-            message = self._redact(_error_message(response))
+            message = self._error_message(response)
             return Fetched(response.status_code, error=f"HTTP {response.status_code}: {message}")
         return Fetched(response.status_code, body)
 
@@ -310,7 +312,7 @@ class PrefectConnection:
             response = await self.get("health")
         except (TimeoutError, httpx.HTTPError) as exc:
             return Health(
-                False, None, f"unreachable: {type(exc).__name__}: {self._redact(str(exc))}"
+                False, None, f"unreachable: {type(exc).__name__}: {self._masker.mask(str(exc))}"
             )
         if response.status_code >= 500:
             return Health(False, None, f"health answered HTTP {response.status_code}")
@@ -324,11 +326,11 @@ class PrefectConnection:
             # An authenticated read: health itself needs no credentials.
             probe = await self._request("POST", "flows/filter", {"limit": 1})
         except (TimeoutError, httpx.HTTPError) as exc:
-            return Health(True, None, f"{type(exc).__name__}: {self._redact(str(exc))}")
+            return Health(True, None, f"{type(exc).__name__}: {self._masker.mask(str(exc))}")
         if probe.status_code in (401, 403):
             return Health(True, False, f"credentials refused (HTTP {probe.status_code})")
         if not probe.is_success:  # a redirect too: never followed, every delivery fails
-            message = self._redact(_error_message(probe))
+            message = self._error_message(probe)
             return Health(True, None, f"HTTP {probe.status_code}: {message}")
         return Health(True, True, "ok")
 
@@ -338,17 +340,11 @@ class PrefectConnection:
 
     def _failed(self, started: float, error: str) -> AttemptResult:
         duration_ms = (time.perf_counter() - started) * 1000
-        return AttemptResult(Outcome.TRANSIENT, duration_ms, error=self._redact(error))
+        return AttemptResult(Outcome.TRANSIENT, duration_ms, error=self._masker.mask(error))
 
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """This connection's credentials as it sends them (for the console's masking)."""
-        return tuple(self._secrets)
-
-    def _redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, "********")
-        return text
+    def _error_message(self, response: httpx.Response) -> str:
+        """Prefect's own words (:func:`error_message`), masked before they are cut short."""
+        return error_message(response, self._masker)
 
 
 def _ui_runs(api_url: str) -> str:
@@ -377,17 +373,18 @@ def _phrase(status: int) -> str:
         return f"HTTP {status}"
 
 
-def _error_message(response: httpx.Response) -> str:
-    """Prefect's own words: ``detail``, or ``exception_message`` with its detail."""
+def error_message(response: httpx.Response, masker: Masker) -> str:
+    """Prefect's own words: ``detail``, or ``exception_message`` with its detail; masked
+    whole, then cut short (a secret cut in two would no longer be found)."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text[:300] or _phrase(response.status_code)
+        return masker.cut(response.text, 300) or _phrase(response.status_code)
     if isinstance(body, dict):
         if "detail" in body:
-            return str(body["detail"])[:500]
+            return masker.cut(str(body["detail"]), 500)
         if "exception_message" in body:
             detail = body.get("exception_detail")
-            suffix = f": {json.dumps(detail)[:400]}" if detail else ""
-            return f"{body['exception_message']}{suffix}"
-    return json.dumps(body)[:500]
+            suffix = f": {masker.cut(json.dumps(detail), 400)}" if detail else ""
+            return f"{masker.mask(str(body['exception_message']))}{suffix}"
+    return masker.cut(json.dumps(body), 500)

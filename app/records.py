@@ -98,6 +98,13 @@ class DeliveryRecord:
     last_status_code: int | None
     last_error: str | None
     finished_at: float | None
+    ordinal: int = 0  # its place among its event's deliveries
+    attempts_before_replay: int = 0  # of ``attempts``, those made before its last replay
+
+    @property
+    def budget_used(self) -> int:
+        """The attempts its retry budget counts: those since its last replay."""
+        return self.attempts - self.attempts_before_replay
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,13 @@ class Router:
         return f"{execution_id}:{route.name}" if self.namespaced_keys else execution_id
 
 
+def dropin_key(kind: str, target_id: str, key: str) -> str:
+    """What a drop-in call is stored under (as an event's execution id): its target, as
+    Prefect deduplicates, and its idempotency key, in a form no Erathos execution id can
+    take (those never hold a ``/``): ``drop-in/flow/<id>/<key>``."""
+    return f"{DROP_IN_ROUTE}/{kind}/{target_id}/{key}"
+
+
 def default_router(settings: Settings, lookup: Lookup) -> Router:
     """The seed's behaviour, from the environment alone."""
     # One of the two, guaranteed by Settings validation.

@@ -20,6 +20,8 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     func,
+    inspect,
+    or_,
     select,
     text,
     update,
@@ -28,9 +30,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from app.records import StoreUnavailable
-from app.routes import DROP_IN_ROUTE
+from app.routes import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, dropin_key
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # pg_advisory_xact_lock key that serialises schema creation and upgrades between
 # replicas starting at once (any constant; this one spells "EPBS" in ASCII).
 MIGRATION_LOCK_KEY = 0x45504253
@@ -93,6 +95,12 @@ deliveries = Table(
     Column("last_status_code", Integer),
     Column("last_error", Str),
     Column("finished_at", Float),
+    # Where the delivery stands among its event's, as routing made them: every answer
+    # lists them in this order (flow runs first, then emissions).
+    Column("ordinal", Integer, nullable=False, server_default=text("0")),
+    # ``attempts`` counts every attempt ever made; the retry budget, those since the
+    # last replay (which set this to the attempts made before it).
+    Column("attempts_before_replay", Integer, nullable=False, server_default=text("0")),
     UniqueConstraint("event_id", "route"),
     Index("deliveries_due", "state", "connection", "next_attempt_at"),
 )
@@ -173,6 +181,72 @@ def _key_drop_in_events_by_target(conn: Connection) -> None:
         conn.execute(keyed.values(execution_id=f"{target}:{row.execution_id}"))
 
 
+def _version_3(conn: Connection) -> None:
+    """2 -> 3: deliveries keep their order and count their attempts across replays;
+    drop-in events are keyed apart from Erathos execution ids."""
+    present = {column["name"] for column in inspect(conn).get_columns("deliveries")}
+    for name in ("ordinal", "attempts_before_replay"):
+        if name not in present:
+            conn.execute(
+                text(f"ALTER TABLE deliveries ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+            )
+    _order_old_deliveries(conn)
+    _count_attempts_across_replays(conn)
+    _key_drop_in_events_apart(conn)
+
+
+def _order_old_deliveries(conn: Connection) -> None:
+    """Their routing order is not known: emissions after flow runs (as routing made them),
+    the flow runs among themselves by route name (as the answers listed them)."""
+    emission = or_(
+        deliveries.c.route == PREFECT_EVENT_ROUTE,
+        deliveries.c.route.startswith(f"{PREFECT_EVENT_ROUTE}:", autoescape=True),
+    )
+    conn.execute(update(deliveries).where(emission).values(ordinal=1))
+
+
+def _count_attempts_across_replays(conn: Connection) -> None:
+    """A replay used to reset ``attempts``, so a replayed delivery's attempts were numbered
+    from 1 again: each is renumbered in the order made, and the delivery counts them all
+    (those before its last replay apart, as its retry budget counts only the others)."""
+    made = select(func.count()).where(attempts.c.delivery_id == deliveries.c.id).scalar_subquery()
+    conn.execute(
+        update(deliveries)
+        .where(made > deliveries.c.attempts)
+        .values(attempts_before_replay=made - deliveries.c.attempts, attempts=made)
+    )
+    repeated = (
+        select(attempts.c.delivery_id)
+        .group_by(attempts.c.delivery_id)
+        .having(func.count() != func.count(attempts.c.number.distinct()))
+    )
+    earlier = attempts.alias("earlier")
+    rank = (
+        select(func.count())
+        .where(earlier.c.delivery_id == attempts.c.delivery_id, earlier.c.id <= attempts.c.id)
+        .scalar_subquery()
+    )
+    conn.execute(update(attempts).where(attempts.c.delivery_id.in_(repeated)).values(number=rank))
+
+
+def _key_drop_in_events_apart(conn: Connection) -> None:
+    """``flow:<id>:<key>`` and ``deployment:<id>:<key>`` become :func:`dropin_key`'s form,
+    which no Erathos execution id can take (they have no ``/``). The events are found by
+    their drop-in delivery, never by what their payload says."""
+    found = conn.execute(
+        select(events.c.id, events.c.execution_id)
+        .join(deliveries, deliveries.c.event_id == events.c.id)
+        .where(deliveries.c.route == DROP_IN_ROUTE)
+    )
+    for row in found.all():
+        kind, _, rest = str(row.execution_id).partition(":")
+        target, colon, key = rest.partition(":")
+        if kind not in ("flow", "deployment") or not colon:
+            continue
+        keyed = update(events).where(events.c.id == row.id)
+        conn.execute(keyed.values(execution_id=dropin_key(kind, target, key)))
+
+
 # UPGRADES[n] turns a database of version n + 1 into one of version n + 2.
-UPGRADES: tuple[Callable[[Connection], None], ...] = (_key_drop_in_events_by_target,)
+UPGRADES: tuple[Callable[[Connection], None], ...] = (_key_drop_in_events_by_target, _version_3)
 assert len(UPGRADES) == SCHEMA_VERSION - 1

@@ -20,6 +20,8 @@ from app.dispatcher import Dispatcher
 from app.gate import Circuit
 from app.history import History
 from app.limits import RateLimiter
+from app.logs import configured_secrets
+from app.masking import Masker
 from app.metrics import Metrics
 from app.prefect import PrefectConnection
 from app.probe import PrefectWatch
@@ -43,6 +45,9 @@ class Bridge:
     metrics: Metrics = field(default_factory=Metrics)
     # What Prefect says of each connection and target (the start-up probe, /readyz).
     prefect: PrefectWatch = field(kw_only=True)
+    # Every configured secret, masked in every form: what the admin API and the console
+    # show, and (each connection's) Prefect's answers as they are kept.
+    masker: Masker = field(kw_only=True)
 
 
 async def bridge_of(request: Request) -> Bridge:
@@ -65,7 +70,11 @@ def configure(settings: Settings) -> tuple[Routing, Lookup]:
     return Routing(default_router(settings, lookup), {DEFAULT_CONNECTION: spec}), lookup
 
 
-def connect(spec: ConnectionSpec, settings: PrefectSettings) -> PrefectConnection:
+def connect(
+    spec: ConnectionSpec, settings: PrefectSettings, masker: Masker | None = None
+) -> PrefectConnection:
+    """The connection's client; ``masker`` masks what it keeps of Prefect's answers (by
+    default, its own credentials)."""
     return PrefectConnection(
         spec.name,
         spec.api_url,
@@ -74,6 +83,7 @@ def connect(spec: ConnectionSpec, settings: PrefectSettings) -> PrefectConnectio
         api_key=spec.api_key,
         auth_string=spec.auth_string,
         timeout=settings.prefect_timeout.total_seconds(),
+        masker=masker,
     )
 
 
@@ -104,13 +114,15 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
     Whoever serves logs that the service is ready, once it listens."""
     routing, lookup = configure(settings)
     router = routing.router
+    masker = Masker(configured_secrets(settings, routing.connections.values()))
     async with AsyncExitStack() as stack:
         database = await open_database(settings)
         stack.push_async_callback(database.close)
         store, history = Store(database), History(database)
         connections = {}
         for name, spec in routing.connections.items():
-            connections[name] = await stack.enter_async_context(connect(spec, settings))
+            connection = connect(spec, settings, masker)
+            connections[name] = await stack.enter_async_context(connection)
         # Its own registry per service: several apps in one process never share series.
         metrics = Metrics(connections, router.emit_on)
         dispatcher = Dispatcher(store, history, router, connections, lookup, settings, metrics)
@@ -137,4 +149,5 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
             limiter,
             metrics,
             prefect=watch,
+            masker=masker,
         )

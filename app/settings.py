@@ -16,7 +16,14 @@ from typing import Annotated, Any, Literal, Self, TypeVar, overload
 from uuid import UUID
 
 from annotated_types import Ge, Gt
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -33,8 +40,10 @@ from app.values import (
     check_flow_name,
     database_kind,
     normalise_api_url,
+    not_negative_duration,
     parse_duration,
     parse_networks,
+    positive_duration,
     split_list,
 )
 
@@ -55,7 +64,10 @@ class Durability(StrEnum):
     POWER = "power"
 
 
-Duration = Annotated[timedelta, NoDecode]
+# A duration longer than 0: where 0 means nothing (a timeout that fails at once, a poll
+# that never rests, a backoff that never waits). A wait that may be none: not negative.
+Duration = Annotated[timedelta, NoDecode, AfterValidator(positive_duration)]
+Wait = Annotated[timedelta, NoDecode, AfterValidator(not_negative_duration)]
 CommaList = Annotated[list[str], NoDecode]
 S = TypeVar("S", bound="PublicSettings")
 
@@ -165,13 +177,6 @@ class StoreSettings(PublicSettings):
                 "sqlite:///./data/bridge.db) or a postgresql:// URL (for example "
                 "postgresql://bridge:<password>@db:5432/bridge)"
             )
-        return value
-
-    @field_validator("db_pool_timeout")
-    @classmethod
-    def _positive_pool_timeout(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0 s")
         return value
 
 
@@ -341,7 +346,7 @@ class Settings(PrefectSettings, StoreSettings):
     )
 
     # The dispatcher.
-    sync_wait: Duration = Field(timedelta(seconds=2), validation_alias="BRIDGE_SYNC_WAIT")
+    sync_wait: Wait = Field(timedelta(seconds=2), validation_alias="BRIDGE_SYNC_WAIT")
     max_attempts: Annotated[int, Ge(1)] = Field(30, validation_alias="BRIDGE_MAX_ATTEMPTS")
     max_age: Duration = Field(timedelta(hours=24), validation_alias="BRIDGE_MAX_AGE")
     retry_base: Duration = Field(timedelta(seconds=5), validation_alias="BRIDGE_RETRY_BASE")
@@ -351,7 +356,7 @@ class Settings(PrefectSettings, StoreSettings):
     lease: Duration = Field(timedelta(seconds=60), validation_alias="BRIDGE_LEASE")
     poll_interval: Duration = Field(timedelta(seconds=1), validation_alias="BRIDGE_POLL_INTERVAL")
     # The whole time from SIGTERM to exit: within Docker's default 10 s stop timeout.
-    shutdown_grace: Duration = Field(timedelta(seconds=8), validation_alias="BRIDGE_SHUTDOWN_GRACE")
+    shutdown_grace: Wait = Field(timedelta(seconds=8), validation_alias="BRIDGE_SHUTDOWN_GRACE")
 
     @field_validator(
         "body_timeout",
@@ -439,13 +444,6 @@ class Settings(PrefectSettings, StoreSettings):
     @classmethod
     def _flow_name(cls, value: str | None) -> str | None:
         return None if value is None else check_flow_name(value)
-
-    @field_validator("header_timeout", "keepalive_timeout", "console_session")
-    @classmethod
-    def _positive_connection_timeouts(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0 s")
-        return value
 
     def _problems(self) -> list[str]:
         problems = super()._problems()

@@ -160,8 +160,10 @@ class Store:
                 "last_status_code": None,
                 "last_error": None,
                 "finished_at": None,
+                "ordinal": ordinal,
+                "attempts_before_replay": 0,
             }
-            for delivery in new.deliveries
+            for ordinal, delivery in enumerate(new.deliveries)
         ]
 
         def work(conn: Connection) -> Recorded | None:
@@ -330,10 +332,12 @@ _IF_HELD = update(deliveries).where(
 )
 _EVENTS_BY_ID = select(events).where(events.c.id.in_(bindparam("b_ids", expanding=True)))
 _EVENT_BY_EXECUTION = select(events).where(events.c.execution_id == bindparam("b_execution_id"))
+# One order everywhere (the first answer's, a duplicate's, the history's): as routed.
+DELIVERY_ORDER = (deliveries.c.ordinal, deliveries.c.route)
 _DELIVERIES_OF = (
     select(deliveries)
     .where(deliveries.c.event_id == bindparam("b_event_id"))
-    .order_by(deliveries.c.route)
+    .order_by(*DELIVERY_ORDER)
 )
 
 

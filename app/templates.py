@@ -158,8 +158,13 @@ def render_json(
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, UUID | date | time):
-        return format_value(value)
+    """A lone placeholder's value as JSON: ids as text, dates and times ISO 8601 text
+    (``06:15:00``, seconds kept), as the Prefect event's payload has them, so that a
+    route's run and an automation's run of the same load get the same value."""
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, date | time):
+        return value.isoformat()
     return value
 
 

@@ -25,6 +25,18 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+def positive_duration(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0 s")
+    return value
+
+
+def not_negative_duration(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
+
 def database_kind(url: str) -> Literal["sqlite", "postgresql"] | None:
     """Which store a database URL names, by its scheme; None for anything else."""
     scheme = url.partition(":")[0].strip().lower()

@@ -1,11 +1,12 @@
 """A fault-injecting HTTP front for the real Prefect server.
 
-Flow run creations (``POST .../flow_runs/`` and ``.../create_flow_run``) take the
-next fault from a script; every other request, and every creation once the
-script is used up, passes through to the real server. Faults are what Prefect,
-Prefect Cloud and networks do: 503 without Retry-After, 500, 429 with
+Flow run creations (``POST .../flow_runs/`` and ``.../create_flow_run``, or the POSTs
+to the paths given) take the next fault from a script; every other request, and every
+creation once the script is used up, passes through to the real server. Faults are what
+Prefect, Prefect Cloud and networks do: 503 without Retry-After, 500, 429 with
 Retry-After in seconds or as an HTTP date, a connection reset, a stall past the
-client's timeout (before or after the real server saw the request).
+client's timeout (before or after the real server saw the request), and a 503 answered
+after the real server saw the request (a proxy giving up on a slow answer).
 """
 
 from __future__ import annotations
@@ -20,12 +21,30 @@ from email.utils import formatdate
 
 import httpx
 
-FAULTS = ("pass", "503", "500", "429-seconds", "429-date", "reset", "stall", "stall-after")
+FAULTS = (
+    "pass",
+    "503",
+    "500",
+    "429-seconds",
+    "429-date",
+    "reset",
+    "stall",
+    "stall-after",
+    "503-after",
+)
+CREATIONS = ("/flow_runs/", "/create_flow_run")
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, script: list[str] | None = None, stall: float = 3.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        script: list[str] | None = None,
+        stall: float = 3.0,
+        faulted: tuple[str, ...] = CREATIONS,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
+        self.faulted = faulted  # the POSTs that take faults, by how their path ends
         self.script = list(script or [])
         self.stall = stall
         self.applied: list[str] = []  # the fault each flow run creation got, in order
@@ -81,9 +100,7 @@ class FaultProxy:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-        creates = method == "POST" and (
-            path.endswith("/flow_runs/") or path.endswith("/create_flow_run")
-        )
+        creates = method == "POST" and path.endswith(self.faulted)
         fault = "pass"
         if creates and self.script:
             fault = self.script.pop(0)
@@ -121,6 +138,9 @@ class FaultProxy:
                 if fault == "stall-after":
                     await asyncio.sleep(self.stall)
                     return False
+                if fault == "503-after":
+                    await _answer(writer, 503, b'{"detail": "upstream took too long"}')
+                    return True
                 await _answer(
                     writer,
                     response.status_code,

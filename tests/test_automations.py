@@ -27,9 +27,10 @@ from app.automations import (
     chosen_parameters,
 )
 from app.cli import main
-from tests.conftest import SettingsFactory, auth, open_client
+from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
-from tests.waiting import eventually
+from tests.faults import FaultProxy
+from tests.waiting import eventually, settled
 from tools.localprefect import PrefectError, PrefectServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "automations"
@@ -379,6 +380,37 @@ def test_an_unknown_deployment_or_parameter_is_refused_and_nothing_is_created(
     assert related == []
 
 
+@pytest.mark.anyio
+async def test_create_behind_a_proxy_that_answers_503_after_prefect_saved_it_makes_one(
+    environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    prefect: PrefectServer,
+    deployment: tuple[str, str],
+    created: list[tuple[PrefectServer, str]],
+) -> None:
+    """A 503 (a timeout, a lost connection) may come after Prefect saved the automation:
+    the command looks for it by name before it sends it again."""
+    proxy = FaultProxy(
+        f"http://127.0.0.1:{prefect.port}", ["503-after", "503-after"], faulted=("/automations/",)
+    )
+    await proxy.start()
+    environment.setenv("PREFECT_API_URL", f"{proxy.url}/api")
+    name, deployment_id = deployment
+    try:
+        # The CLI runs its own event loop: in a thread of its own, beside the proxy's.
+        code, out, err = await asyncio.to_thread(
+            run, ["--deployment", name, "--table", "orders", "--create"], capsys
+        )
+    finally:
+        await proxy.stop()
+
+    related = prefect.request("GET", f"automations/related-to/prefect.deployment.{deployment_id}")
+    created += [(prefect, a["id"]) for a in related]
+    assert code == 0, err
+    assert proxy.applied == ["503-after"]  # saved, answered 503, found by its name
+    assert [a["id"] for a in related] == [out.strip()]
+
+
 # --- what Prefect does with them: a real server with its services ----------------------
 
 
@@ -619,6 +651,7 @@ async def test_a_webhook_becomes_a_typed_run_through_its_event_and_a_cli_made_au
         prefect_api_url=served.server.api_url,
         prefect_flow_id=served.request("POST", "flows/", {"name": f"f-{uuid.uuid4().hex}"})["id"],
         prefect_events=True,
+        admin_token=ADMIN_TOKEN,
     )
     body = webhook_body(table_name="orders", rows="1520")
 
@@ -629,8 +662,10 @@ async def test_a_webhook_becomes_a_typed_run_through_its_event_and_a_cli_made_au
             return len(served.runs()) >= 1
 
         await eventually(run_made, within=30, what="the automation's run", every=0.5)
+        await settled(client, within=30)  # the event read back from Prefect's store
+        detail = await client.get(f"/events/{answer['event_id']}", headers=auth(ADMIN_TOKEN))
 
-    emitted = [d for d in answer["deliveries"] if d["route"] == "prefect-event"]
+    emitted = [d for d in detail.json()["deliveries"] if d["route"] == "prefect-event"]
     assert [d["state"] for d in emitted] == ["delivered"]
     [run_] = served.runs()
     assert run_["deployment_id"] == served.id

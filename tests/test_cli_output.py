@@ -1,6 +1,7 @@
 """What the CLI shows, said as the API says it: times in ISO 8601 UTC, ``simulate``'s
-refusals with the webhook's own messages (from a file or stdin), and why an ignored event
-has nothing to replay. No Prefect needed: the events are ignored, or stay queued."""
+refusals with the webhook's own messages (from a file or stdin), why an event has
+nothing to replay, attempts counted and numbered across replays, and what it refuses.
+No Prefect needed: the events are ignored, or stay queued, or die."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.cli import main
+from app.records import EventState
+from app.service import open_bridge
 from app.settings import load_settings
 from tests.conftest import ADMIN_TOKEN, auth, open_client
 from tests.erathos import webhook_body
 from tests.isotime import ISO_UTC, recent_iso_utc
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -128,3 +133,78 @@ def test_replaying_an_ignored_event_says_why_there_is_nothing_to_replay(
     assert code == 1
     assert out.out == ""
     assert out.err.strip() == f"nothing to replay: the event was ignored: {answer['reason']}"
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "ten"])
+def test_events_refuses_a_limit_that_is_not_1_or_more(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["events", "--limit", limit])
+
+    assert refused.value.code == 2
+    assert "argument --limit:" in capsys.readouterr().err
+
+
+def test_replaying_an_event_whose_deliveries_are_all_pending_says_why(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer, _ = asyncio.run(_post(webhook_body()))  # Prefect unreachable: queued
+    assert answer["status"] == "queued"
+    capsys.readouterr()
+
+    code = main(["replay", answer["event_id"]])
+    out = capsys.readouterr()
+    refused = asyncio.run(_replay_by_api(answer["event_id"]))
+
+    why = "nothing to replay: every delivery is still pending: each is retried by itself"
+    assert (code, out.out, out.err.strip()) == (1, "", why)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["message"] == why
+
+
+async def _replay_by_api(event_id: str) -> httpx.Response:
+    async with open_client(load_settings()) as client:
+        return await client.post(f"/events/{event_id}/replay", headers=auth(ADMIN_TOKEN))
+
+
+def test_attempts_are_counted_and_numbered_across_replays(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environment.setenv("BRIDGE_MAX_ATTEMPTS", "1")  # Prefect unreachable: dead at once
+    answer, _ = asyncio.run(_post(webhook_body()))
+    assert answer["status"] == "failed"
+    for _ in range(2):
+        assert main(["replay", answer["event_id"]]) == 0
+        asyncio.run(_settle())
+    capsys.readouterr()
+
+    assert main(["events", "--json"]) == 0
+    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["events"]) == 0
+    shown = capsys.readouterr().out
+    detail = asyncio.run(_event_by_api(answer["event_id"]))
+
+    [delivery] = listed["deliveries"]
+    assert (delivery["state"], delivery["attempts"]) == ("dead", 3)
+    assert "  dead  attempts 3  " in shown
+    [made] = detail["deliveries"]
+    assert made["attempts"] == 3
+    assert [a["number"] for a in made["attempts_made"]] == [1, 2, 3]
+
+
+async def _event_by_api(event_id: str) -> dict[str, Any]:
+    async with open_client(load_settings()) as client:
+        found = await client.get(f"/events/{event_id}", headers=auth(ADMIN_TOKEN))
+    detail: dict[str, Any] = found.json()
+    return detail
+
+
+async def _settle() -> None:
+    """Run the service until nothing is pending (what a running service does by itself)."""
+    async with open_bridge(load_settings()) as bridge:
+
+        async def settled() -> bool:
+            return not await bridge.history.list_events(state=EventState.PENDING, limit=1)
+
+        await eventually(settled, within=30, what="every delivery settled")

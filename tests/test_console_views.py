@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from app.console_views import CHART_HEIGHT, EventFilter, hourly_chart, iso, page_masker
+from app.console_views import CHART_HEIGHT, EventFilter, hourly_chart, iso
 from app.limits import RateLimiter
-from app.logs import MASK
+from app.logs import configured_secrets
+from app.masking import MASK, Masker
 from app.records import EventState
 from app.session import SessionSigner
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory
@@ -73,7 +74,7 @@ def test_the_filter_reads_a_form_and_names_what_it_cannot() -> None:
 
 
 def test_text_shown_has_every_configured_secret_masked(make_settings: SettingsFactory) -> None:
-    masked = page_masker(make_settings(admin_token=ADMIN_TOKEN), [])
+    masked = Masker(configured_secrets(make_settings(admin_token=ADMIN_TOKEN))).mask
 
     shown = masked(f'echoed: Bearer {TOKEN} and "{ADMIN_TOKEN}"')
 

@@ -108,7 +108,8 @@ async def test_a_deployment_request_is_forwarded_to_an_allowed_deployment(
     assert response.status_code == 201, response.text
     assert response.json()["deployment_id"] == deployment_id
     [run] = prefect.flow_runs(flow_id)
-    assert run["idempotency_key"] == key
+    # Prefect deduplicates per flow: the key names the deployment too.
+    assert run["idempotency_key"] == f"deployment/{deployment_id}/{key}"
 
 
 @pytest.mark.parametrize(
@@ -318,6 +319,64 @@ async def test_a_webhook_and_a_drop_in_call_with_one_execution_id_are_two_events
     assert [r["idempotency_key"] for r in prefect.flow_runs(second_flow)] == [key]
 
 
+@pytest.mark.parametrize("first", ["webhook", "drop-in"])
+async def test_an_execution_id_shaped_like_a_drop_in_key_never_meets_one(
+    second_flow_allowed: tuple[Settings, str], prefect: PrefectServer, flow_id: str, first: str
+) -> None:
+    """An Erathos execution id may hold ``:``: ``flow:<id>:<key>`` was also how a drop-in
+    call was stored. Whichever comes first, each is its own event and its own run."""
+    settings, second_flow = second_flow_allowed
+    key = uuid.uuid4().hex
+    sent = webhook_body(execution_id=f"flow:{second_flow}:{key}")
+    call = {"idempotency_key": key, "flow_id": second_flow}
+
+    async with open_client(settings) as client:
+        if first == "webhook":
+            webhook = await client.post("/webhooks/erathos", json=sent, headers=auth())
+            dropped_in = await client.post("/api/flow_runs/", json=call, headers=auth())
+        else:
+            dropped_in = await client.post("/api/flow_runs/", json=call, headers=auth())
+            webhook = await client.post("/webhooks/erathos", json=sent, headers=auth())
+
+    assert (webhook.status_code, webhook.json()["duplicate"]) == (202, False)
+    assert dropped_in.status_code == 201, dropped_in.text
+    assert dropped_in.json()["flow_id"] == second_flow
+    [run] = prefect.flow_runs(flow_id)
+    assert run["idempotency_key"] == sent["execution_id"]
+    assert [r["id"] for r in prefect.flow_runs(second_flow)] == [dropped_in.json()["id"]]
+
+
+async def test_another_deployment_of_the_flow_is_another_run_whatever_the_key(
+    make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
+) -> None:
+    """Prefect deduplicates per flow: a key used by a bare run of the flow, or by another
+    of its deployments, would be answered with that run."""
+    prod = prefect.create_deployment(flow_id, "prod")
+    staging = prefect.create_deployment(flow_id, "staging")
+    key = str(uuid.uuid4())
+    bare = prefect.request("POST", "flow_runs/", {"flow_id": flow_id, "idempotency_key": key})
+    settings = make_settings(
+        prefect_api_url=prefect.api_url, dropin=True, dropin_allow=f"{prod},{staging}"
+    )
+
+    async with open_client(settings) as client:
+        answers = [
+            await client.post(
+                f"/api/deployments/{deployment}/create_flow_run",
+                json={"idempotency_key": key},
+                headers=auth(),
+            )
+            for deployment in (prod, staging, prod)
+        ]
+
+    assert [a.status_code for a in answers] == [201, 201, 200]
+    assert [a.json()["deployment_id"] for a in answers] == [prod, staging, prod]
+    assert answers[2].json()["id"] == answers[0].json()["id"]
+    runs = {r["id"]: r["deployment_id"] for r in prefect.flow_runs(flow_id)}
+    assert runs.pop(bare["id"]) is None
+    assert sorted(runs.values()) == sorted([prod, staging])
+
+
 async def test_a_replay_with_a_new_run_sends_the_new_key(
     make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
 ) -> None:
@@ -416,7 +475,11 @@ async def test_events_stored_by_version_1_keep_working_after_the_upgrade(
     assert len(prefect.flow_runs(second_flow)) == 1
     keys = sorted(event.execution_id for event, _ in await stored_events(settings))
     assert keys == sorted(
-        [f"flow:{flow_id}:{key}", f"flow:{second_flow}:{key}", erathos["execution_id"]]
+        [
+            f"drop-in/flow/{flow_id}/{key}",
+            f"drop-in/flow/{second_flow}/{key}",
+            erathos["execution_id"],
+        ]
     )
 
 

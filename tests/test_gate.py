@@ -363,6 +363,17 @@ def test_retry_after_opens_the_gate_until_then_and_it_half_opens_by_itself(
     assert gate.circuit is Circuit.HALF_OPEN
 
 
+def test_a_retry_after_longer_than_the_retry_cap_opens_the_gate_for_the_cap_only(
+    clock: ManualClock,
+) -> None:
+    gate = ConnectionGate(max_concurrency=MAX_CONCURRENCY, retry_cap=60.0)
+    gate.observe(slow_down(86400.0))
+    assert (gate.admits, gate.circuit) == (False, Circuit.OPEN)
+
+    clock.advance(60.0)
+    assert (gate.admits, gate.circuit) == (True, Circuit.HALF_OPEN)
+
+
 async def test_a_half_open_gate_admits_one_trial_and_its_success_closes_it(
     gate: ConnectionGate, clock: ManualClock
 ) -> None:

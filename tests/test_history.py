@@ -288,7 +288,7 @@ async def test_a_replayed_delivery_is_pending_and_due_now_with_a_fresh_budget(
 
     assert replayed == await delivery(history, original.id)
     assert replayed.state is DeliveryState.PENDING
-    assert replayed.attempts == 0
+    assert (replayed.attempts, replayed.budget_used) == (1, 0)  # counted, not spent
     assert replayed.window_started_at == clock()
     assert replayed.next_attempt_at == clock()
     assert (replayed.lease_owner, replayed.lease_expires_at, replayed.finished_at) == (
@@ -306,6 +306,41 @@ async def test_a_replayed_delivery_is_pending_and_due_now_with_a_fresh_budget(
         assert (replayed.flow_run_id, replayed.flow_run_url) == ("run-1", "http://x")
     [claim] = await store.claim_due("loop", CONNECTION, 10, LONG)
     assert claim.delivery.id == original.id
+
+
+async def test_attempts_across_replays_are_counted_and_numbered_in_the_order_made(
+    store: Store, history: History, clock: ManualClock
+) -> None:
+    [original] = (await finished(store, DeliveryState.DEAD)).deliveries
+
+    for _ in range(2):
+        clock.advance(1)
+        await history.replay(original.id)
+        [claim] = await store.claim_due("loop", CONNECTION, 10, LONG)
+        assert claim.delivery.budget_used == 1  # a fresh budget after each replay
+        assert await complete(store, claim.delivery, "loop", ending(DeliveryState.DEAD, clock()))
+
+    found = await delivery(history, original.id)
+    assert (found.attempts, found.budget_used) == (3, 1)
+    assert [a.number for a in await history.attempts_of([original.id])] == [1, 2, 3]
+    [(_, listed)] = await history.list_events()
+    assert listed[0].attempts == 3
+
+
+async def test_deliveries_are_listed_in_the_order_routing_made_them_everywhere(
+    store: Store, history: History
+) -> None:
+    recorded = await record(store, routes=("zeta", "alpha", "prefect-event"))
+    again = await record(store, recorded.event.execution_id, routes=())
+
+    routed = ["zeta", "alpha", "prefect-event"]
+    assert [d.route for d in recorded.deliveries] == routed  # the first answer's
+    assert [d.route for d in again.deliveries] == routed  # a duplicate's
+    found = await history.get_event(recorded.event.id)
+    assert found is not None
+    assert [d.route for d in found[1]] == routed
+    [(_, listed)] = await history.list_events()
+    assert [d.route for d in listed] == routed
 
 
 async def test_replaying_with_a_new_run_twice_derives_from_the_original_key(

@@ -69,7 +69,7 @@ async def test_the_printed_curl_ends_in_a_completed_run_of_the_example_flow(
         "rows": 1520,  # an integer, as the flow's parameter is typed
         "status": "FINISHED",
         "finished_at_date": body["finished_at_date"],
-        "finished_at_time": body["finished_at_time"],
+        "finished_at_time": f"{body['finished_at_time']}:00",  # ISO 8601, as in the event
     }
 
 

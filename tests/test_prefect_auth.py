@@ -11,7 +11,15 @@ from pydantic import SecretStr
 from app import __version__
 from app.prefect import PrefectConnection, PrefectRequest
 from app.settings import PREFECT_API_VERSION
-from tests.conftest import ACCOUNT, AUTH_STRING, WORKSPACE, SettingsFactory, auth, open_client
+from tests.conftest import (
+    ACCOUNT,
+    ADMIN_TOKEN,
+    AUTH_STRING,
+    WORKSPACE,
+    SettingsFactory,
+    auth,
+    open_client,
+)
 from tests.erathos import webhook_body
 from tests.stub import mock_connection, recording
 from tools.localprefect import PrefectServer
@@ -26,11 +34,12 @@ async def test_right_basic_credentials_on_a_cloud_shaped_url_create_the_run(
         prefect_api_url=guarded_prefect.api_url,
         prefect_flow_id=flow_id,
         prefect_api_auth_string=AUTH_STRING,
+        admin_token=ADMIN_TOKEN,
     )
     sent = webhook_body()
     async with open_client(settings) as client:
         answer = (await client.post("/webhooks/erathos", json=sent, headers=auth())).json()
-        ready = (await client.get("/readyz")).json()
+        ready = (await client.get("/readyz", headers=auth(ADMIN_TOKEN))).json()
 
     assert answer["status"] == "delivered"
     [run] = guarded_prefect.flow_runs(flow_id)
@@ -47,12 +56,13 @@ async def test_wrong_basic_credentials_are_a_clear_permanent_error(
         prefect_api_url=guarded_prefect.api_url,
         prefect_flow_id=flow_id,
         prefect_api_auth_string="admin:wrong-password-here",
+        admin_token=ADMIN_TOKEN,
     )
     async with open_client(settings) as client:
         answer = (
             await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
         ).json()
-        ready = (await client.get("/readyz")).json()
+        ready = (await client.get("/readyz", headers=auth(ADMIN_TOKEN))).json()
 
     [delivery] = answer["deliveries"]
     assert delivery["state"] == "dead"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import SettingsFactory, auth, open_client
+from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.stub import REFUSED_URL, Blackhole
 from tests.waiting import eventually
@@ -41,11 +41,13 @@ async def logged(logs: list[MutableMapping[str, Any]], message: str) -> MutableM
 async def test_an_unreachable_prefect_is_a_warning_and_events_are_still_queued(
     make_settings: SettingsFactory,
 ) -> None:
-    settings = make_settings(prefect_api_url=REFUSED_URL, sync_wait="200ms")
+    settings = make_settings(
+        prefect_api_url=REFUSED_URL, sync_wait="200ms", admin_token=ADMIN_TOKEN
+    )
     with capture_logs() as logs:
         async with open_client(settings) as client:
             warning = await logged(logs, "prefect unreachable: events are accepted and queued")
-            ready = await client.get("/readyz")
+            ready = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
             answer = await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
 
     assert warning["log_level"] == "warning"
@@ -73,11 +75,12 @@ async def test_refused_credentials_are_a_warning_and_show_in_readiness(
         prefect_api_url=guarded_prefect.api_url,
         prefect_flow_id=flow_id,
         prefect_api_auth_string="admin:wrong-password-here",
+        admin_token=ADMIN_TOKEN,
     )
     with capture_logs() as logs:
         async with open_client(settings) as client:
             warning = await logged(logs, "prefect refuses the credentials: deliveries will fail")
-            ready = (await client.get("/readyz")).json()
+            ready = (await client.get("/readyz", headers=auth(ADMIN_TOKEN))).json()
 
     assert (warning["connection"], warning["api_url"], warning["routes"]) == (
         "default",
@@ -95,11 +98,13 @@ async def test_an_unknown_flow_id_is_a_warning_naming_the_route_and_the_flow(
     make_settings: SettingsFactory, prefect: PrefectServer
 ) -> None:
     unknown = str(uuid.uuid4())
-    settings = make_settings(prefect_api_url=prefect.api_url, prefect_flow_id=unknown)
+    settings = make_settings(
+        prefect_api_url=prefect.api_url, prefect_flow_id=unknown, admin_token=ADMIN_TOKEN
+    )
     with capture_logs() as logs:
         async with open_client(settings) as client:
             warning = await logged(logs, "prefect target unknown: deliveries will fail")
-            ready = (await client.get("/readyz")).json()
+            ready = (await client.get("/readyz", headers=auth(ADMIN_TOKEN))).json()
 
     assert warning["log_level"] == "warning"
     assert (warning["connection"], warning["api_url"]) == ("default", prefect.api_url)
@@ -137,16 +142,25 @@ async def test_an_unknown_deployment_of_a_route_is_a_warning_naming_its_connecti
 async def test_readiness_shows_each_targets_id_or_that_a_named_flow_is_not_created_yet(
     make_settings: SettingsFactory, prefect: PrefectServer, flow_id: str
 ) -> None:
-    by_id = make_settings(prefect_api_url=prefect.api_url, prefect_flow_id=flow_id)
+    by_id = make_settings(
+        prefect_api_url=prefect.api_url, prefect_flow_id=flow_id, admin_token=ADMIN_TOKEN
+    )
     name = f"dbt-{uuid.uuid4().hex[:10]}"
     by_name = make_settings(
-        prefect_api_url=prefect.api_url, prefect_flow_id=None, prefect_flow_name=name
+        prefect_api_url=prefect.api_url,
+        prefect_flow_id=None,
+        prefect_flow_name=name,
+        admin_token=ADMIN_TOKEN,
     )
 
     async with open_client(by_id) as client:
-        [found] = (await client.get("/readyz")).json()["prefect"][0]["targets"]
+        [found] = (await client.get("/readyz", headers=auth(ADMIN_TOKEN))).json()["prefect"][0][
+            "targets"
+        ]
     async with open_client(by_name) as client:
-        [missing] = (await client.get("/readyz")).json()["prefect"][0]["targets"]
+        [missing] = (await client.get("/readyz", headers=auth(ADMIN_TOKEN))).json()["prefect"][0][
+            "targets"
+        ]
 
     assert (found["state"], found["id"], found["target"]) == ("found", flow_id, f"flow {flow_id}")
     assert (missing["state"], missing["id"], missing["target"]) == (
@@ -165,15 +179,16 @@ async def test_a_prefect_that_never_answers_delays_neither_start_up_nor_events(
         prefect_timeout="30s",
         sync_wait="200ms",
         shutdown_grace="1s",  # the delivery, stuck too, is given back at the end
+        admin_token=ADMIN_TOKEN,
     )
     started = time.monotonic()
     async with open_client(settings) as client:
         await eventually(lambda: blackhole.accepted >= 1, within=5, what="Prefect is probed")
         answer = await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
-        ready = await client.get("/readyz")
+        ready = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
         took = time.monotonic() - started
         asked_again = time.monotonic()
-        again = await client.get("/readyz")
+        again = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
         took_again = time.monotonic() - asked_again
 
     assert took < 10  # the probe may take 30 s; start-up, the event and readiness do not

@@ -21,12 +21,12 @@ from app.gate import FAILURES_TO_OPEN, PROBE_FIRST, Circuit, ConnectionGate
 from app.history import History
 from app.ingest import new_event
 from app.prefect import AttemptResult, Outcome, PrefectConnection
-from app.records import DeliveryState
+from app.records import DeliveryState, NewDelivery, NewEvent
 from app.service import open_bridge
 from app.settings import PREFECT_API_VERSION
 from tests.conftest import SettingsFactory
 from tests.erathos import webhook_body
-from tests.stub import Blackhole, mock_connection
+from tests.stub import REFUSED_URL, Blackhole, mock_connection
 from tests.waiting import eventually
 from tools.localprefect import PrefectServer
 
@@ -142,3 +142,29 @@ async def test_a_probe_answered_after_a_delivery_closed_the_circuit_changes_noth
         await probe
 
     assert gate.circuit is Circuit.CLOSED
+
+
+async def test_a_request_never_sent_is_not_taken_for_prefects_answer(
+    make_settings: SettingsFactory,
+) -> None:
+    """A delivery whose stored event no longer renders (an older release's, say) is a
+    dead letter, but nothing was sent: a half-open circuit waits for a real answer, and
+    no request to Prefect is counted."""
+    async with open_bridge(make_settings(prefect_api_url=REFUSED_URL), dispatch=False) as bridge:
+        gate = bridge.dispatcher.gates["default"]
+        open_circuit(gate)
+        gate.circuit = Circuit.HALF_OPEN  # as a probe that got an answer leaves it
+        unrenderable = {"execution_id": "exec-1", "rows": "many"}
+        new = NewEvent("exec-1", unrenderable, [NewDelivery("default", "default", "exec-1")])
+        [turn] = await bridge.dispatcher.deliver_new(await bridge.dispatcher.record(new), 5.0)
+        metrics = bridge.metrics.exposition().decode()
+
+    assert turn.delivery.state is DeliveryState.DEAD
+    assert (turn.delivery.last_error or "").startswith("the stored event cannot be rendered")
+    assert (gate.circuit, gate.recovered) == (Circuit.HALF_OPEN, False)
+    sent = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("erathos_bridge_prefect_request_duration_seconds_count")
+    ]
+    assert all(line.endswith(" 0.0") for line in sent), sent

@@ -1,51 +1,84 @@
 """Prefect credentials never leave in any form, even when the upstream (Prefect, or a proxy
-or WAF before it) echoes the request's headers back: not in readiness, the webhook's or
-a drop-in call's answer, the admin API's attempts, the logs, nor ``check``'s output."""
+or WAF before it) echoes the request's headers back, decoded and encoded again: not in
+readiness, the webhook's or a drop-in call's answer, the admin API's attempts, the
+console's pages, the logs, nor ``check``'s output; not even cut short."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
+import structlog
 
 from app.cli import main
-from app.logs import configure_logging
+from app.logs import configure_logging, configured_secrets
+from app.masking import Masker
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
+from tests.test_console import sign_in
 
 pytestmark = pytest.mark.anyio
 
-API_KEY = "pnu_" + uuid.uuid4().hex
-AUTH_STRING = "admin:pw-" + uuid.uuid4().hex
+# Characters that each encoding writes its own way: URL-reserved ones in the key, and in
+# the password a quote, a backslash and a non-ASCII letter (JSON escapes all three).
+API_KEY = "pnu_" + uuid.uuid4().hex + "/+&="
+USER = "admin-user"
+PASSWORD = "pw-" + uuid.uuid4().hex + '"\\\u00fc'
+AUTH_STRING = f"{USER}:{PASSWORD}"
 CREDENTIALS = {
     "an api key": {"prefect_api_key": API_KEY},
     "an auth string": {"prefect_api_auth_string": AUTH_STRING},
 }
-# Every form a credential takes on the wire or in a header.
-FORMS = [
-    API_KEY,
-    AUTH_STRING,
-    AUTH_STRING.partition(":")[2],
-    base64.b64encode(AUTH_STRING.encode()).decode(),
-]
+# Where the echo puts the credentials in Prefect's "detail": across character 500, where
+# the service cuts an error message short.
+CUT_AT = 470
+
+
+def encodings(text: str) -> list[str]:
+    """``text`` raw, URL-encoded (both ways), in base64, and that base64 URL-encoded."""
+    encoded = base64.b64encode(text.encode()).decode()
+    return [text, quote(text, safe=""), quote_plus(text), encoded, quote(encoded, safe="")]
+
+
+def forms() -> list[str]:
+    """Every form of every part of both credentials: each encoding, and each of those
+    JSON-escaped (as JSON text keeps it, and as a log line, not ASCII-only, does)."""
+    found = []
+    for part in (API_KEY, AUTH_STRING, USER, PASSWORD):
+        for text in encodings(part):
+            found += [text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]]
+    # What a secret cut at character 500 would leave: the start of the password or key.
+    return [*dict.fromkeys(found), PASSWORD[:12], API_KEY[:16]]
+
+
+FORMS = forms()
 
 
 class _Echo(BaseHTTPRequestHandler):
-    """Answers every request 400, its body the request's headers (as a misconfigured
-    proxy or a WAF does)."""
+    """Answers every request 400, its body the request's credentials, decoded and encoded
+    again every way (as a misconfigured proxy or a WAF may), and once more in the middle
+    of Prefect's ``detail``."""
 
     protocol_version = "HTTP/1.1"
 
     def _echo(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        headers = dict(self.headers.items())
-        body = json.dumps({"detail": f"bad request, you sent {headers}"}).encode()
+        header = self.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        sent = base64.b64decode(value).decode() if scheme == "Basic" else value
+        user, _, password = sent.rpartition(":") if scheme == "Basic" else ("", "", "")
+        echoed = [header, *encodings(sent)]
+        echoed += [form for part in (user, password) if part for form in encodings(part)]
+        detail = "bad request: " + "." * (CUT_AT - 13) + f"{sent} was sent"
+        body = json.dumps({"echo": echoed, "detail": detail}).encode()
         self.send_response(400)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -90,7 +123,8 @@ async def test_credentials_echoed_by_the_upstream_are_masked_everywhere_they_sho
     shown: list[str] = []
 
     async with open_client(settings) as client:
-        ready = await client.get("/readyz")
+        brief = await client.get("/readyz")
+        ready = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
         webhook = await client.post("/webhooks/erathos", json=webhook_body(), headers=auth())
         dropped_in = await client.post(
             "/api/flow_runs/", json={"idempotency_key": "k-1", "flow_id": flow_id}, headers=auth()
@@ -99,11 +133,15 @@ async def test_credentials_echoed_by_the_upstream_are_masked_everywhere_they_sho
         for event in events:
             detail = await client.get(f"/events/{event['id']}", headers=auth(ADMIN_TOKEN))
             shown.append(detail.text)
-    shown += [ready.text, webhook.text, dropped_in.text]
+        await sign_in(client)
+        for page in ["/ui/", "/ui/dead", *(f"/ui/events/{event['id']}" for event in events)]:
+            shown.append((await client.get(page)).text)
+    shown += [brief.text, ready.text, webhook.text, dropped_in.text, json.dumps(events)]
 
     # The upstream did echo the credentials, and they arrive masked.
-    assert "'Authorization': '" in ready.json()["prefect"][0]["detail"]
-    assert "********" in ready.json()["prefect"][0]["detail"]
+    assert brief.json() == {"ready": True, "reason": "prefect_not_usable"}
+    # Masked, then cut short: the mask stands where the secret began, before character 500.
+    assert "******** was sent" in ready.json()["prefect"][0]["detail"]
     assert dropped_in.status_code == 400  # Prefect's own answer, passed on
     assert "********" in dropped_in.text
     [attempt] = [
@@ -119,7 +157,65 @@ async def test_credentials_echoed_by_the_upstream_are_masked_everywhere_they_sho
     shown += [logs.out, logs.err]
     for text in shown:
         for form in FORMS:
-            assert form not in text
+            assert form not in text, form
+
+
+def test_every_encoding_of_every_part_of_a_secret_is_masked() -> None:
+    masker = Masker([AUTH_STRING, API_KEY])
+
+    for form in FORMS[:-2]:
+        masked = masker.mask(f"before {form} after")
+        assert masked == "before ******** after", form
+    # Masked before it is cut: what is left of a secret is never its start.
+    assert masker.cut("x" * 10 + AUTH_STRING, 20) == "x" * 10 + "********"
+
+
+def test_a_log_line_never_shows_a_password_with_quotes_backslashes_and_accents(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(prefect_api_auth_string=AUTH_STRING)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("json", "INFO", configured_secrets(settings))
+        structlog.stdlib.get_logger("test").warning("careless", password=PASSWORD)
+        logging.getLogger("uvicorn.error").error("careless too: %s", AUTH_STRING)
+        text = capsys.readouterr().err
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [line.get("password") for line in lines] == ["********", None]
+    assert lines[1]["msg"] == "careless too: ********"
+    assert not [form for form in FORMS if form in text]
+
+
+async def test_readiness_tells_anyone_only_ready_and_a_reason_the_details_need_a_token(
+    make_settings: SettingsFactory, echo: str
+) -> None:
+    metrics_token = "test-metrics-token-0123456789"
+    settings = make_settings(
+        prefect_api_url=echo, admin_token=ADMIN_TOKEN, metrics_token=metrics_token
+    )
+    async with open_client(settings) as client:
+        anyone = await client.get("/readyz")
+        metrics = await client.get("/readyz", headers=auth(metrics_token))
+        admin = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
+        wrong = await client.get("/readyz", headers=auth("x" * 30))
+
+    assert (anyone.status_code, anyone.json()) == (
+        200,
+        {"ready": True, "reason": "prefect_not_usable"},
+    )
+    for answer in (metrics, admin):
+        assert answer.status_code == 200
+        assert answer.json()["reason"] == "prefect_not_usable"
+        [prefect] = answer.json()["prefect"]
+        assert (prefect["connection"], prefect["api_url"]) == ("default", echo)
+        assert prefect["targets"][0]["route"] == "default"
+    assert wrong.status_code == 401
 
 
 @pytest.mark.parametrize("credentials", list(CREDENTIALS), ids=list(CREDENTIALS))

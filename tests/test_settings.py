@@ -595,6 +595,46 @@ def test_durations_are_read_from_the_environment(
     assert getattr(load_settings(), attribute) == timedelta(minutes=15)
 
 
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "BRIDGE_POLL_INTERVAL",
+        "BRIDGE_PREFECT_TIMEOUT",
+        "BRIDGE_BODY_TIMEOUT",
+        "BRIDGE_RETRY_BASE",
+        "BRIDGE_RETRY_CAP",
+        "BRIDGE_MAX_AGE",
+        "BRIDGE_LEASE",
+        "BRIDGE_RETENTION",
+        "BRIDGE_DB_LOCK_TIMEOUT",
+        "BRIDGE_DB_POOL_TIMEOUT",
+        "BRIDGE_HEADER_TIMEOUT",
+        "BRIDGE_KEEPALIVE_TIMEOUT",
+        "BRIDGE_CONSOLE_SESSION",
+    ],
+)
+@pytest.mark.parametrize("zero", ["0", "0s", "0ms"])
+def test_a_duration_where_0_means_nothing_is_refused_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, zero: str
+) -> None:
+    message = configuration_error(monkeypatch, **{variable: zero})
+
+    assert f"{variable}: must be longer than 0 s" in message
+
+
+def test_waiting_for_prefect_and_the_grace_to_stop_may_be_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, BRIDGE_SYNC_WAIT="0", BRIDGE_SHUTDOWN_GRACE="0s")
+
+    settings = load_settings()
+
+    assert (settings.sync_wait, settings.shutdown_grace) == (timedelta(0), timedelta(0))
+    assert "BRIDGE_SYNC_WAIT: must not be negative" in configuration_error(
+        monkeypatch, BRIDGE_SYNC_WAIT="-PT1S"
+    )
+
+
 def test_lease_and_timeout_are_durations_too(monkeypatch: pytest.MonkeyPatch) -> None:
     set_env(monkeypatch, BRIDGE_PREFECT_TIMEOUT="500ms", BRIDGE_LEASE="2m")
 

@@ -23,9 +23,12 @@ from app.records import (
     DeliveryState,
     DeliveryStillPending,
     DeliveryUpdate,
+    NewDelivery,
+    NewEvent,
     Recorded,
     StoreUnavailable,
 )
+from app.routes import DROP_IN_ROUTE
 from app.schema import SCHEMA_VERSION, deliveries, events, meta
 from app.settings import Durability
 from app.store import Store
@@ -557,6 +560,60 @@ async def test_a_database_from_a_newer_release_refuses_to_open(
     message = str(refused.value)
     assert f"schema version {newer}" in message
     assert f"({SCHEMA_VERSION})" in message
+
+
+async def test_a_version_2_database_is_upgraded_in_place(
+    database_url: str, clock: ManualClock
+) -> None:
+    """Version 2 reset a delivery's attempts on a replay (they were numbered from 1 again),
+    listed deliveries by route name, and keyed a drop-in call ``flow:<id>:<key>``, which
+    an Erathos execution id may also be."""
+    flow_id, key = str(uuid.uuid4()), uuid.uuid4().hex
+    store = await Store.open(database_url, clock=clock)
+    try:
+        [replayed] = (await finished(store, DeliveryState.DEAD)).deliveries
+        for _ in range(2):  # as version 2 replayed: attempts back to 0, so each one is 1
+            await set_columns(store.database, deliveries, replayed.id, attempts=0, state="pending")
+            [claim] = await store.claim_due("w", CONNECTION, 10, LONG)
+            assert await complete(store, claim.delivery, "w", ending(DeliveryState.DEAD, clock()))
+        dropped_in = await store.record_event(
+            NewEvent(
+                execution_id=f"flow:{flow_id}:{key}",
+                payload={DROP_IN_ROUTE: {"path": "flow_runs/", "body": {"flow_id": flow_id}}},
+                deliveries=[NewDelivery(DROP_IN_ROUTE, CONNECTION, key)],
+            )
+        )
+        shaped_alike = await record(store, f"flow:{flow_id}:{uuid.uuid4().hex}")
+        routed = await record(store, routes=("zeta", "prefect-event", "alpha"))
+
+        def as_version_2(conn: Connection) -> None:
+            for column in ("ordinal", "attempts_before_replay"):
+                conn.execute(text(f"ALTER TABLE deliveries DROP COLUMN {column}"))
+            conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="2"))
+
+        await store.run(as_version_2)
+    finally:
+        await store.close()
+
+    upgraded = await Store.open(database_url, clock=clock)
+    try:
+        history = History(upgraded.database, clock)
+        found = await history.get_event(dropped_in.event.id)
+        alike = await history.get_event(shaped_alike.event.id)
+        listed = await history.get_event(routed.event.id)
+        again = await delivery(history, replayed.id)
+        numbers = [a.number for a in await history.attempts_of([replayed.id])]
+    finally:
+        await upgraded.close()
+
+    assert found is not None
+    assert alike is not None
+    assert listed is not None
+    assert found[0].execution_id == f"drop-in/flow/{flow_id}/{key}"
+    assert alike[0].execution_id == shaped_alike.event.execution_id  # an Erathos event's
+    assert [d.route for d in listed[1]] == ["alpha", "zeta", "prefect-event"]
+    assert numbers == [1, 2, 3]
+    assert (again.attempts, again.budget_used) == (3, 1)
 
 
 def test_a_database_url_is_shown_without_its_password() -> None:

@@ -24,12 +24,12 @@ async def test_a_store_that_cannot_commit_answers_503_and_acknowledges_nothing(
         locker.execute("BEGIN EXCLUSIVE")
         try:
             refused = await client.post("/webhooks/erathos", json=body, headers=auth())
-            not_ready = await client.get("/readyz")
+            not_ready = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
         finally:
             locker.execute("ROLLBACK")
             locker.close()
         accepted = await client.post("/webhooks/erathos", json=body, headers=auth())
-        ready = await client.get("/readyz")
+        ready = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
         stored = await client.get("/events", headers=auth(ADMIN_TOKEN))
 
     assert refused.status_code == 503
@@ -45,8 +45,10 @@ async def test_a_store_that_cannot_commit_answers_503_and_acknowledges_nothing(
 async def test_readiness_reports_prefect_down_but_stays_ready(
     make_settings: SettingsFactory,
 ) -> None:
-    async with open_client(make_settings(prefect_api_url="http://127.0.0.1:9/api")) as client:
-        response = await client.get("/readyz")
+    async with open_client(
+        make_settings(prefect_api_url="http://127.0.0.1:9/api", admin_token=ADMIN_TOKEN)
+    ) as client:
+        response = await client.get("/readyz", headers=auth(ADMIN_TOKEN))
 
     assert response.status_code == 200
     [prefect] = response.json()["prefect"]

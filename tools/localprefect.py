@@ -92,6 +92,8 @@ class PrefectServer:
     # Where the server keeps its data (PREFECT_API_DATABASE_CONNECTION_URL, e.g.
     # postgresql+asyncpg://postgres@127.0.0.1:5432/prefect); None: SQLite in ``home``.
     database_url: str | None = None
+    # More of Prefect's own settings (PREFECT_SERVER_SERVICES_..._BATCH_SIZE, say).
+    settings: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -110,6 +112,7 @@ class PrefectServer:
         ui: bool = False,
         services: bool = False,
         database_url: str | None = None,
+        settings: dict[str, str] | None = None,
         wait: float = 60.0,
     ) -> PrefectServer:
         server = cls(
@@ -119,6 +122,7 @@ class PrefectServer:
             ui=ui,
             services=services,
             database_url=database_url,
+            settings=dict(settings or {}),
         )
         if home is not None:
             server.home = home
@@ -144,6 +148,7 @@ class PrefectServer:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        env |= self.settings
         self.log_path = self.home / "server.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -177,6 +182,12 @@ class PrefectServer:
                 pass
             time.sleep(0.2)
         raise PrefectError(f"the Prefect server did not become healthy in {timeout:.0f} s")
+
+    def kill(self) -> None:
+        """``kill -9``: what it holds in memory and has not written is lost."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
