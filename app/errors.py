@@ -15,7 +15,7 @@
     └── TargetUnverifiable    503   a drop-in call's deployment cannot be checked now
 
 Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}``. The
-store's :class:`app.records.StoreUnavailable` is answered as a 503; anything else
+store's :class:`StoreUnavailable` is answered as a 503; anything else
 unexpected as a 500, logged once with its traceback (by :class:`app.logs.RequestContext`).
 """
 
@@ -31,10 +31,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.records import StoreUnavailable
-
-log = structlog.get_logger("erathos_prefect_bridge.api")
+log = structlog.get_logger("erathos_prefect_bridge.errors")
 M = TypeVar("M", bound=BaseModel)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot read or commit right now (locked, read-only, disk full, gone,
+    restarting): the caller answers 503 or tries again later."""
 
 
 class FieldError(BaseModel):

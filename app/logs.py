@@ -23,9 +23,6 @@ from collections.abc import Iterable
 from typing import TextIO, cast
 
 import structlog
-from pydantic import SecretStr
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -33,8 +30,6 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from app.errors import internal_error
 from app.ids import new_id
 from app.masking import Masker
-from app.routes_file import ConnectionSpec
-from app.settings import StoreSettings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Probes and scrapes arrive every few seconds: logged at DEBUG unless they fail.
@@ -44,29 +39,7 @@ LEADING_KEYS = ("ts", "level", "logger", "msg", "request_id")
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
-log = structlog.get_logger("erathos_prefect_bridge.http")
-
-
-def configured_secrets(
-    settings: StoreSettings, connections: Iterable[ConnectionSpec] = ()
-) -> set[str]:
-    """Every secret value the service holds: tokens, Prefect credentials and the database
-    password (a :class:`app.masking.Masker` masks each in every form it travels in)."""
-    found: list[SecretStr] = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        values = value if isinstance(value, list) else [value]
-        found += [v for v in values if isinstance(v, SecretStr)]
-    for spec in connections:
-        found += [s for s in (spec.api_key, spec.auth_string) if s is not None]
-    secrets = {secret.get_secret_value() for secret in found}
-    try:
-        password = make_url(settings.database_url).password
-    except ArgumentError:
-        password = None
-    if password:
-        secrets.add(str(password))
-    return secrets
+log = structlog.get_logger("erathos_prefect_bridge.logs")
 
 
 def _record_extras(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -13,16 +13,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
-from app.admin import admin
+from app.config import Settings
 from app.console import console_app
-from app.dropin import dropin_router
 from app.errors import install_error_handlers
-from app.forwarded import ForwardedClient
-from app.health import health
+from app.intake import admin_router, dropin_router, health_router, webhook_router
 from app.logs import RequestContext
+from app.server.forwarded import ForwardedClient
 from app.service import Bridge, open_bridge
-from app.settings import Settings
-from app.webhook import webhooks
 
 # Swagger UI and ReDoc are served from the fastapi-offline package's files, never from a
 # CDN: the API docs work where the service has no internet (and load nothing from
@@ -56,14 +53,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContext)
     # Outermost: the request's client and scheme are settled before anything reads them.
     app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)
-    app.include_router(webhooks)
-    app.include_router(health)
+    app.include_router(webhook_router)
+    app.include_router(health_router)
     if settings.dropin:
         # Prefect-shaped endpoints (off by default) forward to the environment's connection.
         app.include_router(dropin_router(settings.dropin_allow_fields))
     if settings.admin_token is not None:
         # Without an admin token the admin endpoints and the console do not exist at all.
-        app.include_router(admin)
+        app.include_router(admin_router)
         app.mount("/ui", console_app(settings), name="console")
 
         @app.get("/ui", include_in_schema=False)

@@ -3,7 +3,7 @@ and what the process turned away or lost (connections, log lines).
 
 One :class:`Metrics` per running service, with its own ``CollectorRegistry`` (never the
 process-global one), fed by the webhook and the dispatcher and read by ``GET /metrics``;
-the process's own counts (app.refusals, app.logs) are read at each scrape. Every label
+the process's own counts (app.server.refusals, app.logs) are read at each scrape. Every label
 is bounded: reasons, status classes, outcomes and the configured connection names.
 Never an execution id, a table name or anything secret.
 """
@@ -11,18 +11,19 @@ Never an execution id, a table name or anything secret.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from app import __version__
-from app.gate import Circuit, ConnectionGate
-from app.history import History
+from app.delivery.client import AttemptResult, Outcome
+from app.delivery.gate import Circuit
+from app.delivery.status import EVENT, FLOW_RUN, ConnectionStatus
 from app.logs import lost_lines
-from app.prefect import AttemptResult, Outcome
-from app.refusals import refusals
+from app.server.refusals import refusals
+from app.storage.history import History
 
 PREFIX = "erathos_bridge"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -48,7 +49,6 @@ DEAD_REASONS = ("permanent", "exhausted")  # Prefect refused; the retry budget r
 FINAL_OUTCOMES = ("delivered", "dead")
 # The ``kind`` of a delivery: a flow run to create, or an Erathos event emitted as a
 # Prefect event (only on the connections that emit them).
-FLOW_RUN, EVENT = "flow_run", "event"
 
 QUEUE_CACHE_SECONDS = 5.0  # the pending-deliveries query runs at most this often
 PREFECT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -90,7 +90,7 @@ class ProcessLosses:
     """What the process turned away or lost, read from its own counts at each scrape:
     connections the HTTP server refused or closed at a limit, by reason, and log lines
     the log's sink refused. Counted where it happens, outside any request, for the
-    whole process (see app.refusals)."""
+    whole process (see app.server.refusals)."""
 
     def collect(self) -> Iterator[Metric]:
         refused = CounterMetricFamily(
@@ -256,13 +256,13 @@ class Metrics:
 
     # -- scrape -------------------------------------------------------------------------
 
-    async def refresh(self, history: History, gates: Mapping[str, ConnectionGate]) -> None:
+    async def refresh(self, history: History, connections: Iterable[ConnectionStatus]) -> None:
         """Bring the gauges up to date: the gates at every scrape, the queue (one indexed
         query) at most every QUEUE_CACHE_SECONDS."""
-        for name, gate in gates.items():
-            self.window.labels(name).set(gate.window)
-            self.in_flight.labels(name).set(gate.in_flight)
-            self._set_circuit(name, gate.circuit)
+        for status in connections:
+            self.window.labels(status.name).set(status.window)
+            self.in_flight.labels(status.name).set(status.in_flight)
+            self._set_circuit(status.name, status.circuit)
         now = time.monotonic()
         if self._queue_read_at is not None and now - self._queue_read_at < QUEUE_CACHE_SECONDS:
             return

@@ -8,28 +8,35 @@ through :data:`BridgeDep`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
-from app.database import Database
-from app.dispatcher import Dispatcher
-from app.gate import Circuit
-from app.history import History
-from app.limits import RateLimiter
-from app.logs import configured_secrets
+from app.config import PrefectSettings, Settings, StoreSettings
+from app.delivery.client import PrefectConnection
+from app.delivery.dispatcher import Dispatcher
+from app.delivery.gate import Circuit
+from app.delivery.probe import PrefectWatch
 from app.masking import Masker
 from app.metrics import Metrics
-from app.prefect import PrefectConnection
-from app.probe import PrefectWatch
-from app.routes import DEFAULT_CONNECTION, Router, default_router
-from app.routes_file import ConnectionSpec, Routing, default_connection_spec, load_routes_file
-from app.settings import PrefectSettings, Settings, StoreSettings
-from app.store import Store
-from app.templates import Lookup, template_lookup
+from app.routing.router import DEFAULT_CONNECTION, Router, default_router
+from app.routing.routes_file import (
+    ConnectionSpec,
+    Routing,
+    default_connection_spec,
+    load_routes_file,
+)
+from app.routing.templates import Lookup, template_lookup
+from app.server.limits import RateLimiter
+from app.storage.database import Database
+from app.storage.history import History
+from app.storage.store import Store
 
 
 @dataclass
@@ -41,8 +48,8 @@ class Bridge:
     connections: dict[str, PrefectConnection]
     lookup: Lookup
     dispatcher: Dispatcher
-    limiter: RateLimiter | None = None
-    metrics: Metrics = field(default_factory=Metrics)
+    limiter: RateLimiter | None
+    metrics: Metrics
     # What Prefect says of each connection and target (the start-up probe, /readyz).
     prefect: PrefectWatch = field(kw_only=True)
     # Every configured secret, masked in every form: what the admin API and the console
@@ -57,6 +64,28 @@ async def bridge_of(request: Request) -> Bridge:
 
 
 BridgeDep = Annotated[Bridge, Depends(bridge_of)]
+
+
+def configured_secrets(
+    settings: StoreSettings, connections: Iterable[ConnectionSpec] = ()
+) -> set[str]:
+    """Every secret value the service holds: tokens, Prefect credentials and the database
+    password (a :class:`app.masking.Masker` masks each in every form it travels in)."""
+    found: list[SecretStr] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        values = value if isinstance(value, list) else [value]
+        found += [v for v in values if isinstance(v, SecretStr)]
+    for spec in connections:
+        found += [s for s in (spec.api_key, spec.auth_string) if s is not None]
+    secrets = {secret.get_secret_value() for secret in found}
+    try:
+        password = make_url(settings.database_url).password
+    except ArgumentError:
+        password = None
+    if password:
+        secrets.add(str(password))
+    return secrets
 
 
 def configure(settings: Settings) -> tuple[Routing, Lookup]:
@@ -133,8 +162,7 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
             _, deliveries_grace = shutdown_budget(settings)
             stack.push_async_callback(dispatcher.stop, deliveries_grace)
             # A connection whose circuit has opened already is being probed by its gate.
-            gates = dispatcher.gates
-            watch.start(skip=lambda name: gates[name].circuit is not Circuit.CLOSED)
+            watch.start(skip=lambda name: dispatcher.status()[name].circuit is not Circuit.CLOSED)
         limiter = None
         if settings.rate_limit is not None:
             limiter = RateLimiter(settings.rate_limit, burst=max(1.0, 2 * settings.rate_limit))

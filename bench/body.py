@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from app.event import METADATA
+from app.routing.event import METADATA
 from tests.erathos import execution, render
 
 WEBHOOK_PATH = "/webhooks/erathos"

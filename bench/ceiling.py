@@ -1,6 +1,6 @@
 """The stack's ceiling: a bare FastAPI app that parses the same JSON body as the webhook
 and answers 202, run by uvicorn with the same settings as ``erathos-prefect-bridge serve``
-(``app.cli._serve``: one process, uvicorn's default loop and HTTP implementation of this
+(``app.cli.serve.serve``: one process, uvicorn's default loop and HTTP implementation of this
 virtual environment, no server header, uvicorn's proxy headers off, no logging configuration).
 
     python -m bench.ceiling --port 8099
@@ -16,8 +16,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.server import ConnectionLimits, limited_http_protocol
-from app.settings import Settings
+from app.config import Settings
+from app.server.connections import ConnectionLimits, limited_http_protocol
 
 app = FastAPI(title="bench-ceiling")
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # Keep in step with app.cli._serve: the same protocol and limits, at their defaults.
+    # Keep in step with app.cli.serve.serve: the same protocol and limits, at their defaults.
     defaults = Settings.model_fields
     uvicorn.run(
         app,
@@ -55,7 +55,7 @@ def main() -> None:
             )
         ),
         log_config=None,
-        proxy_headers=False,  # app.forwarded reads them, from trusted proxies only
+        proxy_headers=False,  # app.server.forwarded reads them, from trusted proxies only
         timeout_graceful_shutdown=10,
         server_header=False,
     )

@@ -211,7 +211,11 @@ class Harness:
             **settings,
         )
         proc = spawn(
-            "service", ["-m", "app.cli", "serve"], self.path(f"{tag}-service.log"), env, self.work
+            "service",
+            ["-m", "app.cli", "serve"],
+            self.path(f"{tag}-service.log"),
+            env,
+            self.work,
         )
         ready = wait_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
         return Service(proc, port, database_url, ready)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from app.settings import PREFECT_API_VERSION
+from app.config import PREFECT_API_VERSION
 from bench.body import WEBHOOK_PATH, execution_id
 from bench.client import Connection
 from bench.databases import create_database, database_url, drop_database
@@ -29,7 +29,7 @@ from tools.localprefect import PrefectServer, free_port
 API_VERSION_HEADER = {"x-prefect-api-version": PREFECT_API_VERSION}
 # Prefect's own rates: this many clients creating flow runs at once, each one after another.
 DIRECT_CLIENTS = (1, 2, 4, 8)
-# A 503 is retried after about a second, as the service retries one (app/delivery.py).
+# A 503 is retried after about a second, as the service retries one (app/delivery/turn.py).
 BUSY_RETRY_SECONDS = (0.8, 1.2)
 BACKLOG_CONCURRENCY = "8"  # 8: the load generator's connections filling the backlog
 # 9: the load is split over this many generators (16 connections each, wrk's 32 in all),
@@ -142,7 +142,7 @@ async def _interleaved_creates(
     direct = await Connection.open(prefect_port)
     via = await Connection.open(service_port)
     # The same create through httpx, the service's own client, as the service sends it
-    # (app.prefect): the part of the overhead that is the client's, not the service's.
+    # (app.delivery.client): the part of the overhead that is the client's, not the service's.
     client = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{prefect_port}/api/",
         headers=API_VERSION_HEADER,

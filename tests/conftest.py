@@ -21,12 +21,12 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.database import Database
-from app.history import History
+from app.config import Settings
 from app.main import create_app
-from app.records import DeliveryRecord, EventRecord
-from app.settings import Settings
-from app.store import Store
+from app.storage.database import Database
+from app.storage.history import History
+from app.storage.records import DeliveryRecord, EventRecord
+from app.storage.store import Store
 from tests.databases import (
     BACKENDS,
     SERVER_VARIABLE,

@@ -3,6 +3,7 @@ recorded, attempts completed and deliveries finished through the store, rows rea
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -10,9 +11,9 @@ from typing import Any
 
 from sqlalchemy import Table, func, select, update
 
-from app.database import Database
-from app.history import History
-from app.records import (
+from app.storage.database import Database
+from app.storage.history import History
+from app.storage.records import (
     AttemptRecord,
     DeliveryRecord,
     DeliveryState,
@@ -21,7 +22,7 @@ from app.records import (
     NewEvent,
     Recorded,
 )
-from app.store import Store
+from app.storage.store import Clock, Store
 
 CONNECTION = "prefect"
 EXPIRED = -1.0  # a lease that has run out at birth, so no test waits for one
@@ -43,6 +44,12 @@ async def opened(url: str, **options: Any) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+async def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
+    """The store in the database ``url`` names; ``options`` as :meth:`Database.open`
+    (close it with ``store.database.close()``)."""
+    return Store(await Database.open(url, **options), clock)
 
 
 async def record(

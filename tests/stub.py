@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from app.prefect import PrefectConnection
-from app.settings import PREFECT_API_VERSION
+from app.config import PREFECT_API_VERSION
+from app.delivery.client import PrefectConnection
 
 # What answers a request sent through the connection: sync or async, as MockTransport takes.
 Handler = (

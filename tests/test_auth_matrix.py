@@ -15,10 +15,8 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from app.admin import admin
-from app.dropin import dropin_router
+from app.intake import admin_router, dropin_router, webhook_router
 from app.main import create_app
-from app.webhook import webhooks
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
 
 pytestmark = pytest.mark.anyio
@@ -33,8 +31,10 @@ OPEN = {
     "/docs/assets",  # Swagger UI's and ReDoc's own files, served by the service
     "/redoc",
 }
-WEBHOOK = {r.path for r in [*webhooks.routes, *dropin_router().routes] if isinstance(r, APIRoute)}
-ADMIN = {r.path for r in admin.routes if isinstance(r, APIRoute)}
+WEBHOOK = {
+    r.path for r in [*webhook_router.routes, *dropin_router().routes] if isinstance(r, APIRoute)
+}
+ADMIN = {r.path for r in admin_router.routes if isinstance(r, APIRoute)}
 CONSOLE = {"/ui"}  # its own app: every page but sign-in answers a session cookie only
 
 WRONG = {

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from app.automations import (
+from app.cli import main
+from app.cli.automations import (
     DEFAULT_PARAMETERS,
     EVENT_NAMES,
     AutomationError,
     Deployment,
     chosen_parameters,
 )
-from app.cli import main
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.faults import FaultProxy

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.event import METADATA
-from app.records import EventState
+from app.config import load_settings
+from app.routing.event import METADATA
 from app.service import open_bridge
-from app.settings import load_settings
+from app.storage.records import EventState
 from tests.conftest import TOKEN, auth, open_client
 from tests.erathos import webhook_body
 from tests.processes import ServiceProcess, fast_service_environment

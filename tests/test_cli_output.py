@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from app.cli import main
-from app.records import EventState
+from app.config import load_settings
 from app.service import open_bridge
-from app.settings import load_settings
+from app.storage.records import EventState
 from tests.conftest import ADMIN_TOKEN, auth, open_client
 from tests.erathos import webhook_body
 from tests.isotime import ISO_UTC, recent_iso_utc

@@ -16,9 +16,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
+from app.config import Settings
+from app.console.session import COOKIE, SessionSigner
 from app.main import create_app
-from app.session import COOKIE, SessionSigner
-from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.test_docs import links_of

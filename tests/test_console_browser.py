@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
-from app.settings import Settings
+from app.config import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN, auth, open_client
 from tests.erathos import webhook_body
 from tests.processes import ROOT, ServiceProcess, fast_service_environment

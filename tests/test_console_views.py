@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from app.console_views import CHART_HEIGHT, EventFilter, hourly_chart, iso
-from app.limits import RateLimiter
-from app.logs import configured_secrets
+from app.console.session import SessionSigner
+from app.console.views import CHART_HEIGHT, EventFilter, hourly_chart, iso
 from app.masking import MASK, Masker
-from app.records import EventState
-from app.session import SessionSigner
+from app.server.limits import RateLimiter
+from app.service import configured_secrets
+from app.storage.records import EventState
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory
 
 HOUR = 3600.0

@@ -13,11 +13,12 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-import app.dispatcher
+import app.delivery.dispatcher
+from app.config import Settings
+from app.delivery.client import AttemptResult, PrefectConnection
 from app.metrics import Metrics
-from app.prefect import AttemptResult, PrefectConnection, PrefectRequest
-from app.settings import Settings
-from app.store import Store
+from app.routing.router import PrefectRequest
+from app.storage.store import Store
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.faults import FaultProxy
@@ -288,7 +289,7 @@ async def test_a_failing_log_line_or_metric_never_changes_what_an_attempt_record
     flow_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app.dispatcher, "log_attempt", broken)
+    monkeypatch.setattr(app.delivery.dispatcher, "log_attempt", broken)
     monkeypatch.setattr(Metrics, "attempted", broken)
     monkeypatch.setattr(Metrics, "finished", broken)
     settings = fast_retries(make_settings, prefect.api_url, flow_id)

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from app.database import Database
-from app.records import DeliveryState, NewDelivery, NewEvent
-from app.routes import DEFAULT_CONNECTION, DROP_IN_ROUTE
-from app.schema import deliveries, meta
-from app.settings import Settings
-from app.store import Store
+from app.config import Settings
+from app.routing.router import DEFAULT_CONNECTION
+from app.storage.database import Database
+from app.storage.records import DROP_IN_ROUTE, DeliveryState, NewDelivery, NewEvent
+from app.storage.schema import deliveries, meta
+from app.storage.store import Store
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client, stored_events
 from tests.erathos import execution, render, webhook_body
 from tests.stub import REFUSED_URL
@@ -503,7 +503,7 @@ async def store_as_version_1(
         [delivery] = dropped_in.deliveries
         done = {"state": DeliveryState.DELIVERED.value, "flow_run_id": flow_run_id}
         version = {"value": "1"}
-        await store.run(
+        await store.database.run(
             lambda conn: (
                 conn.execute(update(deliveries).where(deliveries.c.id == delivery.id), done),
                 conn.execute(update(meta).where(meta.c.key == "schema_version"), version),

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from app.config import Settings
 from app.logs import configure_logging
 from app.main import create_app
-from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

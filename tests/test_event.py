@@ -9,7 +9,7 @@ from uuid import UUID
 import pytest
 from pydantic import ValidationError
 
-from app.event import METADATA, ErathosEvent, MetadataType
+from app.routing.event import METADATA, ErathosEvent, MetadataType
 from tests.erathos import execution
 
 JOB_ID = "5f0c6a4e-8a55-4d0c-9b1e-0d7a3c2b1a01"

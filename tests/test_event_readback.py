@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-import app.readback
-from app.event import ErathosEvent
-from app.events import NAMESPACE, emission_key
-from app.prefect import AttemptResult, Outcome
-from app.readback import KEPT, ReadBack, confirmed, kept_already
-from app.records import Claim, DeliveryRecord, DeliveryState, EventRecord
+import app.delivery.readback
+from app.delivery.client import AttemptResult, Outcome
+from app.delivery.readback import KEPT, ReadBack, confirmed, kept_already
+from app.routing.event import ErathosEvent
+from app.routing.prefect_event import NAMESPACE, emission_key
+from app.storage.records import Claim, DeliveryRecord, DeliveryState, EventRecord
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.stub import mock_connection, recording
@@ -148,7 +148,7 @@ async def test_a_prefect_that_keeps_no_event_never_has_an_emission_delivered(
 ) -> None:
     """A real server without its services (no event persister) answers 204 and keeps
     nothing: the emission stays pending, sent again, and says why."""
-    monkeypatch.setattr(app.readback, "READ_WAITS", (0.2,))
+    monkeypatch.setattr(app.delivery.readback, "READ_WAITS", (0.2,))
     settings = make_settings(
         prefect_api_url=prefect.api_url,
         prefect_flow_id=flow_id,

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.diagnose import simulate
-from app.event import ErathosEvent
-from app.prefect import Outcome
+from app.config import ConfigurationError, Settings
+from app.delivery.client import Outcome
+from app.intake.diagnose import simulate
+from app.routing.event import ErathosEvent
 from app.service import configure
-from app.settings import ConfigurationError, Settings
 from tests.conftest import SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.stub import mock_connection, recording

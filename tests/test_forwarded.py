@@ -13,8 +13,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from app.config import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory
 from tests.rawhttp import running_service
 

@@ -1,4 +1,4 @@
-"""What operators read and change (app/history.py) on SQLite and PostgreSQL: events listed
+"""What operators read and change (app/storage/history.py) on SQLite and PostgreSQL: events listed
 by state, job, table and time, page by page; attempts; replays; pruning; the queue summary."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from app.database import Database
-from app.history import History, replay_key
-from app.records import (
+from app.storage.database import Database
+from app.storage.history import History, replay_key
+from app.storage.records import (
     DeliveryNotFound,
     DeliveryRecord,
     DeliveryState,
@@ -25,8 +25,8 @@ from app.records import (
     Recorded,
     event_state,
 )
-from app.schema import attempts, deliveries
-from app.store import Store
+from app.storage.schema import attempts, deliveries
+from app.storage.store import Store
 from tests.stores import (
     CONNECTION,
     LONG,

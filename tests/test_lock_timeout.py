@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from app.records import StoreUnavailable
-from app.schema import events
-from app.store import Store
+from app.errors import StoreUnavailable
+from app.storage.schema import events
 from tests.conftest import SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
-from tests.stores import record, rows
+from tests.stores import open_store, record, rows
 from tests.waiting import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +38,7 @@ async def test_operations_waiting_together_behind_a_held_lock_each_fail_within_t
     tmp_path: Path, clock: ManualClock
 ) -> None:
     path = tmp_path / "bridge.db"
-    store = await Store.open(f"sqlite:///{path}", clock=clock, lock_timeout=LOCK_TIMEOUT)
+    store = await open_store(f"sqlite:///{path}", clock=clock, lock_timeout=LOCK_TIMEOUT)
     try:
         with closing(sqlite3.connect(path, isolation_level=None)) as other:
             other.execute("BEGIN IMMEDIATE")  # held past the timeout of every operation
@@ -51,7 +50,7 @@ async def test_operations_waiting_together_behind_a_held_lock_each_fail_within_t
         recorded = await asyncio.gather(*(record(store) for _ in range(AT_ONCE)))
         stored = await rows(store.database, events)
     finally:
-        await store.close()
+        await store.database.close()
 
     assert max(waited) < 2 * LOCK_TIMEOUT, waited
     assert [r.created for r in recorded] == [True] * AT_ONCE
@@ -62,14 +61,14 @@ async def test_operations_waiting_for_a_lock_released_within_the_timeout_all_suc
     tmp_path: Path, clock: ManualClock
 ) -> None:
     path = tmp_path / "bridge.db"
-    store = await Store.open(f"sqlite:///{path}", clock=clock, lock_timeout=4 * LOCK_TIMEOUT)
+    store = await open_store(f"sqlite:///{path}", clock=clock, lock_timeout=4 * LOCK_TIMEOUT)
     try:
         with closing(sqlite3.connect(path, isolation_level=None)) as other:
             other.execute("BEGIN IMMEDIATE")
             asyncio.get_running_loop().call_later(LOCK_TIMEOUT, other.execute, "ROLLBACK")
             recorded = await asyncio.gather(*(record(store) for _ in range(AT_ONCE)))
     finally:
-        await store.close()
+        await store.database.close()
 
     assert [r.created for r in recorded] == [True] * AT_ONCE
 

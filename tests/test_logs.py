@@ -22,11 +22,12 @@ import httpx
 import pytest
 import structlog
 
-from app.database import Database
-from app.history import History
-from app.logs import configure_logging, configured_secrets, lost_lines
-from app.records import DeliveryState
-from app.settings import Settings
+from app.config import Settings
+from app.logs import configure_logging, lost_lines
+from app.service import configured_secrets
+from app.storage.database import Database
+from app.storage.history import History
+from app.storage.records import DeliveryState
 from tests.conftest import auth, open_client, stored_events
 from tests.erathos import webhook_body
 from tests.processes import ServiceProcess, clean_environment, fast_service_environment

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import __version__, errors
-from app.gate import EPOCH_COMPLETIONS
+from app.delivery.gate import EPOCH_COMPLETIONS
 from app.logs import configure_logging
 from app.metrics import REJECTED_BY_CODE, REJECTION_REASONS
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client

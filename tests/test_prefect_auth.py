@@ -9,8 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from app import __version__
-from app.prefect import PrefectConnection, PrefectRequest
-from app.settings import PREFECT_API_VERSION
+from app.config import PREFECT_API_VERSION
+from app.delivery.client import PrefectConnection
+from app.routing.router import PrefectRequest
 from tests.conftest import (
     ACCOUNT,
     ADMIN_TOKEN,

@@ -14,14 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from app import __version__
-from app.prefect import (
-    Outcome,
-    PrefectConnection,
-    PrefectRequest,
-    classify_status,
-    parse_retry_after,
-)
-from app.settings import PREFECT_API_VERSION
+from app.config import PREFECT_API_VERSION
+from app.delivery.client import Outcome, PrefectConnection, classify_status, parse_retry_after
+from app.routing.router import PrefectRequest
 from tests.stub import REFUSED_URL, STUB_API_URL, mock_connection, recording
 
 pytestmark = pytest.mark.anyio

@@ -16,15 +16,22 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-import app.events
-import app.readback
+import app.delivery.readback
+import app.routing.prefect_event
 from app.cli import main
-from app.event import METADATA, ErathosEvent
-from app.events import NAMESPACE, emission_request, id_of_key, prefect_event, too_large
-from app.prefect import Outcome, PrefectRequest
-from app.records import EventRecord
-from app.settings import ConfigurationError, Settings
-from app.templates import Lookup, compile_json, render_json
+from app.config import ConfigurationError, Settings
+from app.delivery.client import Outcome
+from app.routing.event import METADATA, ErathosEvent
+from app.routing.prefect_event import (
+    NAMESPACE,
+    emission_request,
+    id_of_key,
+    prefect_event,
+    too_large,
+)
+from app.routing.router import PrefectRequest
+from app.routing.templates import Lookup, compile_json, render_json
+from app.storage.records import EventRecord
 from tests.conftest import (
     ADMIN_TOKEN,
     AUTH_STRING,
@@ -406,7 +413,7 @@ async def test_an_event_over_the_limit_is_a_dead_letter_with_the_reason_never_se
     make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No event of Erathos's bounded fields comes near 1 MB: the limit is lowered instead.
-    monkeypatch.setattr(app.events, "MAX_EVENT_BYTES", 500)
+    monkeypatch.setattr(app.routing.prefect_event, "MAX_EVENT_BYTES", 500)
     settings = events_on(make_settings, REFUSED_URL, str(uuid.uuid4()), sync_wait="500ms")
     async with open_client(settings) as client:
         answer = (
@@ -590,7 +597,7 @@ async def test_a_self_hosted_server_with_auth_takes_the_emission_with_basic_auth
     guarded_prefect: PrefectServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app.readback, "READ_WAITS", (0.2,))
+    monkeypatch.setattr(app.delivery.readback, "READ_WAITS", (0.2,))
     flow_id = guarded_prefect.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
     right = events_on(
         make_settings, guarded_prefect.api_url, flow_id, prefect_api_auth_string=AUTH_STRING

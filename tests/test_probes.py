@@ -15,15 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-import app.gate
-from app.event import ErathosEvent
-from app.gate import FAILURES_TO_OPEN, PROBE_FIRST, Circuit, ConnectionGate
-from app.history import History
-from app.ingest import new_event
-from app.prefect import AttemptResult, Outcome, PrefectConnection
-from app.records import DeliveryState, NewDelivery, NewEvent
+import app.delivery.gate
+from app.config import PREFECT_API_VERSION
+from app.delivery.client import AttemptResult, Outcome, PrefectConnection
+from app.delivery.gate import FAILURES_TO_OPEN, PROBE_FIRST, Circuit, ConnectionGate
+from app.intake.ingest import new_event
+from app.routing.event import ErathosEvent
 from app.service import open_bridge
-from app.settings import PREFECT_API_VERSION
+from app.storage.history import History
+from app.storage.records import DeliveryState, NewDelivery, NewEvent
 from tests.conftest import SettingsFactory
 from tests.erathos import webhook_body
 from tests.stub import REFUSED_URL, Blackhole, mock_connection
@@ -57,7 +57,7 @@ async def test_deliveries_keep_flowing_while_another_connections_probe_gets_no_a
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app.gate, "PROBE_TIMEOUT", 60.0)  # stuck for the whole test
+    monkeypatch.setattr(app.delivery.gate, "PROBE_TIMEOUT", 60.0)  # stuck for the whole test
     stuck_job = str(uuid.uuid4())  # never sent: the blackhole's circuit is opened by hand
     routes = {
         "connections": {"blackhole": {"api_url": blackhole.api_url}},
@@ -110,7 +110,7 @@ async def delivered(history: History, delivery_id: str) -> bool:
 async def test_a_probe_that_gets_no_answer_gives_up_at_its_deadline(
     blackhole: Blackhole, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app.gate, "PROBE_TIMEOUT", 0.2)
+    monkeypatch.setattr(app.delivery.gate, "PROBE_TIMEOUT", 0.2)
     gate = ConnectionGate(max_concurrency=4)
     open_circuit(gate)
     async with PrefectConnection(

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from app.event import METADATA, ErathosEvent
-from app.rules import Operation, Rule, RuleError
-from app.templates import Lookup, compile_json, compile_text, render_json
+from app.routing.event import METADATA, ErathosEvent
+from app.routing.rules import Operation, Rule, RuleError
+from app.routing.templates import Lookup, compile_json, compile_text, render_json
 
 SECRET = "s3cr3t-value-never-shown"
 LOOKUP = Lookup(variables={"TEAM": "analytics"}, secrets={"API_KEY": SecretStr(SECRET)})

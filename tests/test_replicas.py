@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.records import DeliveryState
-from app.schema import deliveries, events
+from app.storage.records import DeliveryState
+from app.storage.schema import deliveries, events
 from tests.conftest import TOKEN
 from tests.processes import (
     ServiceProcess,

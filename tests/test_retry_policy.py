@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from app.delivery import RetryPolicy, plan_next
-from app.prefect import AttemptResult, Outcome
-from app.records import DeliveryRecord, DeliveryState, DeliveryUpdate
+from app.delivery.client import AttemptResult, Outcome
+from app.delivery.turn import RetryPolicy, plan_next
+from app.storage.records import DeliveryRecord, DeliveryState, DeliveryUpdate
 
 # -- backoff ----------------------------------------------------------------------------
 

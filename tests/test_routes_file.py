@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from app.cli import erathos_template, main
-from app.diagnose import simulate
-from app.event import ErathosEvent
-from app.routes_file import load_routes_file
+from app.config import ConfigurationError, Settings
+from app.intake.diagnose import simulate
+from app.routing.event import ErathosEvent
+from app.routing.routes_file import load_routes_file
+from app.routing.templates import template_lookup
 from app.service import connect
-from app.settings import ConfigurationError, Settings
-from app.templates import template_lookup
 from tests.conftest import TOKEN, SettingsFactory
 from tests.erathos import webhook_body
 from tools.localprefect import PrefectServer

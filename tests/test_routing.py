@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import Settings
+from app.config import Settings
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tools.localprefect import PrefectServer

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from app.event import METADATA, ErathosEvent, MetadataType
-from app.rules import (
+from app.routing.event import METADATA, ErathosEvent, MetadataType
+from app.routing.rules import (
     ALLOWED,
     Operation,
     Rule,

@@ -19,8 +19,9 @@ import pytest
 import structlog
 
 from app.cli import main
-from app.logs import configure_logging, configured_secrets
+from app.logs import configure_logging
 from app.masking import Masker
+from app.service import configured_secrets
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
 from tests.erathos import webhook_body
 from tests.test_console import sign_in

@@ -1,9 +1,10 @@
-"""The fence around uvicorn's private httptools protocol, which app/server.py subclasses.
+"""The fence around uvicorn's private httptools protocol, which app/server/connections.py
+subclasses.
 
 pyproject bounds uvicorn below its next minor release; within it, each method of
 uvicorn's ``HttpToolsProtocol`` that the service overrides, calls by name or whose state
 it reads is recorded here by a digest of its source. An upgrade that changes one fails
-here by the method's name: read how app/server.py uses it, adapt, then record the new
+here by the method's name: read how app/server/connections.py uses it, adapt, then record the new
 digest (``python -m tests.test_server_fence`` prints them).
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.server import LimitedHttpToolsProtocol
+from app.server.connections import LimitedHttpToolsProtocol
 
 # uvicorn 0.54: the first 16 hex digits of the sha256 of each method's source.
 FENCED: dict[str, str] = {
@@ -55,7 +56,7 @@ def digest(qualified: str) -> str:
 @pytest.mark.parametrize("hook", sorted(FENCED))
 def test_uvicorn_hook_is_the_one_the_server_was_written_against(hook: str) -> None:
     assert digest(hook) == FENCED[hook], (
-        f"uvicorn's {hook} changed: re-read app/server.py's use of it, then record "
+        f"uvicorn's {hook} changed: re-read app/server/connections.py's use of it, then record "
         "the new digest in FENCED"
     )
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.routes import FlowTarget, default_router
-from app.settings import ConfigurationError, Settings, load_settings
-from app.templates import TemplateError, template_lookup
+from app.config import ConfigurationError, Settings, load_settings
+from app.routing.router import FlowTarget, default_router
+from app.routing.templates import TemplateError, template_lookup
 
 FLOW_ID = "3f2a1b0c-9d8e-4f7a-8b6c-5d4e3f2a1b01"
 ACCOUNT_ID = "a1a1a1a1-b2b2-4c3c-8d4d-e5e5e5e5e5e5"

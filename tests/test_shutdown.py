@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.config import Settings
 from app.service import shutdown_budget
-from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN
 from tests.erathos import webhook_body
 from tests.faults import FaultProxy

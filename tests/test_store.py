@@ -1,4 +1,4 @@
-"""The delivery path's store (app/store.py) on SQLite and PostgreSQL: ingest exactly once,
+"""The delivery path's store (app/storage/store.py) on SQLite and PostgreSQL: ingest exactly once,
 claims, leases and their fencing, group commit, schema, durability, locks, failures."""
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.database import APPLICATION_NAME, Database, _Writer, display_url
-from app.history import History
-from app.records import (
+from app.config import Durability
+from app.errors import StoreUnavailable
+from app.storage.database import APPLICATION_NAME, Database, _Writer, display_url
+from app.storage.history import History
+from app.storage.records import (
+    DROP_IN_ROUTE,
     AttemptRecord,
     DeliveryState,
     DeliveryStillPending,
@@ -26,12 +29,9 @@ from app.records import (
     NewDelivery,
     NewEvent,
     Recorded,
-    StoreUnavailable,
 )
-from app.routes import DROP_IN_ROUTE
-from app.schema import SCHEMA_VERSION, deliveries, events, meta
-from app.settings import Durability
-from app.store import Store
+from app.storage.schema import SCHEMA_VERSION, deliveries, events, meta
+from app.storage.store import Store
 from tests.stores import (
     CONNECTION,
     EXPIRED,
@@ -40,6 +40,7 @@ from tests.stores import (
     delivery,
     ending,
     finished,
+    open_store,
     record,
     rows,
     set_columns,
@@ -65,7 +66,7 @@ def db_path(tmp_path: Path) -> Path:
 async def probed_at(store: Store) -> float:
     """The time the last readiness probe committed, read raw through ``store``."""
     query = select(meta.c.value).where(meta.c.key == "ready_probe")
-    [(value,)] = await store.run(lambda conn: conn.execute(query).all())
+    [(value,)] = await store.database.run(lambda conn: conn.execute(query).all())
     return float(value)
 
 
@@ -113,8 +114,8 @@ async def test_a_repeated_execution_id_returns_the_earlier_event_and_stores_noth
 async def test_concurrent_duplicates_across_two_stores_make_exactly_one_event(
     database_url: str, clock: ManualClock
 ) -> None:
-    one = await Store.open(database_url, clock=clock)
-    two = await Store.open(database_url, clock=clock)
+    one = await open_store(database_url, clock=clock)
+    two = await open_store(database_url, clock=clock)
     try:
         results = await asyncio.gather(
             *(record(one if i % 2 else two, "exec-dup", routes=("a", "b")) for i in range(20))
@@ -128,8 +129,8 @@ async def test_concurrent_duplicates_across_two_stores_make_exactly_one_event(
         assert await rows(one.database, events) == 1
         assert await rows(two.database, deliveries) == 2
     finally:
-        await one.close()
-        await two.close()
+        await one.database.close()
+        await two.database.close()
 
 
 async def test_text_postgresql_refuses_and_long_keys_are_stored_all_the_same(
@@ -176,7 +177,7 @@ async def test_stores_opened_at_once_create_the_schema_once(
     """Replicas starting together: each waits for the one creating the schema (an
     advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), then finds it current."""
     opening = await asyncio.gather(
-        *(Store.open(database_url, clock=clock) for _ in range(4)), return_exceptions=True
+        *(open_store(database_url, clock=clock) for _ in range(4)), return_exceptions=True
     )
     stores = [s for s in opening if isinstance(s, Store)]
     try:
@@ -185,11 +186,11 @@ async def test_stores_opened_at_once_create_the_schema_once(
         found = [await History(s.database, clock).get_event(recorded.event.id) for s in stores]
         assert found == [(recorded.event, recorded.deliveries)] * 4
         query = select(meta.c.value).where(meta.c.key == "schema_version")
-        versions = await stores[1].run(lambda conn: conn.execute(query).all())
+        versions = await stores[1].database.run(lambda conn: conn.execute(query).all())
         assert versions == [(str(SCHEMA_VERSION),)]
     finally:
         for s in stores:
-            await s.close()
+            await s.database.close()
 
 
 async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(
@@ -202,7 +203,7 @@ async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        opening = asyncio.create_task(Store.open(url(path), clock=clock))
+        opening = asyncio.create_task(open_store(url(path), clock=clock))
         # Nothing outside SQLite shows the opening thread retrying, so give it the time
         # to have failed, were it going to fail at once (its lock timeout is 5 s).
         await asyncio.sleep(0.3)
@@ -215,7 +216,7 @@ async def test_a_new_sqlite_file_being_written_elsewhere_is_waited_for(
         await store.check_writable()
         assert await History(store.database, clock).pending_summary() == {}
     finally:
-        await store.close()
+        await store.database.close()
 
 
 async def test_readiness_probes_of_replicas_at_once_all_succeed_and_are_committed(
@@ -224,8 +225,8 @@ async def test_readiness_probes_of_replicas_at_once_all_succeed_and_are_committe
     """Each probe commits a real write, an upsert of one row: probes of several replicas
     at once neither collide on its key nor fail, and the row carries a probe's time."""
     other_clock = ManualClock(clock() + 7.25)
-    one = await Store.open(database_url, clock=clock)
-    two = await Store.open(database_url, clock=other_clock)
+    one = await open_store(database_url, clock=clock)
+    two = await open_store(database_url, clock=other_clock)
     try:
         outcomes = await asyncio.gather(
             *(s.check_writable() for s in (one, two) * 10), return_exceptions=True
@@ -242,8 +243,8 @@ async def test_readiness_probes_of_replicas_at_once_all_succeed_and_are_committe
         await one.check_writable()
         assert await probed_at(two) == clock()
     finally:
-        await one.close()
-        await two.close()
+        await one.database.close()
+        await two.database.close()
 
 
 async def test_stores_claiming_at_once_take_each_due_delivery_once(
@@ -251,7 +252,7 @@ async def test_stores_claiming_at_once_take_each_due_delivery_once(
 ) -> None:
     """Replicas polling together split the due deliveries between them (PostgreSQL:
     FOR UPDATE SKIP LOCKED; SQLite: one writer at a time)."""
-    stores = [await Store.open(database_url, clock=clock) for _ in range(3)]
+    stores = [await open_store(database_url, clock=clock) for _ in range(3)]
     try:
         recorded = [await record(stores[0]) for _ in range(60)]
 
@@ -273,7 +274,7 @@ async def test_stores_claiming_at_once_take_each_due_delivery_once(
                 assert (found.lease_owner, found.attempts) == (f"replica-{owner}", 1)
     finally:
         for s in stores:
-            await s.close()
+            await s.database.close()
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -475,7 +476,7 @@ async def test_a_failing_operation_among_many_at_once_fails_alone(
 ) -> None:
     """SQLite commits what arrives together in one transaction: a refused replay in the
     middle of a burst of new events is its caller's error, and every event is stored."""
-    store = await Store.open(database_url, clock=clock)
+    store = await open_store(database_url, clock=clock)
     history = History(store.database, clock)
     try:
         [pending] = (await record(store)).deliveries
@@ -492,7 +493,7 @@ async def test_a_failing_operation_among_many_at_once_fails_alone(
         assert [r.created for r in done if isinstance(r, Recorded)] == [True] * 40, done
         assert await rows(store.database, events) == 41
     finally:
-        await store.close()
+        await store.database.close()
     with pytest.raises(StoreUnavailable, match="closed"):
         await history.pending_summary()
     with pytest.raises(StoreUnavailable, match="closed"):
@@ -526,13 +527,13 @@ async def test_a_group_is_committed_once_its_works_have_run_for_its_time_bound(
 
 
 async def test_reopening_a_database_keeps_its_events(database_url: str, clock: ManualClock) -> None:
-    first = await Store.open(database_url, clock=clock)
+    first = await open_store(database_url, clock=clock)
     try:
         recorded = await record(first, "exec-1")
     finally:
-        await first.close()
+        await first.database.close()
 
-    second = await Store.open(database_url, clock=clock)
+    second = await open_store(database_url, clock=clock)
     try:
         assert await History(second.database, clock).get_event(recorded.event.id) == (
             recorded.event,
@@ -540,22 +541,22 @@ async def test_reopening_a_database_keeps_its_events(database_url: str, clock: M
         )
         assert not (await record(second, "exec-1")).created
     finally:
-        await second.close()
+        await second.database.close()
 
 
 async def test_a_database_from_a_newer_release_refuses_to_open(
     database_url: str, clock: ManualClock
 ) -> None:
-    store = await Store.open(database_url, clock=clock)
+    store = await open_store(database_url, clock=clock)
     newer = SCHEMA_VERSION + 1
     try:
         newer_version = update(meta).where(meta.c.key == "schema_version")
-        await store.run(lambda conn: conn.execute(newer_version.values(value=str(newer))))
+        await store.database.run(lambda conn: conn.execute(newer_version.values(value=str(newer))))
     finally:
-        await store.close()
+        await store.database.close()
 
     with pytest.raises(StoreUnavailable) as refused:
-        await Store.open(database_url, clock=clock)
+        await open_store(database_url, clock=clock)
 
     message = str(refused.value)
     assert f"schema version {newer}" in message
@@ -569,7 +570,7 @@ async def test_a_version_2_database_is_upgraded_in_place(
     listed deliveries by route name, and keyed a drop-in call ``flow:<id>:<key>``, which
     an Erathos execution id may also be."""
     flow_id, key = str(uuid.uuid4()), uuid.uuid4().hex
-    store = await Store.open(database_url, clock=clock)
+    store = await open_store(database_url, clock=clock)
     try:
         [replayed] = (await finished(store, DeliveryState.DEAD)).deliveries
         for _ in range(2):  # as version 2 replayed: attempts back to 0, so each one is 1
@@ -591,11 +592,11 @@ async def test_a_version_2_database_is_upgraded_in_place(
                 conn.execute(text(f"ALTER TABLE deliveries DROP COLUMN {column}"))
             conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="2"))
 
-        await store.run(as_version_2)
+        await store.database.run(as_version_2)
     finally:
-        await store.close()
+        await store.database.close()
 
-    upgraded = await Store.open(database_url, clock=clock)
+    upgraded = await open_store(database_url, clock=clock)
     try:
         history = History(upgraded.database, clock)
         found = await history.get_event(dropped_in.event.id)
@@ -604,7 +605,7 @@ async def test_a_version_2_database_is_upgraded_in_place(
         again = await delivery(history, replayed.id)
         numbers = [a.number for a in await history.attempts_of([replayed.id])]
     finally:
-        await upgraded.close()
+        await upgraded.database.close()
 
     assert found is not None
     assert alike is not None
@@ -633,16 +634,16 @@ def test_a_database_url_is_shown_without_its_password() -> None:
 async def test_sqlite_durability_sets_synchronous_on_a_wal_journal(
     db_path: Path, clock: ManualClock, durability: Durability, synchronous: int
 ) -> None:
-    store = await Store.open(url(db_path), clock=clock, durability=durability)
+    store = await open_store(url(db_path), clock=clock, durability=durability)
     try:
-        found, journal = await store.run(
+        found, journal = await store.database.run(
             lambda conn: (
                 conn.exec_driver_sql("PRAGMA synchronous").scalar(),
                 conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
             )
         )
     finally:
-        await store.close()
+        await store.database.close()
 
     assert found == synchronous
     assert journal == "wal"
@@ -651,7 +652,7 @@ async def test_sqlite_durability_sets_synchronous_on_a_wal_journal(
 async def test_readiness_fails_while_another_connection_holds_the_sqlite_write_lock(
     db_path: Path, clock: ManualClock
 ) -> None:
-    store = await Store.open(url(db_path), clock=clock, lock_timeout=0.2)
+    store = await open_store(url(db_path), clock=clock, lock_timeout=0.2)
     try:
         await store.check_writable()
         with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
@@ -664,7 +665,7 @@ async def test_readiness_fails_while_another_connection_holds_the_sqlite_write_l
         await store.check_writable()
         assert await probed_at(store) == clock()
     finally:
-        await store.close()
+        await store.database.close()
 
 
 # PostgreSQL only: what the service asks of its sessions, its locks, its connections.
@@ -676,7 +677,7 @@ async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
 ) -> None:
     """Both durabilities mean the server's own durability: a commit is in its WAL before
     the webhook answers (synchronous_commit=on, whatever the server's default)."""
-    store = await Store.open(
+    store = await open_store(
         postgres_url, clock=clock, durability=durability, lock_timeout=1.5, pool_size=3
     )
     try:
@@ -687,12 +688,12 @@ async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
             "application_name",
             "transaction_isolation",
         )
-        shown = await store.run(
+        shown = await store.database.run(
             lambda conn: {name: conn.execute(text(f"SHOW {name}")).scalar() for name in names}
         )
         status = store.database.engine.pool.status()
     finally:
-        await store.close()
+        await store.database.close()
 
     assert shown == {
         "synchronous_commit": "on",
@@ -707,7 +708,7 @@ async def test_postgresql_sessions_commit_synchronously_with_the_lock_timeouts(
 async def test_a_write_waiting_on_a_postgresql_lock_fails_within_the_lock_timeout(
     postgres_url: str, clock: ManualClock
 ) -> None:
-    store = await Store.open(postgres_url, clock=clock, lock_timeout=0.3)
+    store = await open_store(postgres_url, clock=clock, lock_timeout=0.3)
     other = create_async_engine(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
     try:
         async with other.begin() as conn:
@@ -720,7 +721,7 @@ async def test_a_write_waiting_on_a_postgresql_lock_fails_within_the_lock_timeou
         recorded = await record(store, "exec-locked")
     finally:
         await other.dispose()
-        await store.close()
+        await store.database.close()
 
     assert 0.25 <= waited < 3.0
     assert recorded.created  # nothing of the refused attempt was kept
@@ -731,7 +732,7 @@ async def test_a_postgresql_store_replaces_connections_the_server_dropped(
 ) -> None:
     """What a server restart does to the pool: every connection is gone at once. The
     next transaction notices at checkout (pre-ping) and opens a new one."""
-    store = await Store.open(postgres_url, clock=clock)
+    store = await open_store(postgres_url, clock=clock)
     history = History(store.database, clock)
     other = create_async_engine(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
     try:
@@ -751,7 +752,7 @@ async def test_a_postgresql_store_replaces_connections_the_server_dropped(
         assert await history.get_event(second.event.id) is not None
     finally:
         await other.dispose()
-        await store.close()
+        await store.database.close()
 
     assert killed is not None
     assert killed >= 1
@@ -762,7 +763,7 @@ async def test_a_postgresql_server_that_is_not_there_is_store_unavailable() -> N
 
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match=r"(?i)refused|connect"):
-        await Store.open(nowhere, pool_timeout=2)
+        await open_store(nowhere, pool_timeout=2)
 
     assert time.monotonic() - started < 5
 
@@ -776,9 +777,9 @@ async def test_every_spelling_of_a_postgresql_url_opens_the_store(
 ) -> None:
     spelled = scheme + postgres_url.removeprefix("postgresql") + query
 
-    store = await Store.open(spelled, clock=clock)
+    store = await open_store(spelled, clock=clock)
     try:
         assert store.database.postgres
         assert (await record(store)).created
     finally:
-        await store.close()
+        await store.database.close()

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from app.event import METADATA, ErathosEvent
-from app.templates import (
+from app.routing.event import METADATA, ErathosEvent
+from app.routing.templates import (
     MASK,
     Lookup,
     Template,

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.cli import erathos_template
-from app.settings import Settings
+from app.config import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN, SettingsFactory, auth, open_client, stored_events
 from tests.erathos import execution, request_from, webhook_body
 from tests.isotime import recent_iso_utc

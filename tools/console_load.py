@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, sync_playwright
 
-from app.database import Database
-from app.records import AttemptRecord, DeliveryState, DeliveryUpdate, NewDelivery, NewEvent
-from app.store import Store
+from app.storage.database import Database
+from app.storage.records import AttemptRecord, DeliveryState, DeliveryUpdate, NewDelivery, NewEvent
+from app.storage.store import Store
 from tests.processes import ServiceProcess, clean_environment
 from tests.tokens import ADMIN_TOKEN, TOKEN
 from tools.localprefect import free_port

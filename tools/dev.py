@@ -7,7 +7,7 @@ environment exists; it creates ``.venv`` itself from the hashed locks.
     python3 tools/dev.py run            the service (with no Prefect configured: a local one,
                                         the example flow served, and .env for the CLI)
     python3 tools/dev.py test [ARGS]    pytest against a real local Prefect server
-    python3 tools/dev.py lint           ruff check, ruff format --check, mypy and deptry
+    python3 tools/dev.py lint           ruff, mypy, deptry and the layering contract
     python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: about 6 minutes)
     python3 tools/dev.py lock           regenerate the hashed requirements/*.txt
     python3 tools/dev.py package        the wheel, installed as `pip install` does, served
@@ -408,6 +408,8 @@ def cmd_lint() -> int:
         run(BIN / "mypy"),  # files and strictness come from pyproject.toml
         # pyproject declares exactly what app/ imports (its [tool.deptry] says the rest).
         run(BIN / "deptry", "app"),
+        # which package may import which ([tool.importlinter] in pyproject)
+        run(BIN / "lint-imports", "--no-logo"),
     ]
     return 0 if not any(results) else 1
 

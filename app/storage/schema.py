@@ -1,0 +1,252 @@
+"""The schema: the tables every store shares, and their creation or upgrade (run once per
+start, by whichever replica gets the migration lock first)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from app.errors import StoreUnavailable
+from app.storage.records import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, dropin_key
+
+SCHEMA_VERSION = 3
+# pg_advisory_xact_lock key that serialises schema creation and upgrades between
+# replicas starting at once (any constant; this one spells "EPBS" in ASCII).
+MIGRATION_LOCK_KEY = 0x45504253
+
+
+class Str(TypeDecorator[str]):
+    """Text any dialect can store: PostgreSQL refuses NUL characters in text (SQLite
+    keeps them), so there they become U+FFFD instead of failing every retry with a 503.
+    Unbounded on purpose: SQLite ignores lengths, PostgreSQL would enforce them."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is not None and dialect.name == "postgresql" and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+
+metadata = MetaData()
+
+meta = Table(
+    "bridge_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Str, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("execution_id", Str, nullable=False, unique=True),
+    Column("received_at", Float, nullable=False, index=True),  # epoch seconds (double)
+    Column("job_id", Str, index=True),
+    Column("schema_name", Str),
+    Column("table_name", Str),
+    Column("status", Str),
+    Column("payload", Str, nullable=False),
+    Column("ignored_reason", Str),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("route", Str, nullable=False),
+    Column("connection", Str, nullable=False),
+    Column("idempotency_key", Str, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("window_started_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", Str),
+    Column("lease_expires_at", Float),
+    Column("flow_run_id", Str),
+    Column("flow_run_url", Str),
+    Column("last_status_code", Integer),
+    Column("last_error", Str),
+    Column("finished_at", Float),
+    # Where the delivery stands among its event's, as routing made them: every answer
+    # lists them in this order (flow runs first, then emissions).
+    Column("ordinal", Integer, nullable=False, server_default=text("0")),
+    # ``attempts`` counts every attempt ever made; the retry budget, those since the
+    # last replay (which set this to the attempts made before it).
+    Column("attempts_before_replay", Integer, nullable=False, server_default=text("0")),
+    UniqueConstraint("event_id", "route"),
+    Index("deliveries_due", "state", "connection", "next_attempt_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(32), ForeignKey("deliveries.id", ondelete="CASCADE"), index=True),
+    Column("number", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer),
+    Column("error", Str),
+    Column("response_excerpt", Str),
+    Column("retry_in", Float),
+)
+
+
+def migrate(conn: Connection) -> None:
+    """Create the schema, or find it current; refuse a newer one."""
+    if conn.dialect.name == "postgresql":
+        # Replicas starting at once take turns: the first creates or upgrades the
+        # schema, the others then find it current. The lock is released with the
+        # transaction (or when a replica dies holding it), so waiting for it has no
+        # time limit.
+        conn.execute(text("SET LOCAL lock_timeout = 0"))
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
+        conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+    # SQLite: BEGIN IMMEDIATE has taken the database's write lock already.
+    meta.create(conn, checkfirst=True)
+    found = conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+    version = int(found) if found is not None else 0
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"the database has schema version {version}, newer than this release "
+            f"understands ({SCHEMA_VERSION}); run the newer release"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0:  # an empty database: the current schema at once
+        metadata.create_all(conn, checkfirst=True)
+    else:
+        for step in UPGRADES[version - 1 :]:
+            step(conn)
+    upsert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(meta)
+    conn.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[meta.c.key], set_={"value": upsert.excluded.value}
+        ),
+        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+    )
+
+
+def _key_drop_in_events_by_target(conn: Connection) -> None:
+    """1 -> 2: a Prefect-shaped request's event is keyed by its target and its
+    idempotency key (``flow:<id>:<key>``, ``deployment:<id>:<key>``), as Prefect
+    deduplicates; version 1 keyed it by the idempotency key alone, so one flow's run
+    could stand in for another's."""
+    found = conn.execute(
+        select(events.c.id, events.c.execution_id, events.c.payload).where(
+            events.c.payload.like(f'%"{DROP_IN_ROUTE}"%')
+        )
+    )
+    for row in found.all():
+        stored = json.loads(row.payload).get(DROP_IN_ROUTE)
+        if not isinstance(stored, dict):
+            continue  # an Erathos event that merely carries the word
+        path, body = str(stored.get("path", "")), stored.get("body") or {}
+        if path == "flow_runs/":
+            target = f"flow:{body.get('flow_id')}"
+        elif path.startswith("deployments/"):
+            target = f"deployment:{path.split('/')[1]}"
+        else:
+            continue
+        keyed = update(events).where(events.c.id == row.id)
+        conn.execute(keyed.values(execution_id=f"{target}:{row.execution_id}"))
+
+
+def _version_3(conn: Connection) -> None:
+    """2 -> 3: deliveries keep their order and count their attempts across replays;
+    drop-in events are keyed apart from Erathos execution ids."""
+    present = {column["name"] for column in inspect(conn).get_columns("deliveries")}
+    for name in ("ordinal", "attempts_before_replay"):
+        if name not in present:
+            conn.execute(
+                text(f"ALTER TABLE deliveries ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+            )
+    _order_old_deliveries(conn)
+    _count_attempts_across_replays(conn)
+    _key_drop_in_events_apart(conn)
+
+
+def _order_old_deliveries(conn: Connection) -> None:
+    """Their routing order is not known: emissions after flow runs (as routing made them),
+    the flow runs among themselves by route name (as the answers listed them)."""
+    emission = or_(
+        deliveries.c.route == PREFECT_EVENT_ROUTE,
+        deliveries.c.route.startswith(f"{PREFECT_EVENT_ROUTE}:", autoescape=True),
+    )
+    conn.execute(update(deliveries).where(emission).values(ordinal=1))
+
+
+def _count_attempts_across_replays(conn: Connection) -> None:
+    """A replay used to reset ``attempts``, so a replayed delivery's attempts were numbered
+    from 1 again: each is renumbered in the order made, and the delivery counts them all
+    (those before its last replay apart, as its retry budget counts only the others)."""
+    made = select(func.count()).where(attempts.c.delivery_id == deliveries.c.id).scalar_subquery()
+    conn.execute(
+        update(deliveries)
+        .where(made > deliveries.c.attempts)
+        .values(attempts_before_replay=made - deliveries.c.attempts, attempts=made)
+    )
+    repeated = (
+        select(attempts.c.delivery_id)
+        .group_by(attempts.c.delivery_id)
+        .having(func.count() != func.count(attempts.c.number.distinct()))
+    )
+    earlier = attempts.alias("earlier")
+    rank = (
+        select(func.count())
+        .where(earlier.c.delivery_id == attempts.c.delivery_id, earlier.c.id <= attempts.c.id)
+        .scalar_subquery()
+    )
+    conn.execute(update(attempts).where(attempts.c.delivery_id.in_(repeated)).values(number=rank))
+
+
+def _key_drop_in_events_apart(conn: Connection) -> None:
+    """``flow:<id>:<key>`` and ``deployment:<id>:<key>`` become :func:`dropin_key`'s form,
+    which no Erathos execution id can take (they have no ``/``). The events are found by
+    their drop-in delivery, never by what their payload says."""
+    found = conn.execute(
+        select(events.c.id, events.c.execution_id)
+        .join(deliveries, deliveries.c.event_id == events.c.id)
+        .where(deliveries.c.route == DROP_IN_ROUTE)
+    )
+    for row in found.all():
+        kind, _, rest = str(row.execution_id).partition(":")
+        target, colon, key = rest.partition(":")
+        if kind not in ("flow", "deployment") or not colon:
+            continue
+        keyed = update(events).where(events.c.id == row.id)
+        conn.execute(keyed.values(execution_id=dropin_key(kind, target, key)))
+
+
+# UPGRADES[n] turns a database of version n + 1 into one of version n + 2.
+UPGRADES: tuple[Callable[[Connection], None], ...] = (_key_drop_in_events_by_target, _version_3)
+assert len(UPGRADES) == SCHEMA_VERSION - 1
