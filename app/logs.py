@@ -204,7 +204,7 @@ class _Batch:
 
     Each write to stderr releases the GIL, and on a busy SQLite writer thread the loop
     then waits to take it back: two lines per webhook, written one by one, cost the
-    durable accept 9 % of its CPU (bench/README.md). What a kill -9 can lose is the
+    durable accept a measurable share of its CPU (bench/README.md). What a kill -9 can lose is the
     lines of the turn it interrupts; a normal exit writes them (``atexit``)."""
 
     def __init__(self) -> None:

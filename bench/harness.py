@@ -279,7 +279,8 @@ class Harness:
         """One ``burst`` load generator per port, ``count`` requests each over
         ``concurrency`` connections, all starting at the same moment (once every process
         has opened its connections); each one's result, with its start and end."""
-        at = time.monotonic() + 3.0  # a load generator starts in about 0.5 s
+        # Far enough ahead for every generator to start and connect (bench/README.md).
+        at = time.monotonic() + 3.0
         procs, outs = [], []
         for i, port in enumerate(ports):
             out = self.path(f"{tag}-{i}-loadgen.json")

@@ -417,7 +417,7 @@ async def test_create_behind_a_proxy_that_answers_503_after_prefect_saved_it_mak
 def erathos_event(
     status: str = "FINISHED", table: str = "orders", schema: str = "raw_shop", rows: int = 1520
 ) -> dict[str, Any]:
-    """A Prefect event in the service's shape (README, "The event"), finished this minute."""
+    """A Prefect event in the service's shape (docs/events.md), finished this minute."""
     job_id, execution_id = str(uuid.uuid4()), str(uuid.uuid4())
     name = f"erathos.job.{status.lower()}"
     finished = datetime.now(UTC).replace(second=0, microsecond=0)

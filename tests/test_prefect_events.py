@@ -136,9 +136,9 @@ def test_a_finished_load_becomes_the_documented_event() -> None:
     }
 
 
-def test_the_readme_shows_the_event_the_code_emits() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### The event") :]
+def test_the_events_page_shows_the_event_the_code_emits() -> None:
+    page = (ROOT / "docs" / "events.md").read_text()
+    section = page[page.index("## The event") :]
     shown = json.loads(section[section.index("```json") + 7 : section.index("```\n")])
     load = json.loads((ROOT / "examples" / "event.json").read_text()) | {
         "connection_id": "3f9a1c2e-7b4d-4e8f-a6c5-1d2e3f4a5b6c",

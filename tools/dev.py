@@ -7,7 +7,8 @@ environment exists; it creates ``.venv`` itself from the hashed locks.
     python3 tools/dev.py run            the service (with no Prefect configured: a local one,
                                         the example flow served, and .env for the CLI)
     python3 tools/dev.py test [ARGS]    pytest against a real local Prefect server
-    python3 tools/dev.py lint           ruff, mypy, deptry and the layering contract
+    python3 tools/dev.py lint           ruff, mypy, deptry, the layering contract and the
+                                        documentation site (mkdocs build --strict)
     python3 tools/dev.py bench [ARGS]   the benchmark, bench/run.py (--quick: about 6 minutes)
     python3 tools/dev.py lock           regenerate the hashed requirements/*.txt
     python3 tools/dev.py package        the wheel, installed as `pip install` does, served
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -410,8 +412,24 @@ def cmd_lint() -> int:
         run(BIN / "deptry", "app"),
         # which package may import which ([tool.importlinter] in pyproject)
         run(BIN / "lint-imports", "--no-logo"),
+        build_docs(),
     ]
     return 0 if not any(results) else 1
+
+
+def build_docs() -> int:
+    """The documentation site, strictly: a link to a missing page or anchor fails (mkdocs.yml)."""
+    # Material prints a banner about MkDocs 2.0 on every build unless this is set.
+    env = os.environ | {"NO_MKDOCS_2_WARNING": "1"}
+    with tempfile.TemporaryDirectory(prefix="site-") as site:
+        command: list[str | Path] = [
+            BIN / "mkdocs",
+            "build",
+            "--strict",  # not --quiet: it hides the warnings, and strict then passes
+            "--site-dir",
+            site,
+        ]
+        return subprocess.run(command, env=env, check=False).returncode
 
 
 def cmd_package() -> int:

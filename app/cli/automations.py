@@ -1,5 +1,5 @@
 """Prefect automations that run a deployment when the service's Erathos events arrive
-(README, "Automations"): the automation's JSON, and creating it through Prefect's API.
+(docs/events.md, "Automations"): the automation's JSON, and creating it through Prefect's API.
 
 Written in the form that works on Prefect 3.4 and 3.9 alike: matches with a trailing
 ``*`` only, and every parameter through ``tojson`` and ``__prefect_kind: json``, so that

@@ -6,8 +6,7 @@ read and validated as an :class:`app.routing.event.ErathosEvent`, and
 
 The token check and the counting are called in the handler here, where every other
 route declares them as dependencies: on this, the hottest route, FastAPI's resolution
-of the three dependencies cost 15 % of accept throughput, and of the token check alone
-7 % (interleaved wrk runs; bench/README.md).
+of dependencies was measured to cost accept throughput (bench/README.md says how much).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 routes file connection's ``"events": true``), and the request that emits it.
 
 A pure function of the stored event: a retry, a replay or a redelivered webhook makes
-the same event, with the same id. Its shape is public (README, "The event"): automations
+the same event, with the same id. Its shape is public (docs/events.md, "The event"): automations
 are written against it, so names may grow, never change.
 """
 
