@@ -22,7 +22,6 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 COOKIE = "bridge_console"
-COOKIE_PATH = "/ui"
 # Domain separation: the admin token also opens the admin API; these keys sign nothing else.
 _SESSION_CONTEXT = b"erathos-prefect-bridge console session v1"
 _CSRF_CONTEXT = b"csrf:"
