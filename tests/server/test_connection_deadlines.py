@@ -24,6 +24,7 @@ from tests.support.rawhttp import (
     closed_by_server,
     connect,
     read_response,
+    refused_counts,
     running_service,
 )
 from tests.support.tokens import TOKEN, auth
@@ -192,15 +193,6 @@ async def test_as_many_hostile_connections_as_the_bound_still_let_a_webhook_in_i
     assert refused["too_many"] >= 1
     assert refused["body_too_slow"] >= (len(kinds) - 1) * (bound // len(kinds))
     assert refused["idle"] >= bound // len(kinds)
-
-
-def refused_counts(scraped: str) -> dict[str, int]:
-    prefix = 'erathos_bridge_connections_refused_total{reason="'
-    return {
-        line[len(prefix) :].partition('"')[0]: int(float(line.rpartition(" ")[2]))
-        for line in scraped.splitlines()
-        if line.startswith(prefix)
-    }
 
 
 async def test_metrics_count_each_refused_connection_by_reason(tmp_path: Path) -> None:

@@ -63,3 +63,13 @@ async def healthz(service: ServiceProcess) -> int:
         return status
     finally:
         writer.close()
+
+
+def refused_counts(scraped: str) -> dict[str, int]:
+    """The connections the server refused or closed at a limit, by reason, from ``/metrics``."""
+    prefix = 'erathos_bridge_connections_refused_total{reason="'
+    return {
+        line[len(prefix) :].partition('"')[0]: int(float(line.rpartition(" ")[2]))
+        for line in scraped.splitlines()
+        if line.startswith(prefix)
+    }
