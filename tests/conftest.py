@@ -1,6 +1,7 @@
-"""Shared fixtures: a real Prefect server for the session, the store's database (SQLite,
-or a fresh PostgreSQL database), settings built for a test, and the app under test with
-its lifespan running.
+"""Shared fixtures, and only fixtures (the helpers they use are tests/support/'s): the
+real Prefect servers for the session, the store's database (SQLite, or a fresh PostgreSQL
+database), settings built for a test (``make_settings`` and its presets ``fast_retries``,
+``events_on`` and ``guarded_settings``), and the app under test with its lifespan running.
 
 Tests marked ``every_database`` that use ``database_url`` (directly or through
 ``make_settings``) run once per store: ``[sqlite]`` and ``[postgresql]``. The
