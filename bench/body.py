@@ -8,7 +8,7 @@ import json
 import uuid
 
 from app.routing.event import METADATA
-from tests.erathos import execution, render
+from tests.support.erathos import execution, render
 
 WEBHOOK_PATH = "/webhooks/erathos"
 _MARK = "00000000-0000-4000-8000-000000000000"

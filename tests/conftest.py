@@ -1,6 +1,7 @@
-"""Shared fixtures: a real Prefect server for the session, the store's database (SQLite,
-or a fresh PostgreSQL database), settings built for a test, and the app under test with
-its lifespan running.
+"""Shared fixtures, and only fixtures (the helpers they use are tests/support/'s): the
+real Prefect servers for the session, the store's database (SQLite, or a fresh PostgreSQL
+database), settings built for a test (``make_settings`` and its presets ``fast_retries``,
+``events_on`` and ``guarded_settings``), and the app under test with its lifespan running.
 
 Tests marked ``every_database`` that use ``database_url`` (directly or through
 ``make_settings``) run once per store: ``[sqlite]`` and ``[postgresql]``. The
@@ -12,35 +13,28 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app.config import Settings
-from app.main import create_app
 from app.storage.database import Database
 from app.storage.history import History
-from app.storage.records import DeliveryRecord, EventRecord
 from app.storage.store import Store
-from tests.databases import (
-    BACKENDS,
-    SERVER_VARIABLE,
-    configured_server,
-    create_database,
-    drop_database,
+from tests.support.databases import BACKENDS, create_database, drop_database, postgres_server
+from tests.support.guarded import AUTH_STRING, BASE_PATH
+from tests.support.inprocess import (
+    GuardedSettings,
+    SettingsFactory,
+    TargetSettings,
+    open_client,
 )
-from tests.tokens import ADMIN_TOKEN as ADMIN_TOKEN
-from tests.tokens import TOKEN as TOKEN
-from tests.tokens import auth as auth
-from tests.waiting import ManualClock
+from tests.support.tokens import ADMIN_TOKEN, TOKEN
+from tests.support.waiting import ManualClock
 from tools.localprefect import PrefectServer
-
-SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
@@ -61,18 +55,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "every_database"
     ):
         metafunc.parametrize("database_url", BACKENDS, indirect=True)
-
-
-def postgres_server() -> str:
-    """The server of ``BRIDGE_TEST_DATABASE_URL``; skips the test when it is not set (and
-    fails it in CI, where a skipped PostgreSQL run would hide that it never ran)."""
-    server = configured_server()
-    if server is None:
-        message = f"{SERVER_VARIABLE} is not set: no PostgreSQL to test against"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return server
 
 
 @pytest.fixture
@@ -151,20 +133,12 @@ def prefect() -> Iterator[PrefectServer]:
         server.stop()
 
 
-# The guarded Prefect server: Basic auth on, under a Prefect Cloud-shaped API path.
-ACCOUNT = "0f6a9b9e-3a8c-4c43-9a57-1d0c5c0b6a11"
-WORKSPACE = "7c2d4e1f-5b6a-4f8e-8d9c-2a1b3c4d5e6f"
-AUTH_STRING = "admin:correct-horse-battery"
-
-
 @pytest.fixture(scope="session")
 def guarded_prefect() -> Iterator[PrefectServer]:
     """A second real Prefect server, for the tests of credentials: Basic auth on
     (``AUTH_STRING``), its API under a Prefect Cloud-shaped path. Tests that use it are
     marked slow."""
-    server = PrefectServer.launch(
-        base_path=f"/api/accounts/{ACCOUNT}/workspaces/{WORKSPACE}", auth_string=AUTH_STRING
-    )
+    server = PrefectServer.launch(base_path=BASE_PATH, auth_string=AUTH_STRING)
     try:
         yield server
     finally:
@@ -213,30 +187,73 @@ def settings(make_settings: SettingsFactory, prefect: PrefectServer, flow_id: st
     return make_settings(prefect_api_url=prefect.api_url, prefect_flow_id=flow_id)
 
 
-@asynccontextmanager
-async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, and a client that talks to it in-process."""
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://bridge"
-        ) as client,
-    ):
-        yield client
-
-
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with open_client(settings) as c:
         yield c
 
 
-async def stored_events(settings: Settings) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
-    """Every event the service stored, newest first (read from its database, after it
-    stopped or beside it)."""
-    database = await Database.open(settings.database_url)
-    try:
-        return await History(database).list_events(limit=500)
-    finally:
-        await database.close()
+@pytest.fixture
+def fast_retries(make_settings: SettingsFactory) -> TargetSettings:
+    """Settings for deliveries that fail and are tried again within a test: short
+    timeout, lease and backoff, a webhook that waits for the outcome, the admin API on."""
+
+    def build(api_url: str, flow_id: str, **more: Any) -> Settings:
+        values: dict[str, Any] = {
+            "prefect_api_url": api_url,
+            "prefect_flow_id": flow_id,
+            "admin_token": ADMIN_TOKEN,
+            "prefect_timeout": "1s",
+            "lease": "3s",
+            "retry_base": "100ms",
+            "retry_cap": "1s",
+            "sync_wait": "3s",
+        }
+        return make_settings(**(values | more))
+
+    return build
+
+
+@pytest.fixture
+def events_on(make_settings: SettingsFactory) -> TargetSettings:
+    """Settings that emit every Erathos event as a Prefect event, with a short backoff, a
+    webhook that waits for the outcome, the admin API on."""
+
+    def build(api_url: str, flow_id: str, **more: Any) -> Settings:
+        values: dict[str, Any] = {
+            "prefect_api_url": api_url,
+            "prefect_flow_id": flow_id,
+            "prefect_events": True,
+            "admin_token": ADMIN_TOKEN,
+            "retry_base": "100ms",
+            "retry_cap": "1s",
+            "sync_wait": "3s",
+        }
+        return make_settings(**(values | more))
+
+    return build
+
+
+@pytest.fixture
+def guarded_flow_id(guarded_prefect: PrefectServer) -> str:
+    """A flow of this test's own on the guarded Prefect server."""
+    return guarded_prefect.create_flow(f"dbt-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def guarded_settings(
+    make_settings: SettingsFactory, guarded_prefect: PrefectServer, guarded_flow_id: str
+) -> GuardedSettings:
+    """Settings aimed at the guarded Prefect server and ``guarded_flow_id``, the admin API
+    on, sending the credentials a test names (``AUTH_STRING`` is the right one)."""
+
+    def build(auth_string: str, **more: Any) -> Settings:
+        values: dict[str, Any] = {
+            "prefect_api_url": guarded_prefect.api_url,
+            "prefect_flow_id": guarded_flow_id,
+            "prefect_api_auth_string": auth_string,
+            "admin_token": ADMIN_TOKEN,
+        }
+        return make_settings(**(values | more))
+
+    return build

@@ -28,8 +28,8 @@ from playwright.sync_api import Page, sync_playwright
 from app.storage.database import Database
 from app.storage.records import AttemptRecord, DeliveryState, DeliveryUpdate, NewDelivery, NewEvent
 from app.storage.store import Store
-from tests.processes import ServiceProcess, clean_environment
-from tests.tokens import ADMIN_TOKEN, TOKEN
+from tests.support.processes import ServiceProcess, clean_environment
+from tests.support.tokens import ADMIN_TOKEN, TOKEN
 from tools.localprefect import free_port
 
 DAY = 86400.0

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from tests.erathos import webhook_body
-from tests.faults import FaultProxy
-from tests.processes import ServiceProcess, clean_environment
+from tests.support.erathos import webhook_body
+from tests.support.faults import FaultProxy
+from tests.support.processes import ServiceProcess, clean_environment
 from tools.localprefect import PrefectServer, free_port
 
 TOKEN = "soak-webhook-token-0123456789"

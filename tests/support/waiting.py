@@ -1,0 +1,71 @@
+"""Waiting in tests: for a condition (never a fixed sleep where an outcome can be
+awaited), for a service's deliveries to settle, and a clock moved by hand (never a sleep
+for a lease or a backoff)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from tests.support.tokens import ADMIN_TOKEN, auth
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    within: float,
+    what: str,
+    every: float = 0.1,
+) -> None:
+    """Return once ``condition()`` (sync or async) is true; fail the test naming ``what``
+    when it is not within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        outcome = condition()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {within} s")
+        await asyncio.sleep(every)
+
+
+async def pending_count(client: httpx.AsyncClient) -> int:
+    """How many events still have a pending delivery (up to 500), by the admin API of
+    the service ``client`` talks to (in process, or a real process by its URL)."""
+    response = await client.get(
+        "/events", params={"state": "pending", "limit": 500}, headers=auth(ADMIN_TOKEN)
+    )
+    assert response.status_code == 200, response.text
+    return len(response.json()["events"])
+
+
+async def settled(client: httpx.AsyncClient, within: float) -> None:
+    """Wait until no event has a pending delivery (each is delivered or dead)."""
+
+    async def none_pending() -> bool:
+        return await pending_count(client) == 0
+
+    await eventually(none_pending, within=within, what="every delivery settled")
+
+
+class ManualClock:
+    """A clock that moves only when told: call it for epoch seconds (the store's clock),
+    or ``monotonic()`` (the gate's)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
