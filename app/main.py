@@ -3,7 +3,8 @@ every resource (store, Prefect clients, dispatcher) through :func:`open_bridge`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
@@ -32,10 +33,10 @@ class State(TypedDict):
     bridge: Bridge
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        async with open_bridge(settings) as bridge:
+        async with open_bridge(settings, clock=clock) as bridge:
             yield {"bridge": bridge}
 
     app = FastAPI(

@@ -19,11 +19,13 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from app import __version__
 from app.delivery.client import AttemptResult, Outcome
+from app.delivery.deadlines import window_outcome
 from app.delivery.gate import Circuit
 from app.delivery.status import EVENT, FLOW_RUN, ConnectionStatus
 from app.logs import lost_lines
 from app.server.refusals import refusals
 from app.storage.history import History
+from app.storage.sets import Closed
 
 PREFIX = "erathos_bridge"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -202,6 +204,13 @@ class Metrics:
             ["connection", "state"],
             registry=registry,
         )
+        self.set_windows = Counter(
+            f"{PREFIX}_set_windows",
+            "Windows of the routes file's sets closed, by set and outcome (completed; "
+            "late_run: late, run with what arrived; late_skipped: late, no run)",
+            ["set", "outcome"],
+            registry=registry,
+        )
         Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=registry).labels(
             __version__
         ).set(1)
@@ -224,6 +233,10 @@ class Metrics:
             self._set_circuit(name, Circuit.CLOSED)
 
     # -- ingest -------------------------------------------------------------------------
+
+    def set_closed(self, closed: Closed) -> None:
+        """Count a set's window that closed (a late one's line is logged beside it)."""
+        self.set_windows.labels(closed.set_name, window_outcome(closed)).inc()
 
     def reject(self, reason_or_code: str) -> None:
         """Count a rejected request, by reason or by the error code it was answered with."""
