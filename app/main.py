@@ -17,7 +17,7 @@ from app import __version__
 from app.config import Settings
 from app.console import console_app
 from app.errors import install_error_handlers
-from app.intake import admin_router, dropin_router, health_router, webhook_router
+from app.intake import admin_router, dropin_router, health_router, sets_router, webhook_router
 from app.logs import RequestContext
 from app.server.forwarded import ForwardedClient
 from app.service import Bridge, open_bridge
@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     if settings.admin_token is not None:
         # Without an admin token the admin endpoints and the console do not exist at all.
         app.include_router(admin_router)
+        app.include_router(sets_router)
         app.mount("/ui", console_app(settings), name="console")
 
         @app.get("/ui", include_in_schema=False)

@@ -11,6 +11,7 @@ databases); without it they are skipped, except in CI, where that is an error.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -214,9 +215,12 @@ def settings(make_settings: SettingsFactory, prefect: PrefectServer, flow_id: st
 
 
 @asynccontextmanager
-async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, and a client that talks to it in-process."""
-    app = create_app(settings)
+async def open_client(
+    settings: Settings, clock: Callable[[], float] = time.time
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, and a client that talks to it in-process;
+    ``clock``: the store's and the dispatcher's (a test moves it by hand)."""
+    app = create_app(settings, clock=clock)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(

@@ -74,18 +74,21 @@ class Deadlines:
         self.poll_interval = poll_interval
         self.observer = observer
         self.wake = wake
+        self.checked_at: float | None = None  # the clock's time at the last check's start
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     async def tick(self) -> list[Closed]:
         """Close what is due, open the day's windows; the dispatcher is woken for what
         the closing made."""
+        started = self.windows.clock()
         closed = await self.windows.fire_due(self.plans)
         for window in closed:
             announce(window, self.observer)
         if closed:
             self.wake()
         await self.windows.open_daily(list(self.plans.values()))
+        self.checked_at = started
         return closed
 
     async def start(self) -> None:

@@ -123,9 +123,15 @@ class SetWindows:
         return opened
 
     async def windows(
-        self, *, open_only: bool = False, set_name: str | None = None, limit: int = 50
+        self,
+        members: Mapping[str, Sequence[str]],
+        *,
+        open_only: bool = False,
+        set_name: str | None = None,
+        limit: int = 50,
     ) -> list[WindowView]:
-        """Windows, newest first, with their loads."""
+        """Windows, newest first, with their loads; an open window's missing members are
+        those of ``members`` (each set's, as configured now) that have not loaded yet."""
         query = select(set_windows).order_by(
             set_windows.c.opened_at.desc(), set_windows.c.starts_at.desc()
         )
@@ -135,23 +141,29 @@ class SetWindows:
             query = query.where(set_windows.c.set_name == set_name)
 
         def read(conn: Connection) -> list[WindowView]:
-            rows = conn.execute(query.limit(limit)).all()
-            return [
-                WindowView(
-                    id=row.id,
-                    set_name=row.set_name,
-                    window=row.window_key,
-                    state=WindowState(row.state),
-                    starts_at=row.starts_at,
-                    deadline_at=row.deadline_at,
-                    opened_at=row.opened_at,
-                    closed_at=row.closed_at,
-                    loads=[{"member": m, **load} for m, load in loads_of(conn, row.id).items()],
-                    missing=json.loads(row.missing) if row.missing else [],
-                    event_id=row.event_id,
+            found = []
+            for row in conn.execute(query.limit(limit)).all():
+                loads = loads_of(conn, row.id)
+                if row.state == WindowState.OPEN.value:
+                    missing = [m for m in members.get(row.set_name, ()) if m not in loads]
+                else:
+                    missing = json.loads(row.missing) if row.missing else []
+                found.append(
+                    WindowView(
+                        id=row.id,
+                        set_name=row.set_name,
+                        window=row.window_key,
+                        state=WindowState(row.state),
+                        starts_at=row.starts_at,
+                        deadline_at=row.deadline_at,
+                        opened_at=row.opened_at,
+                        closed_at=row.closed_at,
+                        loads=[{"member": m, **load} for m, load in loads.items()],
+                        missing=missing,
+                        event_id=row.event_id,
+                    )
                 )
-                for row in rows
-            ]
+            return found
 
         return await self.database.run(read)
 
