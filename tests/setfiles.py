@@ -90,14 +90,17 @@ async def windows(client: httpx.AsyncClient, name: str) -> list[dict[str, Any]]:
 
 
 async def closed_window(client: httpx.AsyncClient, name: str, within: float) -> dict[str, Any]:
-    """The set's latest window, once it has closed."""
+    """The set's latest closed window, once there is one (a daily set's next window may
+    be open already)."""
+
+    async def closed() -> list[dict[str, Any]]:
+        return [w for w in await windows(client, name) if w["state"] != "open"]
 
     async def is_closed() -> bool:
-        found = await windows(client, name)
-        return bool(found) and found[0]["state"] != "open"
+        return bool(await closed())
 
     await eventually(is_closed, within=within, what=f"a window of {name} closed")
-    return (await windows(client, name))[0]
+    return (await closed())[0]
 
 
 async def window_deliveries(
