@@ -12,7 +12,7 @@ import httpx
 
 from tests.tokens import ADMIN_TOKEN, TOKEN, auth
 from tests.waiting import eventually
-from tools.localprefect import PrefectServer
+from tools.localprefect import PrefectServer, ServedFlow
 
 SET_DEPLOYMENT = "erathos-set/example"  # examples/flows/erathos_dbt.py serves it
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -136,3 +136,8 @@ async def finished_run(prefect: PrefectServer, run_id: str, within: float = 90) 
         lambda: run()["state"]["type"] in TERMINAL, within=within, what="the set's run finished"
     )
     return run()
+
+
+def flow_log(flow: ServedFlow) -> str:
+    """The end of the served flow's output, for a failed assertion's message."""
+    return flow.log_path.read_text()[-3000:] if flow.log_path is not None else ""

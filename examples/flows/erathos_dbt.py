@@ -67,9 +67,7 @@ def erathos_set(
     integer), and the members still missing when its deadline passed (``late``)."""
     logger = get_run_logger()
     for load in loads:
-        logger.info(
-            "%s: execution %s, %s rows", load["member"], load["execution_id"], load["rows"]
-        )
+        logger.info("%s: execution %s, %s rows", load["member"], load["execution_id"], load["rows"])
     if late:
         logger.warning("window %s closed at its deadline; missing: %s", window, missing)
     # Your transformation goes here, once for the whole set. For example:
