@@ -12,9 +12,9 @@ import httpx
 
 from tests.tokens import ADMIN_TOKEN, TOKEN, auth
 from tests.waiting import eventually
-from tools.localprefect import PrefectServer, ServedFlow
+from tools.localprefect import EXAMPLE_SET_DEPLOYMENT, PrefectServer, ServedFlow
 
-SET_DEPLOYMENT = "erathos-set/example"  # examples/flows/erathos_dbt.py serves it
+SET_DEPLOYMENT = EXAMPLE_SET_DEPLOYMENT  # examples/flows/erathos_dbt.py serves it
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -298,6 +298,18 @@ def load_of(event: ErathosEvent) -> dict[str, Any]:
     }
 
 
+def sample_window(table_set: TableSet, sample: ErathosEvent) -> dict[str, Any]:
+    """The values a window of the set would have with every member loaded as ``sample``
+    (``check`` renders the set's parameters from them)."""
+    loads = []
+    for member in table_set.members:
+        named = {"table_name": member.table, "schema_name": member.schema or sample.schema_name}
+        changed = {"job_id": UUID(member.job)} if member.job is not None else named
+        loads.append({"member": member.text, **load_of(sample.model_copy(update=changed))})
+    window = "2026-01-05" if isinstance(table_set.window, Daily) else "2026-01-05T06:15:00.000Z"
+    return {"name": table_set.name, "window": window, "late": False, "loads": loads, "missing": []}
+
+
 def window_values(stored: EventRecord) -> dict[str, Any] | None:
     """The set's values a window's event carries (``${{set.*}}``), or None for another event."""
     values = (
