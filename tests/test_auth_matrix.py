@@ -34,9 +34,7 @@ OPEN = {
 WEBHOOK = {
     r.path for r in [*webhook_router.routes, *dropin_router().routes] if isinstance(r, APIRoute)
 }
-ADMIN = {
-    r.path for r in [*admin_router.routes, *sets_router.routes] if isinstance(r, APIRoute)
-}
+ADMIN = {r.path for r in [*admin_router.routes, *sets_router.routes] if isinstance(r, APIRoute)}
 CONSOLE = {"/ui"}  # its own app: every page but sign-in answers a session cookie only
 
 WRONG = {
