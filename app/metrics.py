@@ -49,6 +49,7 @@ REJECTION_REASONS = (*REJECTED_BY_CODE.values(), DUPLICATE, NO_ROUTE)
 STATUS_CLASSES = ("2xx", "3xx", "401", "403", "429", "4xx", "5xx", "timeout", "error")
 DEAD_REASONS = ("permanent", "exhausted")  # Prefect refused; the retry budget ran out
 FINAL_OUTCOMES = ("delivered", "dead")
+SET_OUTCOMES = ("completed", "late_run", "late_skipped")  # app.delivery.deadlines
 # The ``kind`` of a delivery: a flow run to create, or an Erathos event emitted as a
 # Prefect event (only on the connections that emit them).
 
@@ -116,7 +117,12 @@ class ProcessLosses:
 class Metrics:
     """The service's counters, gauges and histograms, and how they are updated."""
 
-    def __init__(self, connections: Iterable[str] = (), events_on: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        connections: Iterable[str] = (),
+        events_on: Iterable[str] = (),
+        sets: Iterable[str] = (),
+    ) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self._scraped = WithoutCreated(registry)
@@ -219,6 +225,9 @@ class Metrics:
         # Every series exists from the start at 0, so increase() sees the first event.
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        for name in sets:
+            for outcome in SET_OUTCOMES:
+                self.set_windows.labels(name, outcome)
         emitting = set(events_on)
         for name in self._connections:
             for kind in (FLOW_RUN, EVENT) if name in emitting else (FLOW_RUN,):

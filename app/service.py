@@ -163,7 +163,7 @@ async def open_bridge(
             connection = connect(spec, settings, masker)
             connections[name] = await stack.enter_async_context(connection)
         # Its own registry per service: several apps in one process never share series.
-        metrics = Metrics(connections, router.emit_on)
+        metrics = Metrics(connections, router.emit_on, sets=[s.name for s in router.sets])
         dispatcher = Dispatcher(store, history, router, connections, lookup, settings, metrics)
         watch = PrefectWatch(router, connections)
         stack.push_async_callback(watch.close)
@@ -174,7 +174,8 @@ async def open_bridge(
             # A connection whose circuit has opened already is being probed by its gate.
             watch.start(skip=lambda name: dispatcher.status()[name].circuit is not Circuit.CLOSED)
         interval = settings.poll_interval.total_seconds()
-        deadlines = Deadlines(windows, router, interval, metrics, dispatcher.wake)
+        retention = settings.retention.total_seconds()
+        deadlines = Deadlines(windows, router, interval, metrics, dispatcher.wake, retention)
         if dispatch:
             await deadlines.start()
             stack.push_async_callback(deadlines.stop)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
 
 from app.cli import main
 from app.config import ConfigurationError, Settings
@@ -23,7 +25,10 @@ from app.routing.sets import Member
 from app.routing.templates import template_lookup
 from app.routing.windows import Daily, Within
 from app.service import connect
+from app.storage.database import Database
 from app.storage.records import NewEvent
+from app.storage.schema import SCHEMA_VERSION, meta, set_loads, set_windows
+from app.storage.set_windows import SetWindows
 from app.storage.sets import Placed, SetJoin, SetPlan, WindowState
 from app.storage.store import Store
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
@@ -221,6 +226,49 @@ async def test_a_completed_window_is_closed_once_and_a_later_load_opens_the_next
     assert [x["table_name"] for x in completed.loads] == ["orders", "customers"]
     assert after.closed == []
     assert after.joined[0].window != completed.window
+
+
+@pytest.mark.anyio
+@pytest.mark.every_database
+async def test_a_version_3_store_is_upgraded_with_the_sets_tables(database_url: str) -> None:
+    database = await Database.open(database_url)
+
+    def as_version_3(conn: Connection) -> None:
+        set_loads.drop(conn)
+        set_windows.drop(conn)
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="3"))
+
+    await database.run(as_version_3)
+    await database.close()
+    upgraded = await Database.open(database_url)
+    try:
+        store = Store(upgraded)
+        await store.record_event(new_load("orders", plan(("orders",))))
+        version = await upgraded.run(
+            lambda conn: conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+        )
+        closed = await upgraded.run(
+            lambda conn: conn.scalar(select(func.count()).select_from(set_windows))
+        )
+    finally:
+        await upgraded.close()
+
+    assert version == str(SCHEMA_VERSION) == "5"
+    assert closed == 1
+
+
+@pytest.mark.anyio
+async def test_closed_windows_are_pruned_with_the_events_retention(
+    store: Store, clock: ManualClock
+) -> None:
+    shop = plan(("orders",))
+    await store.record_event(new_load("orders", shop))  # completes its window at once
+    windows = SetWindows(store.database, clock)
+
+    assert await windows.prune(clock() - 1) == 0
+    clock.advance(10)
+    assert await windows.prune(clock() - 1) == 1
+    assert await windows.windows({}) == []
 
 
 ROUTES_WITH_A_SET = {

@@ -107,9 +107,19 @@ async def test_two_of_three_land_and_the_deadline_decides_with_a_late_event_eith
         clock.now = deadline + 1
         closed = await closed_window(client, name, within=20)
         made = await window_deliveries(client, closed, within=60)
+        metrics = (await client.get("/metrics")).text
+        signed = await client.post(
+            "/ui/sign-in", data={"token": ADMIN_TOKEN}, headers={"Origin": "http://bridge"}
+        )
+        assert signed.status_code == 303
+        page = (await client.get("/ui/sets")).text
 
     assert closed["state"] == "late"
     assert closed["missing"] == ["raw_shop.payments"]
+    outcome = "late_run" if when_late == "run" else "late_skipped"
+    assert f'erathos_bridge_set_windows_total{{outcome="{outcome}",set="{name}"}} 1.0' in metrics
+    assert f"<td>{closed['window']}</td>" in page
+    assert "late</td>" in page
     routes_made = sorted(d["route"] for d in made)
     assert all(d["state"] == "delivered" for d in made), made
     late = late_events(prefect, name)

@@ -25,6 +25,7 @@ from app.storage.set_windows import SetWindows
 from app.storage.sets import Closed
 
 log = structlog.get_logger("erathos_prefect_bridge.delivery.deadlines")
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 class SetObserver(Protocol):
@@ -68,12 +69,15 @@ class Deadlines:
         poll_interval: float,
         observer: SetObserver | None,
         wake: Callable[[], None],
+        retention: float = 30 * 86400.0,
     ) -> None:
         self.windows = windows
         self.plans = {s.name: s.plan(router.emit_on) for s in router.sets}
         self.poll_interval = poll_interval
         self.observer = observer
         self.wake = wake
+        self.retention = retention  # BRIDGE_RETENTION: closed windows kept as long as events
+        self._last_prune = 0.0
         self.checked_at: float | None = None  # the clock's time at the last check's start
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -88,6 +92,9 @@ class Deadlines:
         if closed:
             self.wake()
         await self.windows.open_daily(list(self.plans.values()))
+        if started - self._last_prune >= PRUNE_EVERY_SECONDS:
+            self._last_prune = started
+            await self.windows.prune(started - self.retention)
         self.checked_at = started
         return closed
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from app.storage.database import Database
@@ -98,6 +98,14 @@ class SetWindows:
 
             closed += await self.database.run(fire)
         return closed
+
+    async def prune(self, older_than: float) -> int:
+        """Delete the windows closed before ``older_than`` (with their loads): their
+        events are pruned by the same retention."""
+        closed = delete(set_windows).where(
+            set_windows.c.state != WindowState.OPEN.value, set_windows.c.closed_at < older_than
+        )
+        return int(await self.database.run(lambda conn: conn.execute(closed).rowcount))
 
     async def open_daily(self, plans: Sequence[SetPlan]) -> int:
         """Open today's window of each daily set that has none open, so its deadline
