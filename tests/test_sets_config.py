@@ -5,8 +5,10 @@ what ``simulate``, ``check``, the CLI's ``sets`` and the console show."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from datetime import time as clock_time
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
-from app.cli import main
+from app.cli import erathos_template, main
 from app.config import ConfigurationError, Settings
 from app.intake.diagnose import simulate
 from app.routing.event import ErathosEvent
@@ -375,3 +377,43 @@ def test_check_renders_a_sets_parameters_against_the_deployments_schema(
     out = capsys.readouterr().out
     assert "set 'shop': ok" in out
     assert "set 'bad': FAILED: flow_run.parameters: loads: '2026-01-05' is not of type" in out
+
+
+def test_with_a_set_the_erathos_template_names_no_jobs_and_only_shared_rules(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    finished = {"variable_name": "STATUS", "operation": "EQUAL", "value": "FINISHED"}
+    rows = {"variable_name": "ROWS", "operation": "GREATER_THAN", "value": "0"}
+    route = {"name": "r", "jobs": [JOB], "rules": [finished, rows], "flow_id": FLOW}
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"routes": [route], "sets": [a_set()]}))
+
+    definition = erathos_template(make_settings(routes_file=path), "https://bridge.example.com")
+
+    assert definition["jobs"] == ["<ERATHOS_JOB_ID>"]  # a set's tables may come from any job
+    assert definition["rules"] == [finished]  # the set's default rule, shared with the route
+
+
+@pytest.mark.anyio
+async def test_members_landing_at_once_on_two_replicas_complete_each_window_once(
+    make_settings: SettingsFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    path = tmp_path / "routes.json"
+    members = ["raw_shop.orders", "raw_shop.customers", "raw_shop.payments"]
+    path.write_text(json.dumps({"sets": [a_set(members=members)]}))
+    settings = make_settings(routes_file=path, database_url=postgres_url)
+    rounds = 8
+
+    async with open_client(settings) as one, open_client(settings) as other:
+        answers = []
+        for _ in range(rounds):
+            bodies = [load("orders"), load("customers"), load("payments")]
+            sent = [
+                send(client, body) for client, body in zip((one, other, one), bodies, strict=True)
+            ]
+            answers += await asyncio.gather(*sent)
+
+    states = Counter(answer["sets"][0]["state"] for answer in answers)
+    assert states == {"open": 2 * rounds, "completed": rounds}
+    windows = {answer["sets"][0]["window"] for answer in answers}
+    assert len(windows) == rounds
