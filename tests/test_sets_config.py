@@ -417,3 +417,44 @@ async def test_members_landing_at_once_on_two_replicas_complete_each_window_once
     assert states == {"open": 2 * rounds, "completed": rounds}
     windows = {answer["sets"][0]["window"] for answer in answers}
     assert len(windows) == rounds
+
+
+@pytest.mark.anyio
+@pytest.mark.every_database
+async def test_a_daily_window_with_nothing_loaded_is_announced_late_with_no_run(
+    store: Store, clock: ManualClock
+) -> None:
+    made: list[tuple[str, bool, bool]] = []
+    daily = SetPlan(
+        "shop", ("orders", "customers"), SAO_PAULO, True, lambda *a: made.append(a) or []
+    )
+    windows = SetWindows(store.database, clock)
+
+    assert await windows.open_daily([daily]) == 1
+    assert await windows.open_daily([daily]) == 0  # one open window at a time
+    [opened] = await windows.windows({"shop": daily.members})
+    clock.now = opened.deadline_at
+    [closed] = await windows.fire_due({"shop": daily})
+
+    assert closed.late
+    assert closed.missing == ["orders", "customers"]
+    assert not closed.run  # nothing arrived: nothing to run on, even under "run"
+    assert made == [(opened.window, True, False)]  # its Prefect events only
+    assert await windows.fire_due({"shop": daily}) == []  # closed once
+
+
+@pytest.mark.anyio
+async def test_a_window_of_a_set_removed_from_the_routes_file_closes_with_nothing_made(
+    store: Store, clock: ManualClock
+) -> None:
+    await store.record_event(new_load("orders", plan(("orders", "customers"))))
+    clock.advance(60)
+
+    [closed] = await SetWindows(store.database, clock).fire_due({})
+
+    assert (closed.set_name, closed.late, closed.run, closed.event_id) == (
+        "shop",
+        True,
+        False,
+        None,
+    )

@@ -30,7 +30,10 @@ class Within:
         return False
 
     def describe(self) -> str:
-        return f"within {self.seconds:g} s of the first member's load"
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if self.seconds >= size and self.seconds % size == 0:
+                return f"within {self.seconds / size:g}{unit} of the first member's load"
+        return f"within {self.seconds:g}s of the first member's load"
 
     def next_window(self, now: float, after: Placed | None) -> Placed:
         opened = now if after is None else max(now, after.starts_at + MIN_STEP)

@@ -47,14 +47,14 @@ class WindowView:
     event_id: str | None = None
 
 
-def _close_unconfigured(conn: Connection, window: Window, now: float) -> Closed:
+def _close_unconfigured(conn: Connection, name: str, window: Window, now: float) -> Closed:
     """A window of a set no longer in the routes file: closed late, with nothing made."""
     conn.execute(
         update(set_windows)
         .where(set_windows.c.id == window.id, set_windows.c.state == WindowState.OPEN.value)
         .values(state=WindowState.LATE.value, closed_at=now, missing="[]")
     )
-    return Closed("", window.window, True, False, [], [], None)
+    return Closed(name, window.window, True, False, [], [], None)
 
 
 class SetWindows:
@@ -92,7 +92,7 @@ class SetWindows:
                 return [
                     close_window(conn, plan, w, now, late=True)
                     if plan is not None
-                    else _close_unconfigured(conn, w, now)
+                    else _close_unconfigured(conn, name, w, now)
                     for w in map(window_of, due.all())
                 ]
 
