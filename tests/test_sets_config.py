@@ -34,7 +34,7 @@ from app.storage.set_windows import SetWindows
 from app.storage.sets import Placed, SetJoin, SetPlan, WindowState
 from app.storage.store import Store
 from tests.conftest import ADMIN_TOKEN, SettingsFactory, auth, open_client
-from tests.setfiles import load, send
+from tests.setfiles import load, send, windows
 from tests.waiting import ManualClock
 from tools.localprefect import PrefectServer
 
@@ -458,3 +458,31 @@ async def test_a_window_of_a_set_removed_from_the_routes_file_closes_with_nothin
         False,
         None,
     )
+
+
+@pytest.mark.anyio
+async def test_a_completed_window_is_a_past_window_whose_event_the_console_shows(
+    set_settings: Settings,
+) -> None:
+    async with open_client(set_settings) as client:
+        await send(client, load("orders", 5))
+        completing = await send(client, load("customers", 6))
+        [window] = [w for w in await windows(client, "shop") if w["state"] != "open"]
+        signed = await client.post(
+            "/ui/sign-in", data={"token": ADMIN_TOKEN}, headers={"Origin": "http://bridge"}
+        )
+        assert signed.status_code == 303
+        page = await client.get("/ui/sets")
+        event_page = await client.get(f"/ui/events/{window['event_id']}")
+        detail = await client.get(f"/events/{window['event_id']}", headers=auth(ADMIN_TOKEN))
+
+    assert completing["sets"][0]["state"] == "completed"
+    assert window["state"] == "completed"
+    assert [x["rows"] for x in window["loads"]] == [5, 6]
+    assert page.status_code == 200
+    assert "complete</td>" in page.text
+    assert event_page.status_code == 200
+    assert f"set/shop/{window['window']}" in event_page.text
+    [delivery] = detail.json()["deliveries"]
+    assert delivery["route"] == "set:shop"
+    assert detail.json()["payload"]["set"]["missing"] == []

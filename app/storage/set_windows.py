@@ -57,6 +57,14 @@ def _close_unconfigured(conn: Connection, name: str, window: Window, now: float)
     return Closed(name, window.window, True, False, [], [], None)
 
 
+def _in_order(loads: dict[str, dict[str, Any]], members: Sequence[str]) -> list[dict[str, Any]]:
+    """The loads in the order of the set's members (as ``${{set.loads}}`` lists them),
+    those of members no longer in the set last."""
+    rank = {member: index for index, member in enumerate(members)}
+    ordered = sorted(loads.items(), key=lambda item: rank.get(item[0], len(rank)))
+    return [{"member": member, **load} for member, load in ordered]
+
+
 class SetWindows:
     """The deadlines' transactions (:mod:`app.delivery.deadlines` runs them) and what
     operators read of the sets: their open and past windows."""
@@ -166,7 +174,7 @@ class SetWindows:
                         deadline_at=row.deadline_at,
                         opened_at=row.opened_at,
                         closed_at=row.closed_at,
-                        loads=[{"member": m, **load} for m, load in loads.items()],
+                        loads=_in_order(loads, members.get(row.set_name, ())),
                         missing=missing,
                         event_id=row.event_id,
                     )

@@ -201,7 +201,9 @@ def open_window(conn: Connection, plan: SetPlan, now: float, after: Window | Non
 def loads_of(conn: Connection, window_id: str) -> dict[str, dict[str, Any]]:
     """The window's loads by member."""
     found = conn.execute(
-        select(set_loads.c.member, set_loads.c.load).where(set_loads.c.window_id == window_id)
+        select(set_loads.c.member, set_loads.c.load)
+        .where(set_loads.c.window_id == window_id)
+        .order_by(set_loads.c.id)
     )
     return {row.member: json.loads(row.load) for row in found}
 
