@@ -400,7 +400,7 @@ From this directory:
 
   {cli} events            what arrived, and its flow runs
   {cli} sets              each set's open window: what arrived, what is missing
-  {cli} check             the settings, Prefect, each route
+  {cli} check             the settings, Prefect, each route and set
   {cli} simulate examples/event.json
   {cli} erathos-template --url https://<your public url>
   curl -H 'Authorization: Bearer {admin_token}' {base_url}/events
