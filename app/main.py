@@ -3,7 +3,8 @@ every resource (store, Prefect clients, dispatcher) through :func:`open_bridge`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
@@ -16,7 +17,7 @@ from app import __version__
 from app.config import Settings
 from app.console import console_app
 from app.errors import install_error_handlers
-from app.intake import admin_router, dropin_router, health_router, webhook_router
+from app.intake import admin_router, dropin_router, health_router, sets_router, webhook_router
 from app.logs import RequestContext
 from app.server.forwarded import ForwardedClient
 from app.service import Bridge, open_bridge
@@ -32,10 +33,10 @@ class State(TypedDict):
     bridge: Bridge
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        async with open_bridge(settings) as bridge:
+        async with open_bridge(settings, clock=clock) as bridge:
             yield {"bridge": bridge}
 
     app = FastAPI(
@@ -61,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.admin_token is not None:
         # Without an admin token the admin endpoints and the console do not exist at all.
         app.include_router(admin_router)
+        app.include_router(sets_router)
         app.mount("/ui", console_app(settings), name="console")
 
         @app.get("/ui", include_in_schema=False)

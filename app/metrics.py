@@ -19,11 +19,13 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from app import __version__
 from app.delivery.client import AttemptResult, Outcome
+from app.delivery.deadlines import window_outcome
 from app.delivery.gate import Circuit
 from app.delivery.status import EVENT, FLOW_RUN, ConnectionStatus
 from app.logs import lost_lines
 from app.server.refusals import refusals
 from app.storage.history import History
+from app.storage.sets import Closed
 
 PREFIX = "erathos_bridge"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -47,6 +49,7 @@ REJECTION_REASONS = (*REJECTED_BY_CODE.values(), DUPLICATE, NO_ROUTE)
 STATUS_CLASSES = ("2xx", "3xx", "401", "403", "429", "4xx", "5xx", "timeout", "error")
 DEAD_REASONS = ("permanent", "exhausted")  # Prefect refused; the retry budget ran out
 FINAL_OUTCOMES = ("delivered", "dead")
+SET_OUTCOMES = ("completed", "late_run", "late_skipped")  # app.delivery.deadlines
 # The ``kind`` of a delivery: a flow run to create, or an Erathos event emitted as a
 # Prefect event (only on the connections that emit them).
 
@@ -114,7 +117,12 @@ class ProcessLosses:
 class Metrics:
     """The service's counters, gauges and histograms, and how they are updated."""
 
-    def __init__(self, connections: Iterable[str] = (), events_on: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        connections: Iterable[str] = (),
+        events_on: Iterable[str] = (),
+        sets: Iterable[str] = (),
+    ) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self._scraped = WithoutCreated(registry)
@@ -202,6 +210,13 @@ class Metrics:
             ["connection", "state"],
             registry=registry,
         )
+        self.set_windows = Counter(
+            f"{PREFIX}_set_windows",
+            "Windows of the routes file's sets closed, by set and outcome (completed; "
+            "late_run: late, run with what arrived; late_skipped: late, no run)",
+            ["set", "outcome"],
+            registry=registry,
+        )
         Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=registry).labels(
             __version__
         ).set(1)
@@ -210,6 +225,9 @@ class Metrics:
         # Every series exists from the start at 0, so increase() sees the first event.
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        for name in sets:
+            for outcome in SET_OUTCOMES:
+                self.set_windows.labels(name, outcome)
         emitting = set(events_on)
         for name in self._connections:
             for kind in (FLOW_RUN, EVENT) if name in emitting else (FLOW_RUN,):
@@ -224,6 +242,10 @@ class Metrics:
             self._set_circuit(name, Circuit.CLOSED)
 
     # -- ingest -------------------------------------------------------------------------
+
+    def set_closed(self, closed: Closed) -> None:
+        """Count a set's window that closed (a late one's line is logged beside it)."""
+        self.set_windows.labels(closed.set_name, window_outcome(closed)).inc()
 
     def reject(self, reason_or_code: str) -> None:
         """Count a rejected request, by reason or by the error code it was answered with."""

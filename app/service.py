@@ -8,7 +8,8 @@ through :data:`BridgeDep`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -20,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 
 from app.config import PrefectSettings, Settings, StoreSettings
 from app.delivery.client import PrefectConnection
+from app.delivery.deadlines import Deadlines
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.gate import Circuit
 from app.delivery.probe import PrefectWatch
@@ -36,6 +38,7 @@ from app.routing.templates import Lookup, template_lookup
 from app.server.limits import RateLimiter
 from app.storage.database import Database
 from app.storage.history import History
+from app.storage.set_windows import SetWindows
 from app.storage.store import Store
 
 
@@ -55,6 +58,9 @@ class Bridge:
     # Every configured secret, masked in every form: what the admin API and the console
     # show, and (each connection's) Prefect's answers as they are kept.
     masker: Masker = field(kw_only=True)
+    # The routes file's sets: their windows (what operators read) and their deadlines.
+    windows: SetWindows | None = field(default=None, kw_only=True)
+    deadlines: Deadlines | None = field(default=None, kw_only=True)
 
 
 async def bridge_of(request: Request) -> Bridge:
@@ -137,23 +143,27 @@ async def open_database(settings: StoreSettings) -> Database:
 
 
 @asynccontextmanager
-async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIterator[Bridge]:
-    """Open every resource; with ``dispatch`` the dispatcher runs until the block exits,
-    and Prefect is probed once in the background (what is wrong is logged as a warning).
-    Whoever serves logs that the service is ready, once it listens."""
+async def open_bridge(
+    settings: Settings, *, dispatch: bool = True, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Bridge]:
+    """Open every resource; with ``dispatch`` the dispatcher (and the sets' deadlines)
+    run until the block exits, and Prefect is probed once in the background (what is
+    wrong is logged as a warning). Whoever serves logs that the service is ready, once it
+    listens. ``clock``: the store's, the dispatcher's and the deadlines' (tests move it)."""
     routing, lookup = configure(settings)
     router = routing.router
     masker = Masker(configured_secrets(settings, routing.connections.values()))
     async with AsyncExitStack() as stack:
         database = await open_database(settings)
         stack.push_async_callback(database.close)
-        store, history = Store(database), History(database)
+        store, history = Store(database, clock), History(database, clock)
+        windows = SetWindows(database, clock)
         connections = {}
         for name, spec in routing.connections.items():
             connection = connect(spec, settings, masker)
             connections[name] = await stack.enter_async_context(connection)
         # Its own registry per service: several apps in one process never share series.
-        metrics = Metrics(connections, router.emit_on)
+        metrics = Metrics(connections, router.emit_on, sets=[s.name for s in router.sets])
         dispatcher = Dispatcher(store, history, router, connections, lookup, settings, metrics)
         watch = PrefectWatch(router, connections)
         stack.push_async_callback(watch.close)
@@ -163,6 +173,12 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
             stack.push_async_callback(dispatcher.stop, deliveries_grace)
             # A connection whose circuit has opened already is being probed by its gate.
             watch.start(skip=lambda name: dispatcher.status()[name].circuit is not Circuit.CLOSED)
+        interval = settings.poll_interval.total_seconds()
+        retention = settings.retention.total_seconds()
+        deadlines = Deadlines(windows, router, interval, metrics, dispatcher.wake, retention)
+        if dispatch:
+            await deadlines.start()
+            stack.push_async_callback(deadlines.stop)
         limiter = None
         if settings.rate_limit is not None:
             limiter = RateLimiter(settings.rate_limit, burst=max(1.0, 2 * settings.rate_limit))
@@ -178,4 +194,6 @@ async def open_bridge(settings: Settings, *, dispatch: bool = True) -> AsyncIter
             metrics,
             prefect=watch,
             masker=masker,
+            windows=windows,
+            deadlines=deadlines,
         )

@@ -48,6 +48,7 @@ from tools.localprefect import (  # noqa: E402
     EXAMPLE_DEPLOYMENT,
     EXAMPLE_FLOW,
     EXAMPLE_ROUTES,
+    EXAMPLE_SET_DEPLOYMENT,
     PrefectError,
     PrefectServer,
     ServedFlow,
@@ -229,6 +230,17 @@ def example_body() -> dict[str, str]:
     }
 
 
+def example_set_body() -> dict[str, str]:
+    """The load that completes the example set ``shop`` (``examples/routes.json``) once the
+    example load of ``raw_shop.orders`` has arrived: ``raw_shop.customers``, as a new
+    execution of another job."""
+    return example_body() | {
+        "job_id": str(uuid.uuid4()),
+        "table_name": "customers",
+        "rows": "312",
+    }
+
+
 def example_curl(base_url: str, token: str, body: dict[str, str]) -> str:
     return (
         f"curl -sS -X POST {base_url}/webhooks/erathos \\\n"
@@ -359,7 +371,10 @@ The bridge is ready at {base_url}
   example flow      {EXAMPLE_FLOW.relative_to(ROOT)} (put your dbt/transform call there),
                     served as the deployment {EXAMPLE_DEPLOYMENT}; its runs:
                     {deployment_url}
-  routes            {EXAMPLE_ROUTES.relative_to(ROOT)}: each FINISHED load runs {EXAMPLE_DEPLOYMENT}
+  routes            {EXAMPLE_ROUTES.relative_to(ROOT)}: each FINISHED load runs
+                    {EXAMPLE_DEPLOYMENT}; its set "shop" runs {EXAMPLE_SET_DEPLOYMENT}
+                    once raw_shop.orders and raw_shop.customers have both loaded today
+                    (deadline 07:00 UTC)
   Prefect events    every load is also an event (erathos.job.finished, ...): {ui}/events
   webhook token     {webhook_token}  (data/dev-webhook-token)
   admin token       {admin_token}  (data/dev-admin-token; the admin API is on)
@@ -373,10 +388,19 @@ Send it what Erathos sends (run it twice: the second answer is a duplicate):
 The answer's deliveries[0].flow_run_url opens the flow run in the Prefect UI: it is
 COMPLETED within seconds, with typed parameters (rows is the integer 1520).
 
+Its "sets" say the load joined today's window of the set "shop", with raw_shop.customers
+missing. Complete the set with the load of customers:
+
+{example_curl(base_url, webhook_token, example_set_body())}
+
+Its "sets" say "completed": one run of {EXAMPLE_SET_DEPLOYMENT} gets both loads. The set's
+windows: {cli} sets, or {base_url}/ui/sets.
+
 From this directory:
 
   {cli} events            what arrived, and its flow runs
-  {cli} check             the settings, Prefect, each route
+  {cli} sets              each set's open window: what arrived, what is missing
+  {cli} check             the settings, Prefect, each route and set
   {cli} simulate examples/event.json
   {cli} erathos-template --url https://<your public url>
   curl -H 'Authorization: Bearer {admin_token}' {base_url}/events

@@ -36,6 +36,7 @@ LOCK = ROOT / "requirements" / "prefect-server.txt"
 # routes file that sends FINISHED loads to its deployment.
 EXAMPLE_FLOW = ROOT / "examples" / "flows" / "erathos_dbt.py"
 EXAMPLE_DEPLOYMENT = "erathos-dbt/example"
+EXAMPLE_SET_DEPLOYMENT = "erathos-set/example"  # the same file serves it: a set's run
 EXAMPLE_ROUTES = ROOT / "examples" / "routes.json"
 
 

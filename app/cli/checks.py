@@ -13,8 +13,9 @@ from app.config import (
     Settings,
 )
 from app.errors import BridgeError, validated
-from app.intake.diagnose import check_route, simulate
+from app.intake.diagnose import SAMPLE_EVENT, check_route, simulate
 from app.routing.event import ErathosEvent
+from app.routing.sets import sample_window
 from app.server.body import parse_json
 from app.service import open_bridge
 from app.storage.database import display_url
@@ -42,6 +43,16 @@ async def check(settings: Settings) -> int:
             result = await check_route(route, bridge.connections[route.connection], bridge.lookup)
             ok &= result.ok
             print(f"route {route.name!r}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
+        for table_set in bridge.router.sets:
+            route = table_set.route
+            if route.connection not in usable:
+                print(f"set {table_set.name!r}: not checked (connection {route.connection!r})")
+                continue
+            window = sample_window(table_set, SAMPLE_EVENT)
+            connection = bridge.connections[route.connection]
+            result = await check_route(route, connection, bridge.lookup, window)
+            ok &= result.ok
+            print(f"set {table_set.name!r}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
     print("check passed" if ok else "check FAILED", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

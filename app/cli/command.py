@@ -1,5 +1,5 @@
 """The ``erathos-prefect-bridge`` command: serve, erathos-template, check, events, replay,
-automation."""
+sets, automation."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 from app.cli.checks import check, simulate_command
 from app.cli.events import store_command
 from app.cli.serve import serve
+from app.cli.sets import show_sets
 from app.cli.template import TOKEN_SECRET, erathos_template
 
 STORE_COMMANDS = ("events", "replay")
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(check(settings))
         if command == "simulate":
             return simulate_command(settings, args.event)
+        if command == "sets":
+            return asyncio.run(show_sets(settings, routing.router, as_json=args.json))
     except StoreUnavailable as exc:
         print(f"erathos-prefect-bridge: the store cannot be used: {exc}", file=sys.stderr)
         return 1
@@ -110,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "event", help="a JSON file with an Erathos event body, or - to read it from stdin"
     )
+    sets = sub.add_parser(
+        "sets", help="each set's open window: what arrived, what is missing, the deadline"
+    )
+    sets.add_argument("--json", action="store_true", help="print JSON lines")
     events = sub.add_parser("events", help="list stored events, newest first")
     events.add_argument("--state", choices=[s.value for s in EventState])
     events.add_argument(

@@ -37,6 +37,7 @@ from app.console.access import (
 )
 from app.console.pages import add_pages
 from app.console.session import COOKIE, SessionSigner, same_origin
+from app.console.sets_page import add_set_pages
 from app.console.views import BAR_WIDTH, iso, utc_text
 from app.errors import StoreUnavailable
 from app.server.limits import RateLimiter
@@ -82,6 +83,7 @@ def console_app(settings: Settings) -> FastAPI:
     install_error_pages(app)
     add_sign_in(app)
     add_pages(app)
+    add_set_pages(app)
     return app
 
 

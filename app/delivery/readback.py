@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from app.delivery.client import AttemptResult, Outcome, PrefectConnection
-from app.routing.prefect_event import prefect_event
+from app.routing.sets import emitted_event
 from app.storage.records import Claim
 
 # After Prefect's 2xx, the waits before each read (about 10 s in all: Prefect 3's persister
@@ -106,7 +106,7 @@ def emitted(claim: Claim) -> tuple[str, datetime] | None:
     """The id and time of the event an emission's delivery sends; None for a stored event
     that no longer makes one (its attempt says why)."""
     try:
-        event = prefect_event(claim.event, claim.delivery.idempotency_key)
+        event = emitted_event(claim.event, claim.delivery.idempotency_key)
     except ValueError:
         return None
     return event["id"], datetime.fromisoformat(event["occurred"])

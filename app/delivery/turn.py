@@ -20,8 +20,9 @@ import structlog
 from app.config import Settings
 from app.delivery.client import AttemptResult, Outcome, PrefectConnection
 from app.routing.event import ErathosEvent
-from app.routing.prefect_event import emission_request, is_emission, too_large
+from app.routing.prefect_event import is_emission, too_large
 from app.routing.router import FlowTarget, PrefectRequest, Router
+from app.routing.sets import emission_request_of, window_values
 from app.routing.templates import Lookup
 from app.storage.records import DROP_IN_ROUTE, Claim, DeliveryRecord, DeliveryState, DeliveryUpdate
 
@@ -120,8 +121,13 @@ async def attempt_delivery(
     if connection is None:
         return _config_error(f"connection {route.connection!r} is not configured"), None
     try:
-        event = ErathosEvent.model_validate(claim.event.payload)
-        body = route.flow_run_body(event, claim.delivery.idempotency_key, lookup)
+        key, window = claim.delivery.idempotency_key, window_values(claim.event)
+        if window is not None:  # a set's window: its values, not one load's
+            body = route.flow_run_body(None, key, lookup, window=window)
+        else:
+            body = route.flow_run_body(
+                ErathosEvent.model_validate(claim.event.payload), key, lookup
+            )
     except ValueError as exc:  # pydantic's ValidationError, a template that cannot render
         # Never a crash loop: an event stored by an older release that this one reads
         # differently is a dead letter with the reason, to fix and replay. Nothing was
@@ -157,7 +163,7 @@ async def _emit(
             'or the routes file connection\'s "events")'
         ), None
     try:
-        request = emission_request(claim.event, claim.delivery.idempotency_key)
+        request = emission_request_of(claim.event, claim.delivery.idempotency_key)
     except ValueError as exc:  # pydantic's ValidationError: stored by an older release
         return _config_error(f"the stored event cannot be rendered: {exc}"), None
     refused = too_large(request)

@@ -10,6 +10,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field
 
 from app.storage.records import DeliveryRecord, DeliveryState, EventRecord, EventState, event_state
+from app.storage.sets import Joined, WindowState
 from app.times import utc_time
 
 Status = Literal["delivered", "queued", "failed", "ignored"]
@@ -54,6 +55,28 @@ class DeliveryOut(BaseModel):
         )
 
 
+class SetJoinOut(BaseModel):
+    """A set the load joined (the routes file's ``sets``), and where its window stands."""
+
+    set: str
+    window: str = Field(description="the window's id, as ${{set.window}} gives it")
+    members: list[str] = Field(description="the set's members this load is")
+    state: WindowState = Field(description="open, completed (by this load), late")
+    missing: list[str]
+    deadline: datetime
+
+    @classmethod
+    def of(cls, joined: Joined) -> Self:
+        return cls(
+            set=joined.set_name,
+            window=joined.window,
+            members=list(joined.members),
+            state=joined.state,
+            missing=list(joined.missing),
+            deadline=utc_time(joined.deadline_at),
+        )
+
+
 class WebhookOut(BaseModel):
     event_id: str
     execution_id: str
@@ -61,6 +84,9 @@ class WebhookOut(BaseModel):
     status: Status
     reason: str | None = None
     deliveries: list[DeliveryOut]
+    sets: list[SetJoinOut] = Field(
+        default_factory=list, description="the sets' windows the load joined"
+    )
 
     @classmethod
     def of(cls, event: EventRecord, found: Sequence[DeliveryRecord], *, duplicate: bool) -> Self:

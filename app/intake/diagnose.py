@@ -15,6 +15,8 @@ from app.delivery.probe import TargetState, look_up_target
 from app.routing.event import ErathosEvent
 from app.routing.prefect_event import emission_key, emission_request, emission_route, too_large
 from app.routing.router import FlowTarget, Route, Router
+from app.routing.rules import first_failing
+from app.routing.sets import TableSet, load_of
 from app.routing.templates import MASK, Lookup
 from app.storage.records import EventRecord
 
@@ -49,10 +51,16 @@ class RouteCheck:
     detail: str
 
 
-async def check_route(route: Route, connection: PrefectConnection, lookup: Lookup) -> RouteCheck:
+async def check_route(
+    route: Route,
+    connection: PrefectConnection,
+    lookup: Lookup,
+    window: dict[str, Any] | None = None,
+) -> RouteCheck:
     """The route's target exists (with its id; a flow by name may not exist yet: the first
-    delivery creates it), and the parameters rendered from a sample event pass the
-    deployment's parameter schema (as Prefect checks it with enforce_parameter_schema)."""
+    delivery creates it), and the parameters rendered from a sample event (for a set's
+    run: from ``window``, a sample window) pass the deployment's parameter schema (as
+    Prefect checks it with enforce_parameter_schema)."""
     found = await look_up_target(route, connection)
     if found.state is TargetState.NOT_CREATED_YET:
         return RouteCheck(route.name, True, found.detail)
@@ -60,7 +68,10 @@ async def check_route(route: Route, connection: PrefectConnection, lookup: Looku
         return RouteCheck(route.name, False, found.detail)
     if isinstance(route.target, FlowTarget):
         return RouteCheck(route.name, True, found.detail)
-    body = route.flow_run_body(SAMPLE_EVENT, "check", lookup)
+    if window is not None:
+        body = route.flow_run_body(None, "check", lookup, window=window)
+    else:
+        body = route.flow_run_body(SAMPLE_EVENT, "check", lookup)
     problems = parameter_problems(
         found.found.get("parameter_openapi_schema"), body.get("parameters")
     )
@@ -119,7 +130,24 @@ def simulate(
         "execution_id": event.execution_id,
         "ignored": decision.ignored,
         "routes": out,
+        "sets": [_set_joined(s, event, decision.ignored) for s in router.sets],
         "prefect_events": [_emission(event, connections[name]) for name in decision.emit_on],
+    }
+
+
+def _set_joined(table_set: TableSet, event: ErathosEvent, ignored: str | None) -> dict[str, Any]:
+    """Whether the load would join the set, as which members, and as what load."""
+    members = () if ignored is not None else table_set.joins(event)
+    if not members:
+        failing = first_failing(table_set.rules, event)
+        reason = ignored or (failing.explain_failure(event) if failing else "not a member")
+        return {"set": table_set.name, "joins": False, "reason": reason}
+    return {
+        "set": table_set.name,
+        "joins": True,
+        "members": list(members),
+        "window": table_set.window.describe(),
+        "load": load_of(event),
     }
 
 

@@ -10,23 +10,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from app.delivery.deadlines import announce
 from app.delivery.turn import Turn
 from app.errors import (
     BridgeError,
     ServiceUnavailable,
     StoreUnavailable,
 )
-from app.intake.answers import WebhookOut
+from app.intake.answers import SetJoinOut, WebhookOut
 from app.metrics import DUPLICATE, NO_ROUTE
 from app.routing.event import ErathosEvent
 from app.routing.prefect_event import emission_key, emission_route
+from app.routing.sets import joining
 from app.service import Bridge, BridgeDep
 from app.storage.records import EventRecord, NewDelivery, NewEvent
+from app.storage.sets import Joined
 
 log = structlog.get_logger("erathos_prefect_bridge.intake.ingest")
 
@@ -76,6 +79,7 @@ def new_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> N
         table_name=event.table_name,
         status=event.status,
         ignored_reason=decision.reason,
+        sets=joining(tuple(decision.sets), event, bridge.router.emit_on),
     )
 
 
@@ -87,10 +91,13 @@ class Accepted:
     created: bool
     event: EventRecord
     turns: list[Turn]
+    joined: list[Joined] = field(default_factory=list)
 
     def answer(self) -> WebhookOut:
         found = [turn.delivery for turn in self.turns]
-        return WebhookOut.of(self.event, found, duplicate=not self.created)
+        answer = WebhookOut.of(self.event, found, duplicate=not self.created)
+        answer.sets = [SetJoinOut.of(j) for j in self.joined]
+        return answer
 
 
 async def store_and_deliver(bridge: Bridge, new: NewEvent) -> Accepted:
@@ -102,9 +109,16 @@ async def store_and_deliver(bridge: Bridge, new: NewEvent) -> Accepted:
     except StoreUnavailable as exc:
         log.error("event not stored, answered 503", execution_id=new.execution_id, error=str(exc))
         raise ServiceUnavailable() from None
+    for closed in recorded.closed:
+        announce(closed, bridge.metrics)
+    if recorded.closed:
+        bridge.dispatcher.wake()  # the windows' runs and events: claimed now
     if not recorded.created:
         message = "duplicate event"
         bridge.metrics.reject(DUPLICATE)
+    elif not recorded.deliveries and recorded.joined:
+        message = "event accepted into a set"
+        bridge.metrics.accepted.inc()
     elif not recorded.deliveries:
         message = "event ignored"
         bridge.metrics.reject(NO_ROUTE)
@@ -121,8 +135,22 @@ async def store_and_deliver(bridge: Bridge, new: NewEvent) -> Accepted:
         routes=[d.route for d in recorded.deliveries],
         connections=sorted({d.connection for d in recorded.deliveries}),
         reason=recorded.event.ignored_reason,
+        sets=[f"{j.set_name}/{j.window}" for j in recorded.joined] or None,
     )
     if not recorded.created:
-        return Accepted(False, recorded.event, [Turn(d) for d in recorded.deliveries])
+        joined = await _joined_before(bridge, new)
+        return Accepted(False, recorded.event, [Turn(d) for d in recorded.deliveries], joined)
     wait = bridge.settings.sync_wait.total_seconds()
-    return Accepted(True, recorded.event, await bridge.dispatcher.deliver_new(recorded, wait))
+    turns = await bridge.dispatcher.deliver_new(recorded, wait)
+    return Accepted(True, recorded.event, turns, recorded.joined)
+
+
+async def _joined_before(bridge: Bridge, new: NewEvent) -> list[Joined]:
+    """For a repeated load: the windows it is in (the answer repeats them)."""
+    if not new.sets or bridge.windows is None:
+        return []
+    plans = {join.plan.name: join.plan for join in new.sets}
+    try:
+        return await bridge.windows.joined_by(new.execution_id, plans)
+    except StoreUnavailable:
+        return []

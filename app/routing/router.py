@@ -9,8 +9,9 @@ deployments, with parameters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 from uuid import UUID
 
@@ -18,6 +19,9 @@ from app.config import Settings
 from app.routing.event import ErathosEvent
 from app.routing.rules import Rule, first_failing, parse_rules
 from app.routing.templates import Lookup, compile_text, render_json
+
+if TYPE_CHECKING:
+    from app.routing.sets import TableSet
 
 DEFAULT_ROUTE = "default"
 DEFAULT_CONNECTION = "default"
@@ -91,12 +95,18 @@ class Route:
         return None if failing is None else failing.explain_failure(event)
 
     def flow_run_body(
-        self, event: ErathosEvent, idempotency_key: str, lookup: Lookup, *, mask: bool = False
+        self,
+        event: ErathosEvent | None,
+        idempotency_key: str,
+        lookup: Lookup,
+        *,
+        mask: bool = False,
+        window: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The JSON body of the create request (without a target named by name: its id
-        is resolved when sending)."""
+        is resolved when sending); ``window``: a set's values, for a set's run."""
         body = {
-            key: render_json(template, event, lookup, mask=mask)
+            key: render_json(template, event, lookup, mask=mask, window=window)
             for key, template in self.flow_run.items()
         }
         if isinstance(self.target, FlowTarget) and self.target.flow_id is not None:
@@ -123,11 +133,15 @@ class Decision:
     skipped: dict[str, str] = field(default_factory=dict)  # route name -> reason
     ignored: str | None = None  # why nothing at all was triggered
     emit_on: tuple[str, ...] = ()  # the connections the event goes to as a Prefect event
+    sets: list[TableSet] = field(default_factory=list)  # the sets the load joins
 
     @property
     def reason(self) -> str | None:
         if self.ignored is not None:
             return self.ignored
+        if not self.routes and self.sets:
+            names = ", ".join(s.name for s in self.sets)
+            return f"no route of its own; it joined the set(s) {names}"
         if not self.routes:
             return "; ".join(f"{name}: {why}" for name, why in self.skipped.items())
         return None
@@ -144,6 +158,7 @@ class Router:
     # (app.routing.prefect_event):
     # the default one with BRIDGE_PREFECT_EVENTS, a routes file's with "events": true.
     emit_on: tuple[str, ...] = ()
+    sets: tuple[TableSet, ...] = ()  # the routes file's sets (app.routing.sets)
 
     def decide(self, event: ErathosEvent) -> Decision:
         # BRIDGE_JOBS is the operator's list of the jobs the webhook token speaks for:
@@ -157,10 +172,18 @@ class Router:
                 decision.routes.append(route)
             else:
                 decision.skipped[route.name] = reason
+        decision.sets.extend(s for s in self.sets if s.joins(event))
         return decision
 
     def route(self, name: str) -> Route | None:
-        return next((route for route in self.routes if route.name == name), None)
+        """A route by name; a set's flow run is route ``set:<name>``."""
+        found = next((route for route in self.routes if route.name == name), None)
+        if found is None:
+            found = next((s.route for s in self.sets if s.route.name == name), None)
+        return found
+
+    def table_set(self, name: str) -> TableSet | None:
+        return next((s for s in self.sets if s.name == name), None)
 
     def idempotency_key(self, execution_id: str, route: Route) -> str:
         """The plain execution id for the default route (as the seed sends it);

@@ -25,6 +25,7 @@ from pydantic import (
     StrictBool,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from app.config import (
@@ -44,6 +45,7 @@ from app.routing.router import (
     Target,
 )
 from app.routing.rules import RuleError, parse_rules, to_erathos
+from app.routing.sets import DEFAULT_RULES, SetModel, TableSet, compile_set
 from app.routing.templates import Lookup, TemplateError, compile_json, compile_text
 from app.storage.records import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE
 
@@ -135,7 +137,14 @@ class RouteModel(_Strict):
 
 class RoutesFileModel(_Strict):
     connections: dict[str, ConnectionModel] = Field(default_factory=dict)
-    routes: list[RouteModel] = Field(min_length=1)
+    routes: list[RouteModel] = Field(default_factory=list)
+    sets: list[SetModel] = Field(default_factory=list)  # app.routing.sets
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> RoutesFileModel:
+        if not self.routes and not self.sets:
+            raise ValueError("routes: give at least one route (or a set)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -181,10 +190,11 @@ def erathos_filters(model: RoutesFileModel) -> tuple[list[str], list[dict[str, A
     the union of the routes' jobs (when every route names some) and the rules that
     every route has (Erathos rules can only be ANDed)."""
     jobs: list[str] = []
-    if all(route.jobs for route in model.routes):
+    if not model.sets and all(route.jobs for route in model.routes):
         jobs = sorted({str(job) for route in model.routes for job in route.jobs})
     try:
         parsed = [parse_rules(route.rules) for route in model.routes]
+        parsed += [parse_rules(DEFAULT_RULES if s.rules is None else s.rules) for s in model.sets]
     except RuleError as exc:
         raise ConfigurationError(f"BRIDGE_ROUTES_FILE: {exc}") from None
     common = [rule for rule in parsed[0] if all(rule in rules for rules in parsed[1:])]
@@ -240,11 +250,21 @@ def _compile(model: RoutesFileModel, settings: Settings, lookup: Lookup) -> Rout
                 rules=parse_rules(spec.rules, where=f"{where}.rules"),
             )
         )
+    sets: list[TableSet] = []
+    for index, set_spec in enumerate(model.sets):
+        where = f"sets[{index}] ({set_spec.name})"
+        if set_spec.name in {s.name for s in sets}:
+            raise ValueError(f"{where}.name: another set has this name")
+        connection = set_spec.connection or DEFAULT_CONNECTION
+        if connection not in connections:
+            raise ValueError(f"{where}.connection: {connection!r} is not one of the connections")
+        sets.append(compile_set(set_spec, index, lookup, connection))
     router = Router(
         routes=tuple(routes),
         jobs=frozenset(settings.jobs),
         namespaced_keys=True,
         emit_on=tuple(name for name, spec in connections.items() if spec.events),
+        sets=tuple(sets),
     )
     return Routing(router, connections)
 
@@ -337,8 +357,8 @@ def _field_errors(exc: ValidationError, raw: Any) -> str:
         for position, part in enumerate(loc):
             if isinstance(part, int):
                 path += f"[{part}]"
-                if loc[:position] == ["routes"]:
-                    name = _route_name(raw, part)
+                if loc[:position] in (["routes"], ["sets"]):
+                    name = _route_name(raw, str(loc[0]), part)
                     path += f" ({name})" if name else ""
             else:
                 path += f".{part}" if path else str(part)
@@ -349,9 +369,9 @@ def _field_errors(exc: ValidationError, raw: Any) -> str:
     return "; ".join(messages)
 
 
-def _route_name(raw: Any, index: int) -> str | None:
+def _route_name(raw: Any, kind: str, index: int) -> str | None:
     try:
-        name = raw["routes"][index]["name"]
+        name = raw[kind][index]["name"]
     except (KeyError, IndexError, TypeError):
         return None
     return name if isinstance(name, str) else None

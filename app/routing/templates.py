@@ -1,4 +1,5 @@
-"""Erathos placeholders: ``${{variables.NAME}}``, ``${{secrets.NAME}}``, ``${{erathos.NAME}}``.
+"""Erathos placeholders: ``${{variables.NAME}}``, ``${{secrets.NAME}}``, ``${{erathos.NAME}}``,
+and in a set's flow run ``${{set.NAME}}`` (:mod:`app.routing.sets`) instead of ``erathos``.
 
 Templates are compiled once, at start-up, so an unknown name stops the service
 instead of failing an event later. Rendering is a single pass over the compiled
@@ -8,6 +9,7 @@ again, so a ``${{secrets.x}}`` inside an incoming field stays literal text.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from app.routing.event import METADATA, ErathosEvent, format_value
 
 PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 NAMESPACES = ("variables", "secrets", "erathos")
+# What a set's flow run may name (``${{set.loads}}``...): the values of the window it runs.
+SET_FIELDS = frozenset({"name", "window", "loads", "missing", "late"})
 MASK = "********"
 
 
@@ -45,7 +49,7 @@ class Lookup:
 
 @dataclass(frozen=True)
 class _Ref:
-    namespace: str  # "erathos" or "secrets": variables are resolved when compiling
+    namespace: str  # "erathos", "set" or "secrets": variables are resolved when compiling
     name: str
 
 
@@ -66,14 +70,30 @@ class Template:
             return ref.name if ref.namespace == "erathos" else None
         return None
 
+    @property
+    def single_set_field(self) -> str | None:
+        """The field's name when the string is exactly one ``${{set.x}}``."""
+        if len(self.parts) == 1 and isinstance(ref := self.parts[0], _Ref):
+            return ref.name if ref.namespace == "set" else None
+        return None
+
     def uses_secrets(self) -> bool:
         return any(isinstance(p, _Ref) and p.namespace == "secrets" for p in self.parts)
 
-    def render(self, event: ErathosEvent | None, lookup: Lookup, *, mask: bool = False) -> str:
+    def render(
+        self,
+        event: ErathosEvent | None,
+        lookup: Lookup,
+        *,
+        mask: bool = False,
+        window: Mapping[str, Any] | None = None,
+    ) -> str:
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
+            elif part.namespace == "set":
+                out.append(_set_text(window.get(part.name) if window is not None else None))
             elif part.namespace == "erathos":
                 out.append(format_value(event.value(part.name)) if event is not None else "")
             elif mask:
@@ -84,8 +104,10 @@ class Template:
         return "".join(out)
 
 
-def compile_text(text: str, lookup: Lookup, *, where: str) -> Template:
-    """Compile one string; ``where`` names the setting or field for error messages."""
+def compile_text(text: str, lookup: Lookup, *, where: str, of_set: bool = False) -> Template:
+    """Compile one string; ``where`` names the setting or field for error messages.
+    ``of_set``: a set's flow run, which names ``${{set.*}}`` and never one load's
+    ``${{erathos.*}}``."""
     parts: list[str | _Ref] = []
     position = 0
     for match in PLACEHOLDER.finditer(text):
@@ -106,6 +128,20 @@ def compile_text(text: str, lookup: Lookup, *, where: str) -> Template:
                     f"{where}: ${{{{secrets.{name}}}}} names no secret: set {name.upper()}"
                 )
             parts.append(_Ref("secrets", name.upper()))
+        elif namespace == "set":
+            if not of_set:
+                raise TemplateError(f"{where}: ${{{{set.{name}}}}} is only for a set's flow_run")
+            if name.lower() not in SET_FIELDS:
+                raise TemplateError(
+                    f"{where}: ${{{{set.{name}}}}} is not a set's field "
+                    f"(known: {', '.join(sorted(SET_FIELDS))})"
+                )
+            parts.append(_Ref("set", name.lower()))
+        elif namespace == "erathos" and of_set:
+            raise TemplateError(
+                f"{where}: ${{{{erathos.{name}}}}} names one load; a set's run has several: "
+                "use ${{set.loads}}"
+            )
         elif namespace == "erathos":
             if name.lower() not in METADATA:
                 raise TemplateError(
@@ -116,7 +152,7 @@ def compile_text(text: str, lookup: Lookup, *, where: str) -> Template:
         else:
             raise TemplateError(
                 f"{where}: ${{{{{match.group(1)}.{name}}}}}: the namespace must be one of "
-                f"{', '.join(NAMESPACES)}"
+                f"{', '.join(NAMESPACES)}" + (" or set" if of_set else "")
             )
     if position < len(text):
         parts.append(text[position:])
@@ -129,32 +165,58 @@ def compile_text(text: str, lookup: Lookup, *, where: str) -> Template:
     return Template(tuple(merged))
 
 
-def compile_json(value: Any, lookup: Lookup, *, where: str) -> Any:
+def compile_json(value: Any, lookup: Lookup, *, where: str, of_set: bool = False) -> Any:
     """Compile every string inside a JSON value; keys stay literal."""
     if isinstance(value, str):
-        return compile_text(value, lookup, where=where)
+        return compile_text(value, lookup, where=where, of_set=of_set)
     if isinstance(value, dict):
-        return {k: compile_json(v, lookup, where=f"{where}.{k}") for k, v in value.items()}
+        return {
+            k: compile_json(v, lookup, where=f"{where}.{k}", of_set=of_set)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [compile_json(v, lookup, where=f"{where}[{i}]") for i, v in enumerate(value)]
+        return [
+            compile_json(v, lookup, where=f"{where}[{i}]", of_set=of_set)
+            for i, v in enumerate(value)
+        ]
     return value
 
 
 def render_json(
-    compiled: Any, event: ErathosEvent | None, lookup: Lookup, *, mask: bool = False
+    compiled: Any,
+    event: ErathosEvent | None,
+    lookup: Lookup,
+    *,
+    mask: bool = False,
+    window: Mapping[str, Any] | None = None,
 ) -> Any:
     """Render a compiled JSON value. A string that is exactly one ``${{erathos.x}}``
-    keeps the metadata's type (``rows`` stays an integer)."""
+    keeps the metadata's type (``rows`` stays an integer); so does one ``${{set.x}}``
+    (``loads`` stays a list), from ``window``, the set's values."""
     if isinstance(compiled, Template):
         name = compiled.single_metadata
         if name is not None and event is not None:
             return _json_value(event.value(name))
-        return compiled.render(event, lookup, mask=mask)
+        field = compiled.single_set_field
+        if field is not None and window is not None:
+            return window.get(field)
+        return compiled.render(event, lookup, mask=mask, window=window)
     if isinstance(compiled, dict):
-        return {k: render_json(v, event, lookup, mask=mask) for k, v in compiled.items()}
+        return {
+            k: render_json(v, event, lookup, mask=mask, window=window) for k, v in compiled.items()
+        }
     if isinstance(compiled, list):
-        return [render_json(v, event, lookup, mask=mask) for v in compiled]
+        return [render_json(v, event, lookup, mask=mask, window=window) for v in compiled]
     return compiled
+
+
+def _set_text(value: Any) -> str:
+    """A set's value inside a longer string: text as it is, anything else as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _json_value(value: Any) -> Any:

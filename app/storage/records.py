@@ -5,9 +5,12 @@ attempt makes to its delivery; and the store's errors."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.storage.sets import Closed, Joined, SetJoin
 
 # Route names the service reserves (a routes file may not use them), kept with each
 # delivery like any route's.
@@ -73,6 +76,7 @@ class NewEvent:
     table_name: str | None = None
     status: str | None = None
     ignored_reason: str | None = None
+    sets: Sequence[SetJoin] = ()  # the sets the load joins, in the same transaction
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ class Recorded:
     event: EventRecord
     deliveries: list[DeliveryRecord]
     created: bool
+    joined: list[Joined] = field(default_factory=list)  # the sets' windows the load joined
+    closed: list[Closed] = field(default_factory=list)  # the windows its transaction closed
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from app.errors import StoreUnavailable
 from app.storage.records import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, dropin_key
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 # pg_advisory_xact_lock key that serialises schema creation and upgrades between
 # replicas starting at once (any constant; this one spells "EPBS" in ASCII).
 MIGRATION_LOCK_KEY = 0x45504253
@@ -118,6 +118,44 @@ attempts = Table(
     Column("error", Str),
     Column("response_excerpt", Str),
     Column("retry_in", Float),
+)
+
+# A set's windows (app.storage.sets): one row per window, open until it completes or its
+# deadline passes; ``deadline_at`` of the open ones is the durable timer.
+set_windows = Table(
+    "set_windows",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("set_name", Str, nullable=False),
+    Column("window_key", Str, nullable=False),  # the window's id: ${{set.window}}
+    Column("state", String(16), nullable=False),  # open, completed, late
+    Column("starts_at", Float, nullable=False),
+    Column("deadline_at", Float, nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("closed_at", Float),
+    Column("missing", Str),  # JSON list of the members missing when it closed
+    Column("event_id", String(32)),  # the event its closing made (no key: events are pruned)
+    UniqueConstraint("set_name", "window_key"),
+    Index("set_windows_due", "state", "deadline_at"),
+    Index("set_windows_latest", "set_name", "starts_at"),
+)
+
+# The load each member made in a window: the latest replaces an earlier one.
+set_loads = Table(
+    "set_loads",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "window_id",
+        String(32),
+        ForeignKey("set_windows.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("member", Str, nullable=False),  # as written in the set's members
+    Column("execution_id", Str, nullable=False, index=True),
+    Column("joined_at", Float, nullable=False),
+    Column("load", Str, nullable=False),  # JSON: the load as ${{set.loads}} lists it
+    UniqueConstraint("window_id", "member"),
 )
 
 
@@ -247,6 +285,22 @@ def _key_drop_in_events_apart(conn: Connection) -> None:
         conn.execute(keyed.values(execution_id=dropin_key(kind, target, key)))
 
 
+def _version_4(conn: Connection) -> None:
+    """3 -> 4: a placeholder on this branch."""
+    # step 4: issue 23 (state column), merged separately
+
+
+def _version_5(conn: Connection) -> None:
+    """4 -> 5: sets of tables, their windows and the loads in them (new tables only)."""
+    set_windows.create(conn, checkfirst=True)
+    set_loads.create(conn, checkfirst=True)
+
+
 # UPGRADES[n] turns a database of version n + 1 into one of version n + 2.
-UPGRADES: tuple[Callable[[Connection], None], ...] = (_key_drop_in_events_by_target, _version_3)
+UPGRADES: tuple[Callable[[Connection], None], ...] = (
+    _key_drop_in_events_by_target,
+    _version_3,
+    _version_4,
+    _version_5,
+)
 assert len(UPGRADES) == SCHEMA_VERSION - 1

@@ -36,6 +36,7 @@ from app.storage.records import (
     Recorded,
 )
 from app.storage.schema import attempts, deliveries, events, meta
+from app.storage.sets import join_sets
 
 Clock = Callable[[], float]  # epoch seconds
 PENDING, DELIVERED, DEAD = (s.value for s in DeliveryState)
@@ -154,16 +155,18 @@ class Store:
             for ordinal, delivery in enumerate(new.deliveries)
         ]
 
-        def work(conn: Connection) -> Recorded | None:
+        def work(conn: Connection) -> Recorded:
             if not self._inserted(conn, row, rows):
                 earlier = conn.execute(_EVENT_BY_EXECUTION, {"b_execution_id": new.execution_id})
                 return with_deliveries(conn, earlier.one(), created=False)
-            return None
+            # The sets it joins, and the windows it completes, commit with it or not at all.
+            joined, closed = (
+                join_sets(conn, new.execution_id, new.sets, now) if new.sets else ([], [])
+            )
+            made = [delivery_of(r) for r in rows]
+            return Recorded(event_of(row), made, created=True, joined=joined, closed=closed)
 
-        earlier = await self.database.run(work)
-        if earlier is not None:
-            return earlier
-        return Recorded(event_of(row), [delivery_of(r) for r in rows], created=True)
+        return await self.database.run(work)
 
     def _inserted(
         self, conn: Connection, event: dict[str, Any], rows: list[dict[str, Any]]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from app.intake import admin_router, dropin_router, webhook_router
+from app.intake import admin_router, dropin_router, sets_router, webhook_router
 from app.main import create_app
 from tests.support.inprocess import SettingsFactory, open_client
 from tests.support.tokens import ADMIN_TOKEN, TOKEN, auth
@@ -35,7 +35,7 @@ OPEN = {
 WEBHOOK = {
     r.path for r in [*webhook_router.routes, *dropin_router().routes] if isinstance(r, APIRoute)
 }
-ADMIN = {r.path for r in admin_router.routes if isinstance(r, APIRoute)}
+ADMIN = {r.path for r in [*admin_router.routes, *sets_router.routes] if isinstance(r, APIRoute)}
 CONSOLE = {"/ui"}  # its own app: every page but sign-in answers a session cookie only
 
 WRONG = {
@@ -89,7 +89,8 @@ async def test_no_route_but_the_open_ones_answers_without_its_token(
 ) -> None:
     async with open_client(make_settings(admin_token=ADMIN_TOKEN, dropin=True)) as client:
         for path in sorted(WEBHOOK | ADMIN):
-            method = "GET" if path == "/events" or path == "/events/{event_id}" else "POST"
+            reads = ("/events", "/events/{event_id}", "/sets", "/sets/{name}/windows")
+            method = "GET" if path in reads else "POST"
             response = await client.request(method, concrete(path), headers=WRONG[wrong], json={})
             assert response.status_code == 401, (wrong, path, response.status_code)
             assert response.headers["www-authenticate"] == "Bearer"
@@ -104,7 +105,8 @@ async def test_tokens_are_not_interchangeable_nor_read_from_the_query_string(
             in_query = await client.post(concrete(path), params={"token": TOKEN}, json={})
             assert (admin_token.status_code, in_query.status_code) == (401, 401), path
         for path in sorted(ADMIN):
-            method = "GET" if path.startswith("/events") and "replay" not in path else "POST"
+            reads = path.startswith(("/events", "/sets")) and "replay" not in path
+            method = "GET" if reads else "POST"
             webhook_token = await client.request(method, concrete(path), headers=auth(), json={})
             in_query = await client.request(
                 method, concrete(path), params={"token": ADMIN_TOKEN, "access_token": ADMIN_TOKEN}

@@ -45,7 +45,7 @@ def load(settings: Settings) -> Any:
     ("document", "message"),
     [
         ("{not json", "is not valid JSON"),
-        ({"routes": []}, "routes: List should have at least 1 item"),
+        ({"routes": []}, "routes: give at least one route (or a set)"),
         (
             {"routes": [{"name": "a", "flow_id": FLOW, "colour": "red"}]},
             "routes[0] (a).colour: is not a known field",

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Select, func, select
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import func, select
 
 from app.storage.records import DeliveryState
 from app.storage.schema import deliveries, events
+from tests.support.databases import query
 from tests.support.processes import (
     ServiceProcess,
     acknowledged,
@@ -54,16 +54,6 @@ def replicas(
     finally:
         for service in started:
             service.stop()
-
-
-async def query(url: str, *statements: Select[int]) -> list[int]:
-    """Counts from the shared database."""
-    engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://"))
-    try:
-        async with engine.connect() as conn:
-            return [int(await conn.scalar(s) or 0) for s in statements]
-    finally:
-        await engine.dispose()
 
 
 async def stored_counts(url: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import os
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -62,3 +62,13 @@ def postgres_server() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return server
+
+
+async def query(url: str, *statements: Select[int]) -> list[int]:
+    """Counts from the shared database."""
+    engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://"))
+    try:
+        async with engine.connect() as conn:
+            return [int(await conn.scalar(s) or 0) for s in statements]
+    finally:
+        await engine.dispose()

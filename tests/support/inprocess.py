@@ -3,6 +3,7 @@ running behind an in-process client, and what it stored."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -34,9 +35,12 @@ class GuardedSettings(Protocol):
 
 
 @asynccontextmanager
-async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, and a client that talks to it in-process."""
-    app = create_app(settings)
+async def open_client(
+    settings: Settings, clock: Callable[[], float] = time.time
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, and a client that talks to it in-process;
+    ``clock``: the store's and the dispatcher's (a test moves it by hand)."""
+    app = create_app(settings, clock=clock)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
