@@ -153,9 +153,7 @@ class History:
             query = query.where(at < until)
         if before is not None:
             received_at, last_id = before
-            query = query.where(
-                or_(at < received_at, and_(at == received_at, event_id < last_id))
-            )
+            query = query.where(or_(at < received_at, and_(at == received_at, event_id < last_id)))
         if state is not None:
             query = query.where(_in_state(state))
         # An event with two runs in the state is found twice: twice the rows are read, so

@@ -46,17 +46,6 @@ class Followed:
 
 
 @dataclass(frozen=True)
-class RunSeen:
-    """What Prefect said of one run (``state`` GONE: it has no such run any more)."""
-
-    delivery_id: str
-    state: RunState
-    state_at: float | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-
-
-@dataclass(frozen=True)
 class Freshness:
     """One run's end, measured: seconds from Erathos's finish (None: the event has no
     finish time) and from the webhook's receipt."""
@@ -65,6 +54,20 @@ class Freshness:
     ended_at: float
     from_finish: float | None
     from_receipt: float
+
+
+@dataclass(frozen=True)
+class RunSeen:
+    """What Prefect said of one run (``state`` GONE: it has no such run any more), when
+    it is asked for next (None: no more) and, once it ended, its freshness."""
+
+    delivery_id: str
+    state: RunState
+    state_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    due_at: float | None = None
+    freshness: Freshness | None = None
 
 
 def bucket_of(seconds: float) -> int:
@@ -148,24 +151,19 @@ class Runs:
 
         return await self.database.run(work)
 
-    async def record(
-        self,
-        owner: str,
-        seen: Sequence[RunSeen],
-        *,
-        next_at: float | None,
-        freshness: Sequence[Freshness] = (),
-    ) -> int:
-        """Store what Prefect said, in one transaction: each run's state, due again at
-        ``next_at`` unless final (then no longer followed; None: none is followed on,
-        the follow period is over); and the freshness of the runs that ended. Only the
-        runs ``owner`` still holds are changed; returns how many."""
+    async def record(self, owner: str, seen: Sequence[RunSeen]) -> list[RunSeen]:
+        """Store what Prefect said, in one transaction: each run's state and next look,
+        and the freshness of those that ended. Only the runs ``owner`` still holds are
+        changed (another replica took over the others); returns those."""
 
-        def work(conn: Connection) -> int:
-            changed = 0
+        def work(conn: Connection) -> list[RunSeen]:
+            recorded = []
             for run in seen:
-                values: dict[str, Any] = {"run_state": run.state.value, "follow_owner": None}
-                values["follow_due_at"] = None if run.state in FINAL_RUN_STATES else next_at
+                values: dict[str, Any] = {
+                    "run_state": run.state.value,
+                    "follow_owner": None,
+                    "follow_due_at": run.due_at,
+                }
                 for name in ("state_at", "started_at", "ended_at"):
                     if (value := getattr(run, name)) is not None:
                         values[f"run_{name}"] = value
@@ -174,18 +172,23 @@ class Runs:
                 held = update(deliveries).where(
                     deliveries.c.id == run.delivery_id, deliveries.c.follow_owner == owner
                 )
-                changed += conn.execute(held.values(**values)).rowcount
-            for fresh in freshness:
-                hour = int(fresh.ended_at // HOUR)
-                measured = {FROM_RECEIPT: fresh.from_receipt, FROM_FINISH: fresh.from_finish}
-                for basis, seconds in measured.items():
-                    if seconds is not None:
-                        key = {"route": fresh.route, "hour": hour, "basis": basis}
-                        counted = key | {"bucket": bucket_of(seconds), "runs": 1}
-                        conn.execute(self._count_freshness, counted)
-            return changed
+                if conn.execute(held.values(**values)).rowcount != 1:
+                    continue
+                recorded.append(run)
+                if (fresh := run.freshness) is not None:
+                    self._count(conn, fresh)
+            return recorded
 
         return await self.database.run(work)
+
+    def _count(self, conn: Connection, fresh: Freshness) -> None:
+        hour = int(fresh.ended_at // HOUR)
+        measured = {FROM_RECEIPT: fresh.from_receipt, FROM_FINISH: fresh.from_finish}
+        for basis, seconds in measured.items():
+            if seconds is not None:
+                key = {"route": fresh.route, "hour": hour, "basis": basis}
+                counted = key | {"bucket": bucket_of(seconds), "runs": 1}
+                conn.execute(self._count_freshness, counted)
 
     async def release(self, owner: str, delivery_ids: Sequence[str], due_at: float) -> None:
         """Give runs back unasked (Prefect did not answer), due again at ``due_at``."""
