@@ -5,6 +5,7 @@ day's runs by final state, and each route's freshness (p50 and p95) from the his
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from app.storage.records import (
     EventState,
     RunState,
 )
-from app.storage.runs import FROM_FINISH, FROM_RECEIPT, percentile
+from app.storage.runs import FRESHNESS_BUCKETS, FROM_FINISH, FROM_RECEIPT, percentile
 
 EVENT_SENT = "event sent"
 # The run states the events page filters on, the telling ones first.
@@ -81,9 +82,12 @@ def freshness_rows(histograms: Mapping[tuple[str, str], list[int]]) -> list[Rout
 
 
 def duration_text(seconds: float | None) -> str:
-    """A freshness as an operator reads it: ``45 s``, ``12.5 min``, ``3.2 h``; ``-``: none."""
+    """A freshness as an operator reads it: ``45 s``, ``12.5 min``, ``3.2 h``; ``-``: none;
+    past the histogram's last bound, ``over 6.0 h``."""
     if seconds is None:
         return "-"
+    if math.isinf(seconds):
+        return f"over {duration_text(FRESHNESS_BUCKETS[-1])}"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

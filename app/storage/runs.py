@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -253,8 +254,8 @@ class Runs:
 
 def percentile(counts: Sequence[int], fraction: float) -> float | None:
     """The ``fraction`` quantile of a bucketed histogram, interpolated inside its bucket
-    as Prometheus's histogram_quantile does (the last, unbounded bucket: its lower
-    bound); None when it counts nothing."""
+    as Prometheus's histogram_quantile does; infinite when it falls past the last bound
+    (it is only known to be longer); None when it counts nothing."""
     total = sum(counts)
     if total == 0:
         return None
@@ -263,9 +264,9 @@ def percentile(counts: Sequence[int], fraction: float) -> float | None:
     for index, count in enumerate(counts):
         if count and seen + count >= rank:
             if index == len(FRESHNESS_BUCKETS):
-                return FRESHNESS_BUCKETS[-1]
+                return math.inf
             lower = FRESHNESS_BUCKETS[index - 1] if index else 0.0
             upper = FRESHNESS_BUCKETS[index]
             return lower + (upper - lower) * (rank - seen) / count
         seen += count
-    return FRESHNESS_BUCKETS[-1]
+    return math.inf

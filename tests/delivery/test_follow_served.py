@@ -6,7 +6,6 @@ COMPLETED and FAILED, and the freshness counted is the runs' own."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,51 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.cli import main
 from app.storage.runs import FRESHNESS_BUCKETS, bucket_of
 from tests.support.erathos import webhook_body
+from tests.support.follow import outcome_routes
 from tests.support.inprocess import SettingsFactory, open_client
-from tests.support.paths import ROOT
 from tests.support.tokens import ADMIN_TOKEN, TOKEN, auth
 from tests.support.waiting import eventually
 from tools.localprefect import PrefectServer, ServedFlow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-OUTCOME_FLOW = ROOT / "tests" / "flows" / "outcome.py"
-OUTCOME_DEPLOYMENT = "bridge-outcome/outcome"
-
-
-def outcome_routes(path: Path) -> Path:
-    """One route to the served flow: it raises for a table named ``broken...``."""
-    route = {
-        "name": "outcome",
-        "deployment": OUTCOME_DEPLOYMENT,
-        "flow_run": {
-            "parameters": {
-                "execution_id": "${{erathos.execution_id}}",
-                "table_name": "${{erathos.table_name}}",
-            }
-        },
-    }
-    path.write_text(json.dumps({"routes": [route]}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def outcome_flow(
-    prefect: PrefectServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServedFlow]:
-    home = tmp_path_factory.mktemp("outcome-flow")
-    served = ServedFlow(
-        prefect,
-        path=OUTCOME_FLOW,
-        deployment=OUTCOME_DEPLOYMENT,
-        home=home,
-        log_path=home / "flow.log",
-    )
-    served.start()
-    try:
-        yield served
-    finally:
-        served.stop()
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

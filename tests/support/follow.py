@@ -4,7 +4,9 @@ move the run to a state (``set_state``, forced: no worker runs these)."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from app.storage.records import (
@@ -16,7 +18,12 @@ from app.storage.records import (
     NewEvent,
 )
 from app.storage.store import Store
+from tests.support.paths import ROOT
 from tools.localprefect import PrefectServer
+
+# Served by the ``outcome_flow`` fixture: it completes, or raises for a table ``broken...``.
+OUTCOME_FLOW = ROOT / "tests" / "flows" / "outcome.py"
+OUTCOME_DEPLOYMENT = "bridge-outcome/outcome"
 
 OWNER = "test-dispatcher"
 
@@ -55,3 +62,19 @@ async def delivered(
     )
     assert await store.complete_attempt(attempt, update, OWNER)
     return update.applied_to(delivery)
+
+
+def outcome_routes(path: Path) -> Path:
+    """A routes file with one route, ``outcome``, to the served outcome flow."""
+    route = {
+        "name": "outcome",
+        "deployment": OUTCOME_DEPLOYMENT,
+        "flow_run": {
+            "parameters": {
+                "execution_id": "${{erathos.execution_id}}",
+                "table_name": "${{erathos.table_name}}",
+            }
+        },
+    }
+    path.write_text(json.dumps({"routes": [route]}))
+    return path
