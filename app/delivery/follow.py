@@ -76,7 +76,8 @@ def plan_seen(
         if due_at is not None and now - run.delivered_at >= policy.follow_for:
             due_at = None  # followed long enough: it stays as last seen
         state_info = found.get("state") if isinstance(found.get("state"), dict) else {}
-        state_at = _epoch(state_info.get("timestamp")) if state_info else None
+        # Never without a time: the day's counts by final state read it.
+        state_at = (_epoch(state_info.get("timestamp")) if state_info else None) or now
         started, ended = _epoch(found.get("start_time")), _epoch(found.get("end_time"))
         freshness = None
         if state in TERMINAL_RUN_STATES:

@@ -69,7 +69,9 @@ FOLLOW_INDEXES = (
         "deliveries_run_state", "run_state", "created_at", "event_id", where="run_state IS NOT NULL"
     ),
     # The overview's runs by final state over a day.
-    _partial("deliveries_run_state_at", "run_state_at", where="run_state IS NOT NULL"),
+    _partial(
+        "deliveries_run_state_at", "run_state_at", "run_state", where="run_state_at IS NOT NULL"
+    ),
 )
 
 meta = Table(

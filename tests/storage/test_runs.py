@@ -1,0 +1,91 @@
+"""The follower's queries and what operators read of them are planned on an index: each
+statement ``app.storage.runs.Runs`` and the run-state listing execute is captured as it
+runs on SQLite and explained there. None scans the deliveries or the freshness table
+(a scan of a partial index reads only the rows it holds: the runs followed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from app.storage.database import Database
+from app.storage.history import History
+from app.storage.records import RunState
+from app.storage.runs import Freshness, Runs, RunSeen
+from app.storage.store import Store
+from tests.support.follow import delivered
+from tests.support.waiting import ManualClock
+
+pytestmark = pytest.mark.anyio
+
+PARTIAL = ("deliveries_followed", "deliveries_run_state", "deliveries_run_state_at")
+
+
+class Captured:
+    """Every statement (with its parameters) the engine runs while capturing."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.statements: list[tuple[str, Any]] = []
+        event.listen(engine, "before_cursor_execute", self._seen)
+        self.engine = engine
+
+    def _seen(self, conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
+            self.statements.append((statement, parameters))
+
+    def plans(self) -> list[tuple[str, list[str]]]:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+        explained = []
+        with self.engine.connect() as conn:
+            for statement, parameters in self.statements:
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                rows = driver.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+                explained.append((statement, [str(row[-1]) for row in rows]))
+        return explained
+
+
+def scans(plan: list[str]) -> list[str]:
+    """The steps that read a whole table (or a whole index that is not a partial one)."""
+    return [
+        step
+        for step in plan
+        if step.startswith("SCAN")
+        and any(table in step for table in ("deliveries", "run_freshness", "events"))
+        and not any(index in step for index in PARTIAL)
+    ]
+
+
+async def test_every_query_of_following_runs_is_planned_on_an_index(
+    database: Database, store: Store, clock: ManualClock
+) -> None:
+    assert not database.postgres
+    runs, history = Runs(database, clock), History(database, clock)
+    made = [await delivered(store, f"run-{n}") for n in range(3)]
+    assert isinstance(database.engine, Engine)
+    captured = Captured(database.engine)
+
+    claimed = await runs.claim("owner", "default", 200, 60.0)
+    ended = Freshness("dbt", clock(), 30.0, 20.0)
+    seen = [RunSeen(made[0].id, RunState.FAILED, clock(), clock(), clock(), None, ended)]
+    seen += [RunSeen(run.delivery_id, RunState.RUNNING, due_at=clock() + 5) for run in claimed[1:]]
+    await runs.record("owner", seen)
+    await runs.release("owner", [made[1].id], clock())
+    await runs.followed()
+    await runs.final_counts(clock() - 86400)
+    await runs.freshness(clock() - 86400)
+    await runs.prune(clock() - 86400 * 30)
+    await history.list_events(run_state=RunState.FAILED, limit=50)
+    await history.list_events(
+        run_state=RunState.FAILED, before=(clock(), "f" * 32), since=clock() - 86400, limit=50
+    )
+
+    explained = captured.plans()
+    counts = [plan for statement, plan in explained if "count(*)" in statement]
+    assert any("deliveries_run_state_at (run_state_at>?)" in " ".join(p) for p in counts)
+    assert len(explained) >= 10
+    for statement, plan in explained:
+        assert scans(plan) == [], (statement, plan)
