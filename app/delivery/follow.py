@@ -206,7 +206,8 @@ class Follower:
                         from_finish=fresh.from_finish if fresh else None,
                         from_receipt=fresh.from_receipt if fresh else None,
                     )
-                    log.info(
+                    failed = run.state in (RunState.FAILED, RunState.CRASHED)
+                    (log.warning if failed else log.info)(
                         "flow run followed to its end",
                         delivery_id=run.delivery_id,
                         route=routes[run.delivery_id],
