@@ -296,3 +296,17 @@ async def test_a_thousand_runs_cost_one_request_per_round_each_run_asked_for_onc
     assert await following.follow_once(CONNECTION) == []  # none due again yet
     assert asked(metrics) == 5
     assert await runs.followed() == {CONNECTION: 1000}
+
+
+async def test_a_replayed_delivery_forgets_its_runs_state_and_is_followed_afresh(
+    store: Store, history: History, runs: Runs, now_clock: ManualClock
+) -> None:
+    made = await delivered(store, "run-1")
+    [claimed] = await runs.claim("replica-a", CONNECTION, FOLLOW_BATCH, POLICY.lease)
+    await runs.record("replica-a", plan_seen([claimed], [], now_clock(), POLICY))  # gone
+
+    replayed = await history.replay(made.id, new_run=True)
+
+    assert replayed.run_state is None
+    assert replayed.run_state_at is None
+    assert replayed.follow_due_at is None  # until it is delivered again, with its new run
