@@ -39,6 +39,7 @@ log = structlog.get_logger("erathos_prefect_bridge.delivery.follow")
 # Runs asked for in one request: Prefect's default largest page (PREFECT_API_DEFAULT_LIMIT).
 FOLLOW_BATCH = 200
 PRUNE_EVERY_SECONDS = 3600.0
+STOP_GRACE = 1.0  # seconds a round in flight may take to finish on shutdown
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,15 @@ class Follower:
         ]
 
     async def stop(self) -> None:
+        """Stop asking. A round still waiting for Prefect after STOP_GRACE is cancelled:
+        its runs' lease runs out and they are asked for again (here or by a replica),
+        and the shutdown's budget goes to deliveries, not to a look at a run."""
         self._stop.set()
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
+        for task in late:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _follow(self, name: str) -> None:
