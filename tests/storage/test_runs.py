@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, inspect, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,12 +18,22 @@ from app.storage.database import Database
 from app.storage.history import History
 from app.storage.records import RunState
 from app.storage.runs import Freshness, Runs, RunSeen
+from app.storage.schema import FOLLOW_INDEXES, SCHEMA_VERSION, meta
 from app.storage.store import Store
 from tests.support.follow import delivered
+from tests.support.stores import open_store
 from tests.support.waiting import ManualClock
 
 pytestmark = pytest.mark.anyio
 
+RUN_COLUMNS = (
+    "run_state",
+    "run_state_at",
+    "run_started_at",
+    "run_ended_at",
+    "follow_due_at",
+    "follow_owner",
+)
 PARTIAL = ("deliveries_followed", "deliveries_run_state", "deliveries_run_state_at")
 
 
@@ -103,3 +113,47 @@ async def test_every_query_of_following_runs_is_planned_on_an_index(
     assert len(explained) >= 10
     for statement, plan in explained:
         assert scans(plan) == [], (statement, plan)
+
+
+@pytest.mark.every_database
+async def test_a_version_3_database_is_upgraded_to_follow_runs(
+    database_url: str, clock: ManualClock
+) -> None:
+    """Version 3 had no run state, no follow lease, no partial indexes and no freshness
+    table; steps 4 and 5 (issues 23 and 25) change nothing here yet."""
+    store = await open_store(database_url, clock=clock)
+    try:
+        earlier = await delivered(store, "run-before")
+
+        def as_version_3(conn: Connection) -> None:
+            for index in FOLLOW_INDEXES:
+                conn.execute(text(f"DROP INDEX {index.name}"))
+            conn.execute(text("DROP TABLE run_freshness"))
+            for column in RUN_COLUMNS:
+                conn.execute(text(f"ALTER TABLE deliveries DROP COLUMN {column}"))
+            conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="3"))
+
+        await store.database.run(as_version_3)
+    finally:
+        await store.database.close()
+
+    upgraded = await open_store(database_url, clock=clock)
+    try:
+        runs = Runs(upgraded.database, clock)
+        kept = await History(upgraded.database, clock).get_delivery(earlier.id)
+        later = await delivered(upgraded, "run-after")
+        claimed = await runs.claim("owner", "default", 200, 60.0)
+        version = await upgraded.database.run(
+            lambda conn: conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+        )
+        indexes = await upgraded.database.run(
+            lambda conn: {i["name"] for i in inspect(conn).get_indexes("deliveries")}
+        )
+    finally:
+        await upgraded.database.close()
+
+    assert version == str(SCHEMA_VERSION) == "6"
+    assert {index.name for index in FOLLOW_INDEXES} <= indexes
+    assert kept is not None
+    assert (kept.run_state, kept.follow_due_at) == (None, None)  # delivered before: not followed
+    assert [run.delivery_id for run in claimed] == [later.id]
