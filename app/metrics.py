@@ -25,6 +25,7 @@ from app.delivery.status import EVENT, FLOW_RUN, ConnectionStatus
 from app.logs import lost_lines
 from app.server.refusals import refusals
 from app.storage.history import History
+from app.storage.runs import FRESHNESS_BUCKETS, FROM_FINISH, FROM_RECEIPT, Runs
 from app.storage.sets import Closed
 
 PREFIX = "erathos_bridge"
@@ -217,6 +218,34 @@ class Metrics:
             ["set", "outcome"],
             registry=registry,
         )
+        self.follow_requests = Counter(
+            f"{PREFIX}_follow_requests",
+            "Requests to Prefect for the state of followed flow runs (one per connection "
+            "per BRIDGE_FOLLOW_INTERVAL at most), by answer (2xx, 4xx, 5xx, error)",
+            ["connection", "status"],
+            registry=registry,
+        )
+        self.runs_finished = Counter(
+            f"{PREFIX}_runs_finished",
+            "Flow runs followed to a final state (completed, failed, crashed, cancelled, "
+            "or gone: deleted in Prefect), by route",
+            ["route", "state"],
+            registry=registry,
+        )
+        self.freshness = Histogram(
+            f"{PREFIX}_run_freshness_seconds",
+            "From a table landing to its flow run's end, by route: from Erathos's finish "
+            "time (basis finish) or from the webhook's receipt (basis receipt)",
+            ["route", "basis"],
+            buckets=FRESHNESS_BUCKETS,
+            registry=registry,
+        )
+        self.followed = Gauge(
+            f"{PREFIX}_runs_followed",
+            "Flow runs still followed (not final yet, within BRIDGE_FOLLOW_FOR)",
+            ["connection"],
+            registry=registry,
+        )
         Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=registry).labels(
             __version__
         ).set(1)
@@ -238,6 +267,7 @@ class Metrics:
                 for reason in DEAD_REASONS:
                     self.dead_letters.labels(name, kind, reason)
             self.pending.labels(name).set(0)
+            self.followed.labels(name).set(0)
             self.oldest_pending.labels(name).set(0)
             self._set_circuit(name, Circuit.CLOSED)
 
@@ -276,11 +306,29 @@ class Metrics:
             reason = "permanent" if permanent else "exhausted"
             self.dead_letters.labels(connection, kind, reason).inc()
 
+    # -- following flow runs -------------------------------------------------------------
+
+    def follow_asked(self, connection: str, status: str) -> None:
+        self.follow_requests.labels(connection, status).inc()
+
+    def run_finished(
+        self, route: str, state: str, *, from_finish: float | None, from_receipt: float | None
+    ) -> None:
+        self.runs_finished.labels(route, state).inc()
+        for basis, seconds in ((FROM_FINISH, from_finish), (FROM_RECEIPT, from_receipt)):
+            if seconds is not None:
+                self.freshness.labels(route, basis).observe(seconds)
+
     # -- scrape -------------------------------------------------------------------------
 
-    async def refresh(self, history: History, connections: Iterable[ConnectionStatus]) -> None:
-        """Bring the gauges up to date: the gates at every scrape, the queue (one indexed
-        query) at most every QUEUE_CACHE_SECONDS."""
+    async def refresh(
+        self,
+        history: History,
+        connections: Iterable[ConnectionStatus],
+        runs: Runs | None = None,
+    ) -> None:
+        """Bring the gauges up to date: the gates at every scrape, the queue and the runs
+        followed (one indexed query each) at most every QUEUE_CACHE_SECONDS."""
         for status in connections:
             self.window.labels(status.name).set(status.window)
             self.in_flight.labels(status.name).set(status.in_flight)
@@ -295,6 +343,10 @@ class Metrics:
             count, oldest = summary.get(name, (0, None))
             self.pending.labels(name).set(count)
             self.oldest_pending.labels(name).set(max(0.0, wall - oldest) if oldest else 0)
+        if runs is not None:
+            followed = await runs.followed()
+            for name in {*self._connections, *followed}:
+                self.followed.labels(name).set(followed.get(name, 0))
 
     def exposition(self) -> bytes:
         return generate_latest(self._scraped)

@@ -23,6 +23,7 @@ from app.config import PrefectSettings, Settings, StoreSettings
 from app.delivery.client import PrefectConnection
 from app.delivery.deadlines import Deadlines
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.follow import Follower, FollowPolicy
 from app.delivery.gate import Circuit
 from app.delivery.probe import PrefectWatch
 from app.masking import Masker
@@ -38,6 +39,7 @@ from app.routing.templates import Lookup, template_lookup
 from app.server.limits import RateLimiter
 from app.storage.database import Database
 from app.storage.history import History
+from app.storage.runs import Runs
 from app.storage.set_windows import SetWindows
 from app.storage.store import Store
 
@@ -55,6 +57,8 @@ class Bridge:
     metrics: Metrics
     # What Prefect says of each connection and target (the start-up probe, /readyz).
     prefect: PrefectWatch = field(kw_only=True)
+    # Each flow run's state as followed in Prefect (app.delivery.follow).
+    runs: Runs = field(kw_only=True)
     # Every configured secret, masked in every form: what the admin API and the console
     # show, and (each connection's) Prefect's answers as they are kept.
     masker: Masker = field(kw_only=True)
@@ -157,6 +161,7 @@ async def open_bridge(
         database = await open_database(settings)
         stack.push_async_callback(database.close)
         store, history = Store(database, clock), History(database, clock)
+        runs = Runs(database)
         windows = SetWindows(database, clock)
         connections = {}
         for name, spec in routing.connections.items():
@@ -171,6 +176,18 @@ async def open_bridge(
             await dispatcher.start()
             _, deliveries_grace = shutdown_budget(settings)
             stack.push_async_callback(dispatcher.stop, deliveries_grace)
+            # Beside the dispatcher, never in a delivery's way; stopped before it.
+            follower = Follower(
+                runs,
+                connections,
+                dispatcher.status,
+                FollowPolicy.from_settings(settings),
+                metrics,
+                dispatcher.owner,
+                settings.retention.total_seconds(),
+            )
+            await follower.start()
+            stack.push_async_callback(follower.stop)
             # A connection whose circuit has opened already is being probed by its gate.
             watch.start(skip=lambda name: dispatcher.status()[name].circuit is not Circuit.CLOSED)
         interval = settings.poll_interval.total_seconds()
@@ -193,6 +210,7 @@ async def open_bridge(
             limiter,
             metrics,
             prefect=watch,
+            runs=runs,
             masker=masker,
             windows=windows,
             deadlines=deadlines,

@@ -25,6 +25,7 @@ from app.storage.database import Database
 from app.storage.history import History
 from app.storage.store import Store
 from tests.support.databases import BACKENDS, create_database, drop_database, postgres_server
+from tests.support.follow import OUTCOME_DEPLOYMENT, OUTCOME_FLOW
 from tests.support.guarded import AUTH_STRING, BASE_PATH
 from tests.support.inprocess import (
     GuardedSettings,
@@ -34,7 +35,7 @@ from tests.support.inprocess import (
 )
 from tests.support.tokens import ADMIN_TOKEN, TOKEN
 from tests.support.waiting import ManualClock
-from tools.localprefect import PrefectServer
+from tools.localprefect import PrefectServer, ServedFlow
 
 
 @pytest.fixture
@@ -257,3 +258,24 @@ def guarded_settings(
         return make_settings(**(values | more))
 
     return build
+
+
+@pytest.fixture(scope="module")
+def outcome_flow(
+    prefect: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServedFlow]:
+    """tests/flows/outcome.py served by Prefect itself: its runs complete, or fail for a
+    table named ``broken...``."""
+    home = tmp_path_factory.mktemp("outcome-flow")
+    served = ServedFlow(
+        prefect,
+        path=OUTCOME_FLOW,
+        deployment=OUTCOME_DEPLOYMENT,
+        home=home,
+        log_path=home / "flow.log",
+    )
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()

@@ -23,7 +23,7 @@ from app.errors import StoreUnavailable
 from app.logs import configure_logging, hold_standard_streams
 from app.routing.templates import TemplateError
 from app.service import configure, configured_secrets
-from app.storage.records import EventState
+from app.storage.records import EventState, RunState
 
 if TYPE_CHECKING:
     pass
@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     sets.add_argument("--json", action="store_true", help="print JSON lines")
     events = sub.add_parser("events", help="list stored events, newest first")
     events.add_argument("--state", choices=[s.value for s in EventState])
+    events.add_argument(
+        "--run-state",
+        choices=[s.value for s in RunState],
+        help="only events with a flow run in this state (failed: the loads whose run failed)",
+    )
     events.add_argument(
         "--limit", type=_positive, default=20, help="at most this many (default: %(default)s)"
     )

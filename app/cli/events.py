@@ -9,20 +9,24 @@ import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from app.config import (
     StoreSettings,
 )
 from app.errors import StoreUnavailable
 from app.logs import configure_logging
+from app.routing.prefect_event import is_emission
 from app.service import configured_secrets, open_database
 from app.storage.history import History, nothing_to_replay
-from app.storage.records import DeliveryState, DeliveryStillPending, EventState
+from app.storage.records import (
+    DeliveryRecord,
+    DeliveryState,
+    DeliveryStillPending,
+    EventState,
+    RunState,
+    event_run_state,
+)
 from app.times import iso_utc
-
-if TYPE_CHECKING:
-    pass
 
 
 def store_command(settings: StoreSettings, args: argparse.Namespace) -> int:
@@ -49,7 +53,8 @@ async def open_history(settings: StoreSettings) -> AsyncIterator[History]:
 async def _events(settings: StoreSettings, args: argparse.Namespace) -> int:
     async with open_history(settings) as history:
         state = EventState(args.state) if args.state else None
-        page = await history.list_events(state=state, limit=args.limit)
+        run_state = RunState(args.run_state) if args.run_state else None
+        page = await history.list_events(state=state, run_state=run_state, limit=args.limit)
     for event, found in page:
         if args.json:
             print(
@@ -61,6 +66,7 @@ async def _events(settings: StoreSettings, args: argparse.Namespace) -> int:
                         "table_name": event.table_name,
                         "status": event.status,
                         "reason": event.ignored_reason,
+                        "run_state": event_run_state(found),
                         "deliveries": [
                             {
                                 "id": d.id,
@@ -68,6 +74,8 @@ async def _events(settings: StoreSettings, args: argparse.Namespace) -> int:
                                 "state": d.state,
                                 "attempts": d.attempts,
                                 "flow_run_id": d.flow_run_id,
+                                "run_state": d.run_state,
+                                "run_ended_at": iso_utc(d.run_ended_at) if d.run_ended_at else None,
                                 "error": d.last_error,
                             }
                             for d in found
@@ -84,8 +92,18 @@ async def _events(settings: StoreSettings, args: argparse.Namespace) -> int:
             print(f"    ignored: {event.ignored_reason}")
         for d in found:
             detail = d.flow_run_id or d.last_error or ""
-            print(f"    delivery {d.id}  {d.route}  {d.state}  attempts {d.attempts}  {detail}")
+            print(f"    delivery {d.id}  {d.route}  {outcome(d)}  attempts {d.attempts}  {detail}")
     return 0
+
+
+def outcome(d: DeliveryRecord) -> str:
+    """A delivery's state as an operator reads it: an emission Prefect took is an "event
+    sent"; a flow run, once followed, is its run's state too."""
+    if d.state is DeliveryState.DELIVERED and is_emission(d.route):
+        return "event sent"
+    if d.run_state is not None:
+        return f"{d.state}, run {d.run_state}"
+    return str(d.state)
 
 
 async def _replay(settings: StoreSettings, args: argparse.Namespace) -> int:

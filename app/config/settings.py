@@ -106,6 +106,12 @@ class Settings(PrefectSettings, StoreSettings):
     max_rate: Annotated[float, Gt(0)] | None = Field(None, validation_alias="BRIDGE_MAX_RATE")
     lease: Duration = Field(timedelta(seconds=60), validation_alias="BRIDGE_LEASE")
     poll_interval: Duration = Field(timedelta(seconds=1), validation_alias="BRIDGE_POLL_INTERVAL")
+    # Following flow runs to their end (app.delivery.follow): at most one request per
+    # connection per interval, for runs delivered up to follow_for ago.
+    follow_interval: Duration = Field(
+        timedelta(seconds=5), validation_alias="BRIDGE_FOLLOW_INTERVAL"
+    )
+    follow_for: Duration = Field(timedelta(hours=24), validation_alias="BRIDGE_FOLLOW_FOR")
     # The whole time from SIGTERM to exit: within Docker's default 10 s stop timeout.
     shutdown_grace: Wait = Field(timedelta(seconds=8), validation_alias="BRIDGE_SHUTDOWN_GRACE")
 
@@ -120,6 +126,8 @@ class Settings(PrefectSettings, StoreSettings):
         "retry_cap",
         "lease",
         "poll_interval",
+        "follow_interval",
+        "follow_for",
         "shutdown_grace",
         mode="before",
     )

@@ -36,6 +36,7 @@ from app.console.access import (
     read_form,
 )
 from app.console.pages import add_pages
+from app.console.runs import duration_text, event_outcome, is_event, outcome_of
 from app.console.session import COOKIE, SessionSigner, same_origin
 from app.console.sets_page import add_set_pages
 from app.console.views import BAR_WIDTH, iso, utc_text
@@ -43,6 +44,7 @@ from app.errors import StoreUnavailable
 from app.server.limits import RateLimiter
 from app.server.tokens import matching_token
 from app.service import BridgeDep
+from app.storage.records import event_run_state
 
 UI = Path(__file__).parent / "ui"
 # Wrong tokens, per client address: a burst of 10, then one a second. Addresses past the
@@ -67,8 +69,14 @@ def console_app(settings: Settings) -> FastAPI:
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a misspelt name fails the page, and its test
     )
-    environment.filters.update(iso=iso, utc=utc_text)
-    environment.globals.update(BAR_WIDTH=BAR_WIDTH)
+    environment.filters.update(iso=iso, utc=utc_text, duration=duration_text)
+    environment.globals.update(
+        BAR_WIDTH=BAR_WIDTH,
+        outcome_of=outcome_of,
+        event_outcome=event_outcome,
+        is_event=is_event,
+        run_of=event_run_state,
+    )
     # No redirect to the path with(out) its trailing slash: Starlette's is absolute, built
     # from the Host header.
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)

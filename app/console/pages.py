@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.console.access import ConsoleDep, FormDep, Refused, SessionDep, first
+from app.console.runs import RUN_FILTER_STATES, final_counts, freshness_rows
 from app.console.views import (
     COUNT_ORDER,
     EventFilter,
@@ -46,6 +47,8 @@ def add_pages(app: FastAPI) -> None:
         outcomes = await bridge.history.outcomes_by_hour(now - DAY)
         pending = await bridge.history.pending_deliveries(limit=PENDING_SHOWN)
         queued = await bridge.history.pending_summary()
+        finals = await bridge.runs.final_counts(now - DAY)
+        freshness = await bridge.runs.freshness(now - DAY)
         mask = masker(bridge)
         connections = [
             {
@@ -65,6 +68,8 @@ def add_pages(app: FastAPI) -> None:
             "pending": [(d, e, mask(d.last_error)) for d, e in pending],
             "connections": connections,
             "queued": sum(count for count, _ in queued.values()),
+            "run_counts": final_counts(finals),
+            "freshness": freshness_rows(freshness),
             "now": now,
         }
         return console.page(request, "overview.html", context)
@@ -78,6 +83,7 @@ def add_pages(app: FastAPI) -> None:
         if not wanted.errors:
             page = await bridge.history.list_events(
                 state=wanted.state,
+                run_state=wanted.run,
                 job_id=wanted.job,
                 table_name=wanted.table,
                 execution_id_contains=wanted.text,
@@ -90,6 +96,7 @@ def add_pages(app: FastAPI) -> None:
             "nav": "events",
             "filter": wanted,
             "states": [s.value for s in COUNT_ORDER],
+            "run_states": [s.value for s in RUN_FILTER_STATES],
             "rows": [(e, found, event_state(found)) for e, found in page],
             "older": wanted.query(cursor=page_cursor(page[-1][0])) if len(page) == PAGE else None,
             "mask": masker(bridge),

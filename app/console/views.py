@@ -15,7 +15,13 @@ from urllib.parse import urlencode
 
 from app.routing.router import Router
 from app.storage.history import parse_cursor
-from app.storage.records import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, DeliveryRecord, EventState
+from app.storage.records import (
+    DROP_IN_ROUTE,
+    PREFECT_EVENT_ROUTE,
+    DeliveryRecord,
+    EventState,
+    RunState,
+)
 
 HOUR = 3600.0
 # Bottom to top in each bar, and the order counts are listed in.
@@ -117,6 +123,7 @@ class EventFilter:
     """The events page's query: what the admin API's ``GET /events`` takes, from a form."""
 
     state: EventState | None = None
+    run: RunState | None = None  # events with a flow run in this state
     table: str | None = None
     job: str | None = None
     text: str | None = None  # part of the execution id
@@ -137,6 +144,11 @@ class EventFilter:
                 found.state = EventState(form["state"])
             except ValueError:
                 found.errors.append(f"state: one of {', '.join(EventState)}")
+        if form["run"]:
+            try:
+                found.run = RunState(form["run"])
+            except ValueError:
+                found.errors.append(f"run: one of {', '.join(RunState)}")
         found.table = form["table"] or None
         found.job = form["job"] or None
         found.text = form["q"] or None
@@ -155,7 +167,7 @@ class EventFilter:
         return urlencode({k: v for k, v in {**self.form, **extra}.items() if v})
 
 
-FILTER_FIELDS = ("state", "table", "job", "q", "since", "until")
+FILTER_FIELDS = ("state", "run", "table", "job", "q", "since", "until")
 
 
 def _utc_input(text: str, name: str, errors: list[str]) -> float | None:

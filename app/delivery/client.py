@@ -165,6 +165,10 @@ class PrefectConnection:
         """GET a path under the API URL; raises ``httpx.HTTPError`` and ``TimeoutError``."""
         return await self._request("GET", path)
 
+    async def post(self, path: str, body: Any) -> httpx.Response:
+        """POST JSON to a path under the API URL; raises as :meth:`get` does."""
+        return await self._request("POST", path, body)
+
     async def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         async with asyncio.timeout(self._total_timeout):
             return await self._client.request(method, path, json=body)

@@ -40,3 +40,16 @@ class DeliveryObserver(Protocol):
         self, connection: str, kind: str, result: AttemptResult, *, state: str, waited: float
     ) -> None:
         """A delivery reached its final state, ``waited`` seconds after it became due."""
+
+
+class RunObserver(Protocol):
+    """Told what following flow runs finds (the metrics are one); called in line, so it
+    must be cheap and must not raise."""
+
+    def follow_asked(self, connection: str, status: str) -> None:
+        """One request to a connection for its runs' states, by its answer's class."""
+
+    def run_finished(
+        self, route: str, state: str, *, from_finish: float | None, from_receipt: float | None
+    ) -> None:
+        """A run's state became final (``gone`` included), with its freshness if it ended."""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.errors import (
     Conflict,
@@ -36,6 +36,8 @@ from app.storage.records import (
     DeliveryStillPending,
     EventRecord,
     EventState,
+    RunState,
+    event_run_state,
     event_state,
 )
 from app.times import utc_time
@@ -63,6 +65,13 @@ class DeliveryDetail(DeliveryOut):
     idempotency_key: str
     created_at: datetime
     finished_at: datetime | None
+    run_state: RunState | None = Field(
+        description="its flow run's state in Prefect, as last followed (gone: deleted there)"
+    )
+    run_state_at: datetime | None
+    run_started_at: datetime | None
+    run_ended_at: datetime | None
+    followed: bool = Field(description="whether its run is still followed (not final yet)")
 
 
 class DeliveryAttempts(DeliveryDetail):
@@ -81,6 +90,9 @@ class EventSummary(BaseModel):
     table_name: str | None
     status: str | None
     state: EventState
+    run_state: RunState | None = Field(
+        description="its flow runs' state, summed up: the most telling one's (failed first)"
+    )
     reason: str | None
 
 
@@ -105,7 +117,16 @@ def _delivery_detail(d: DeliveryRecord, masker: Masker) -> DeliveryDetail:
         idempotency_key=d.idempotency_key,
         created_at=utc_time(d.created_at),
         finished_at=utc_time(d.finished_at) if d.finished_at else None,
+        run_state=d.run_state,
+        run_state_at=_time(d.run_state_at),
+        run_started_at=_time(d.run_started_at),
+        run_ended_at=_time(d.run_ended_at),
+        followed=d.follow_due_at is not None,
     )
+
+
+def _time(epoch: float | None) -> datetime | None:
+    return utc_time(epoch) if epoch is not None else None
 
 
 def _delivery_out(d: DeliveryRecord, masker: Masker) -> DeliveryOut:
@@ -141,6 +162,7 @@ def _event_summary(event: EventRecord, found: list[DeliveryRecord]) -> dict[str,
         table_name=event.table_name,
         status=event.status,
         state=event_state(found),
+        run_state=event_run_state(found),
         reason=event.ignored_reason,
     ).model_dump()
 
@@ -149,6 +171,9 @@ def _event_summary(event: EventRecord, found: list[DeliveryRecord]) -> dict[str,
 async def list_events(
     bridge: BridgeDep,
     state: Annotated[EventState | None, Query()] = None,
+    run_state: Annotated[
+        RunState | None, Query(description="events with a flow run in this state")
+    ] = None,
     job_id: Annotated[str | None, Query(max_length=64)] = None,
     table_name: Annotated[str | None, Query(max_length=1024)] = None,
     execution_id: Annotated[
@@ -168,6 +193,7 @@ async def list_events(
         since=_epoch(since, "since"),
         until=_epoch(until, "until"),
         before=before,
+        run_state=run_state,
         limit=limit,
     )
     out = [

@@ -164,7 +164,9 @@ async def readyz(request: Request, bridge: BridgeDep) -> JSONResponse:
 )
 async def metrics(bridge: BridgeDep) -> Response:
     try:
-        await bridge.metrics.refresh(bridge.history, bridge.dispatcher.status().values())
+        await bridge.metrics.refresh(
+            bridge.history, bridge.dispatcher.status().values(), bridge.runs
+        )
     except StoreUnavailable as exc:
         # The queue gauges keep their last values: a scrape never fails for the store.
         log.warning("queue gauges not refreshed", error=str(exc))

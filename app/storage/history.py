@@ -24,6 +24,7 @@ from app.storage.records import (
     DeliveryStillPending,
     EventRecord,
     EventState,
+    RunState,
 )
 from app.storage.schema import attempts, deliveries, events
 from app.storage.store import (
@@ -122,11 +123,21 @@ class History:
         since: float | None = None,
         until: float | None = None,
         before: tuple[float, str] | None = None,
+        run_state: RunState | None = None,
         limit: int = 50,
     ) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
         """Newest first; ``before`` is the (received_at, id) cursor of the previous page.
-        ``execution_id_contains`` matches part of the execution id, ignoring case."""
-        query = select(events)
+        ``execution_id_contains`` matches part of the execution id, ignoring case.
+        ``run_state``: events with a flow run in that state, found on the run-state index
+        (a delivery is made when its event arrives: its ``created_at`` is the event's
+        ``received_at``, so the index walks the events newest first)."""
+        if run_state is not None:
+            query = select(events).join(deliveries, deliveries.c.event_id == events.c.id)
+            query = query.where(deliveries.c.run_state == run_state.value)
+            at, event_id = deliveries.c.created_at, deliveries.c.event_id
+        else:
+            query = select(events)
+            at, event_id = events.c.received_at, events.c.id
         if job_id is not None:
             query = query.where(events.c.job_id == job_id)
         if table_name is not None:
@@ -137,23 +148,21 @@ class History:
                 events.c.execution_id.icontains(execution_id_contains, autoescape=True)
             )
         if since is not None:
-            query = query.where(events.c.received_at >= since)
+            query = query.where(at >= since)
         if until is not None:
-            query = query.where(events.c.received_at < until)
+            query = query.where(at < until)
         if before is not None:
             received_at, last_id = before
-            query = query.where(
-                or_(
-                    events.c.received_at < received_at,
-                    and_(events.c.received_at == received_at, events.c.id < last_id),
-                )
-            )
+            query = query.where(or_(at < received_at, and_(at == received_at, event_id < last_id)))
         if state is not None:
             query = query.where(_in_state(state))
-        query = query.order_by(events.c.received_at.desc(), events.c.id.desc()).limit(limit)
+        # An event with two runs in the state is found twice: twice the rows are read, so
+        # a page of distinct events is full unless most of its events have several.
+        rows_wanted = limit * 2 if run_state is not None else limit
+        query = query.order_by(at.desc(), event_id.desc()).limit(rows_wanted)
 
         def work(conn: Connection) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
-            rows = conn.execute(query).all()
+            rows = list({row.id: row for row in conn.execute(query).all()}.values())[:limit]
             found = conn.execute(
                 select(deliveries)
                 .where(deliveries.c.event_id.in_([row.id for row in rows]))
@@ -253,6 +262,8 @@ class History:
                 "lease_owner": None,
                 "lease_expires_at": None,
                 "finished_at": None,
+                # Followed afresh once delivered again (the same run, or a new one).
+                **dict.fromkeys(_RUN_COLUMNS),
             }
             if new_run:
                 changes |= {
@@ -292,6 +303,14 @@ class History:
                 return removed
 
 
+_RUN_COLUMNS = (
+    "run_state",
+    "run_state_at",
+    "run_started_at",
+    "run_ended_at",
+    "follow_due_at",
+    "follow_owner",
+)
 # outcomes_by_hour's rank of an event's most telling delivery state, back to the event's state.
 _BY_RANK = (EventState.IGNORED, EventState.DELIVERED, EventState.PENDING, EventState.DEAD)
 HOUR = 3600.0

@@ -44,6 +44,39 @@ class EventState(StrEnum):
     IGNORED = "ignored"
 
 
+class RunState(StrEnum):
+    """A flow run's state as Prefect names its type (lower case), or ``gone``: Prefect no
+    longer has the run (deleted). Followed until it is :data:`FINAL_RUN_STATES`."""
+
+    SCHEDULED = "scheduled"
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"
+    GONE = "gone"
+
+
+TERMINAL_RUN_STATES = (RunState.COMPLETED, RunState.FAILED, RunState.CRASHED, RunState.CANCELLED)
+FINAL_RUN_STATES = (*TERMINAL_RUN_STATES, RunState.GONE)  # nothing more to follow
+# An event's run state, summed up: its most telling run's, worst first.
+_RUN_STATE_RANK = (
+    RunState.FAILED,
+    RunState.CRASHED,
+    RunState.CANCELLED,
+    RunState.GONE,
+    RunState.CANCELLING,
+    RunState.PAUSED,
+    RunState.RUNNING,
+    RunState.PENDING,
+    RunState.SCHEDULED,
+    RunState.COMPLETED,
+)
+
+
 class DeliveryNotFound(LookupError):
     """No delivery has this id."""
 
@@ -113,6 +146,13 @@ class DeliveryRecord:
     finished_at: float | None
     ordinal: int = 0  # its place among its event's deliveries
     attempts_before_replay: int = 0  # of ``attempts``, those made before its last replay
+    # Its flow run as followed in Prefect (app.delivery.follow); None until first seen.
+    run_state: RunState | None = None
+    run_state_at: float | None = None
+    run_started_at: float | None = None
+    run_ended_at: float | None = None
+    follow_due_at: float | None = None  # when it is asked for next; None: not followed
+    follow_owner: str | None = None
 
     @property
     def budget_used(self) -> int:
@@ -176,12 +216,22 @@ class DeliveryUpdate:
         for name in ("flow_run_id", "flow_run_url", "finished_at", "next_attempt_at"):
             if (value := getattr(self, name)) is not None:
                 values[name] = value
+        if self.state is DeliveryState.DELIVERED and self.flow_run_id is not None:
+            # A flow run made (or found): followed from now on, until its state is final.
+            values["follow_due_at"] = self.finished_at
         return values
 
     def applied_to(self, delivery: DeliveryRecord) -> DeliveryRecord:
         """The delivery as it is once this update is stored (and its lease released)."""
         changed = self.columns() | {"state": self.state}
         return replace(delivery, lease_owner=None, lease_expires_at=None, **changed)
+
+
+def event_run_state(deliveries: Sequence[DeliveryRecord]) -> RunState | None:
+    """The state of an event's flow runs, summed up: its most telling run's (a failure
+    before a run still going, before a completion); None while no run has a state."""
+    states = {d.run_state for d in deliveries if d.run_state is not None}
+    return next((s for s in _RUN_STATE_RANK if s in states), None)
 
 
 def event_state(deliveries: Sequence[DeliveryRecord]) -> EventState:

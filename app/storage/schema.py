@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from app.errors import StoreUnavailable
 from app.storage.records import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, dropin_key
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # pg_advisory_xact_lock key that serialises schema creation and upgrades between
 # replicas starting at once (any constant; this one spells "EPBS" in ASCII).
 MIGRATION_LOCK_KEY = 0x45504253
@@ -53,6 +53,26 @@ class Str(TypeDecorator[str]):
 
 
 metadata = MetaData()
+
+
+def _partial(name: str, *columns: str, where: str) -> Index:
+    return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
+
+
+FOLLOW_INDEXES = (
+    # The follower's claims (per connection, the most overdue first) and the followed gauge.
+    _partial(
+        "deliveries_followed", "connection", "follow_due_at", where="follow_due_at IS NOT NULL"
+    ),
+    # The run-state filter, newest first, as the listing pages.
+    _partial(
+        "deliveries_run_state", "run_state", "created_at", "event_id", where="run_state IS NOT NULL"
+    ),
+    # The overview's runs by final state over a day.
+    _partial(
+        "deliveries_run_state_at", "run_state_at", "run_state", where="run_state_at IS NOT NULL"
+    ),
+)
 
 meta = Table(
     "bridge_meta",
@@ -101,8 +121,21 @@ deliveries = Table(
     # ``attempts`` counts every attempt ever made; the retry budget, those since the
     # last replay (which set this to the attempts made before it).
     Column("attempts_before_replay", Integer, nullable=False, server_default=text("0")),
+    # Its flow run as followed in Prefect (app.delivery.follow): the run's state (a
+    # RunState) and that state's time, the run's start and end; ``follow_due_at`` is when
+    # it is asked for next (NULL: not followed), and while ``follow_owner`` holds it, the
+    # end of that claim's lease.
+    Column("run_state", String(16)),
+    Column("run_state_at", Float),
+    Column("run_started_at", Float),
+    Column("run_ended_at", Float),
+    Column("follow_due_at", Float),
+    Column("follow_owner", Str),
     UniqueConstraint("event_id", "route"),
     Index("deliveries_due", "state", "connection", "next_attempt_at"),
+    # Partial indexes: each holds only the rows it serves (followed runs, runs with a
+    # state), never the million deliveries that have none.
+    *FOLLOW_INDEXES,
 )
 
 attempts = Table(
@@ -156,6 +189,22 @@ set_loads = Table(
     Column("joined_at", Float, nullable=False),
     Column("load", Str, nullable=False),  # JSON: the load as ${{set.loads}} lists it
     UniqueConstraint("window_id", "member"),
+)
+
+
+# How fresh each route's data is when its run ends: per route, clock hour (UTC, counted
+# from the epoch) the run ended in and basis ("finish": from Erathos's finish time;
+# "receipt": from the webhook's arrival), how many runs fell in each histogram bucket
+# (an index into app.storage.runs.FRESHNESS_BUCKETS). A day is at most 25 hours of rows.
+run_freshness = Table(
+    "run_freshness",
+    metadata,
+    Column("route", Str, primary_key=True),
+    Column("hour", Integer, primary_key=True),
+    Column("basis", String(16), primary_key=True),
+    Column("bucket", Integer, primary_key=True),
+    Column("runs", Integer, nullable=False),
+    Index("run_freshness_hour", "hour"),
 )
 
 
@@ -296,11 +345,34 @@ def _version_5(conn: Connection) -> None:
     set_loads.create(conn, checkfirst=True)
 
 
+def _version_6(conn: Connection) -> None:
+    """5 -> 6: deliveries keep their flow run's state as followed in Prefect, with the
+    indexes its queries are planned on, and the freshness histogram per route and hour."""
+    present = {column["name"] for column in inspect(conn).get_columns("deliveries")}
+    added = {
+        "run_state": "VARCHAR(16)",
+        "run_state_at": "FLOAT",
+        "run_started_at": "FLOAT",
+        "run_ended_at": "FLOAT",
+        "follow_due_at": "FLOAT",
+        "follow_owner": "TEXT",
+    }
+    for name, kind in added.items():
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE deliveries ADD COLUMN {name} {kind}"))
+    for index in FOLLOW_INDEXES:
+        index.create(conn, checkfirst=True)
+    run_freshness.create(conn, checkfirst=True)
+    # Runs delivered before this version are not followed: their state was never asked
+    # for, and most ended long ago.
+
+
 # UPGRADES[n] turns a database of version n + 1 into one of version n + 2.
 UPGRADES: tuple[Callable[[Connection], None], ...] = (
     _key_drop_in_events_by_target,
     _version_3,
     _version_4,
     _version_5,
+    _version_6,
 )
 assert len(UPGRADES) == SCHEMA_VERSION - 1

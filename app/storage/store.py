@@ -34,6 +34,7 @@ from app.storage.records import (
     EventRecord,
     NewEvent,
     Recorded,
+    RunState,
 )
 from app.storage.schema import attempts, deliveries, events, meta
 from app.storage.sets import join_sets
@@ -151,6 +152,7 @@ class Store:
                 "finished_at": None,
                 "ordinal": ordinal,
                 "attempts_before_replay": 0,
+                **_NOT_FOLLOWED,
             }
             for ordinal, delivery in enumerate(new.deliveries)
         ]
@@ -347,6 +349,22 @@ def event_of(row: Any) -> EventRecord:
     )
 
 
+_NOT_FOLLOWED = dict.fromkeys(
+    (
+        "run_state",
+        "run_state_at",
+        "run_started_at",
+        "run_ended_at",
+        "follow_due_at",
+        "follow_owner",
+    )
+)
+
+
 def delivery_of(row: Any) -> DeliveryRecord:
     values = dict(row)
-    return DeliveryRecord(**values | {"state": DeliveryState(values["state"])})
+    run = values.get("run_state")
+    return DeliveryRecord(
+        **values
+        | {"state": DeliveryState(values["state"]), "run_state": RunState(run) if run else None}
+    )
