@@ -32,6 +32,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import ClauseElement
 
+from app.reads import PostgresReads, Reads, SqliteReads
 from app.records import StoreUnavailable
 from app.schema import migrate
 from app.settings import Durability
@@ -140,6 +141,9 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Eng
         cursor = dbapi_connection.cursor()
         # How long a write waits for another process's lock before we answer 503.
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        # Before the first table: a new file gives freed pages back (app.maintenance);
+        # on an existing one it changes nothing.
+        cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
         _enable_wal(cursor, lock_timeout)
         # WAL + NORMAL survives a crash of the process (kill -9); FULL also a power loss.
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
@@ -173,6 +177,7 @@ class Database:
         self.postgres = engine.dialect.name == "postgresql"
         self._writer = None if isinstance(engine, AsyncEngine) else _Writer(engine, lock_timeout)
         self._closed = False
+        self.reads: Reads | None = None  # none: reads take the writes' way (app.reads)
 
     @classmethod
     async def open(
@@ -183,10 +188,12 @@ class Database:
         lock_timeout: float = 5.0,
         pool_size: int = 5,
         pool_timeout: float = 10.0,
+        read_timeout: float = 5.0,
     ) -> Database:
         """Open the database ``url`` names (SQLite or PostgreSQL) and create or upgrade
         its schema. ``pool_size`` and ``pool_timeout`` apply to PostgreSQL; SQLite keeps
-        one connection."""
+        one connection for writes. :meth:`read` has connections of its own, each read
+        stopped after ``read_timeout`` seconds."""
         if database_kind(url) == "postgresql":
             engine: AsyncEngine | Engine = _postgres_engine(
                 url, lock_timeout, pool_size, pool_timeout
@@ -196,6 +203,12 @@ class Database:
         database = cls(engine, lock_timeout)
         try:
             await database.run(migrate)
+            if isinstance(engine, AsyncEngine):
+                database.reads = PostgresReads.open(
+                    _postgres_url(url), read_timeout, APPLICATION_NAME
+                )
+            elif engine.url.database not in (None, "", ":memory:"):
+                database.reads = SqliteReads(url, read_timeout, lock_timeout)
         except BaseException:
             await database.close()
             raise
@@ -203,6 +216,8 @@ class Database:
 
     async def close(self) -> None:
         self._closed = True
+        if self.reads is not None:
+            await self.reads.close()
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
             return
@@ -229,6 +244,24 @@ class Database:
             raise StoreUnavailable(_driver_message(exc)) from exc
         except Exception as exc:
             # A driver error SQLAlchemy did not wrap (asyncpg raises some while it connects).
+            if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
+                raise StoreUnavailable(_driver_message(exc)) from exc
+            raise
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one read-only transaction on the reads' connections,
+        never in a write's way; :class:`app.records.QueryTimedOut` past its deadline."""
+        if self.reads is None:
+            return await self.run(work)
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        try:
+            return await self.reads.run(work)
+        except StoreUnavailable:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(_driver_message(exc)) from exc
+        except Exception as exc:
             if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
                 raise StoreUnavailable(_driver_message(exc)) from exc
             raise

@@ -9,13 +9,15 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, assert_never
+from typing import Any
 
-from sqlalchemy import Integer, and_, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy import Integer, cast, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from app.database import Database
+from app.event_state import refresh_state
+from app.maintenance import PRUNE_BATCH, prune_finished, reclaim_space
 from app.records import (
     AttemptRecord,
     DeliveryNotFound,
@@ -26,8 +28,6 @@ from app.records import (
 )
 from app.schema import attempts, deliveries, events
 from app.store import (
-    DEAD,
-    DELIVERED,
     DELIVERY_ORDER,
     PENDING,
     Clock,
@@ -72,17 +72,17 @@ class History:
             found = with_deliveries(conn, row, created=False)
             return found.event, found.deliveries
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         query = select(deliveries).where(deliveries.c.id == delivery_id)
-        row = await self.database.run(lambda conn: conn.execute(query).one_or_none())
+        row = await self.database.read(lambda conn: conn.execute(query).one_or_none())
         return delivery_of(row._mapping) if row is not None else None
 
     async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord]:
         """The deliveries of these ids that exist, in the order asked for (one query)."""
         query = select(deliveries).where(deliveries.c.id.in_(delivery_ids))
-        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
         found = {row.id: delivery_of(row._mapping) for row in rows}
         return [found[i] for i in dict.fromkeys(delivery_ids) if i in found]
 
@@ -92,7 +92,7 @@ class History:
             .where(attempts.c.delivery_id.in_(delivery_ids))
             .order_by(attempts.c.delivery_id, attempts.c.id)
         )
-        found = await self.database.run(lambda conn: conn.execute(query).all())
+        found = await self.database.read(lambda conn: conn.execute(query).all())
         return [AttemptRecord(**row._mapping) for row in found]
 
     async def pending_summary(self) -> dict[str, tuple[int, float]]:
@@ -108,7 +108,7 @@ class History:
             .where(deliveries.c.state == PENDING)
             .group_by(deliveries.c.connection)
         )
-        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
         return {row[0]: (int(row[1]), float(row[2])) for row in rows}
 
     async def list_events(
@@ -141,14 +141,13 @@ class History:
             query = query.where(events.c.received_at < until)
         if before is not None:
             received_at, last_id = before
+            # The bound on received_at alone first, so the index's range starts there.
             query = query.where(
-                or_(
-                    events.c.received_at < received_at,
-                    and_(events.c.received_at == received_at, events.c.id < last_id),
-                )
+                events.c.received_at <= received_at,
+                or_(events.c.received_at < received_at, events.c.id < last_id),
             )
         if state is not None:
-            query = query.where(_in_state(state))
+            query = query.where(events.c.state == state.value)
         query = query.order_by(events.c.received_at.desc(), events.c.id.desc()).limit(limit)
 
         def work(conn: Connection) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
@@ -163,7 +162,7 @@ class History:
                 by_event.setdefault(d.event_id, []).append(delivery_of(d._mapping))
             return [(event_of(row._mapping), by_event.get(row.id, [])) for row in rows]
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def outcomes_by_hour(self, since: float) -> list[tuple[float, EventState, int]]:
         """How many events received at or after ``since`` are in each state now, per
@@ -171,40 +170,21 @@ class History:
         oldest hour first. The console's counts by state and its events-per-hour chart;
         a day is at most 25 hours of 4 states, however many events it held.
 
-        Each event's state is its most telling delivery's (dead, then pending, then
-        delivered; none: ignored), as :func:`app.records.event_state` sums it up: one
-        pass over the events joined to their deliveries, grouped by event, then by hour
-        and state, all in the database. Not the listing's EXISTS conditions, for which
-        SQLite would pick the state index and scan every delivered row once per event."""
-        rank = func.max(
-            case(
-                (deliveries.c.state == DEAD, 3),
-                (deliveries.c.state == PENDING, 2),
-                (deliveries.c.state == DELIVERED, 1),
-                else_=0,
-            )
-        )
+        Each event's state is its column (:mod:`app.event_state`): one pass over the
+        day's events on the ``received_at`` index, grouped by hour and state."""
 
         def work(conn: Connection) -> list[tuple[float, EventState, int]]:
-            per_event = (
-                select(
-                    _hour_of(events.c.received_at, conn.dialect.name).label("hour"),
-                    rank.label("rank"),
-                )
-                .select_from(events.outerjoin(deliveries, deliveries.c.event_id == events.c.id))
-                .where(events.c.received_at >= since)
-                .group_by(events.c.id, events.c.received_at)
-                .subquery()
-            )
+            hour = _hour_of(events.c.received_at, conn.dialect.name).label("hour")
             query = (
-                select(per_event.c.hour, per_event.c.rank, func.count())
-                .group_by(per_event.c.hour, per_event.c.rank)
-                .order_by(per_event.c.hour, per_event.c.rank)
+                select(hour, events.c.state, func.count())
+                .where(events.c.received_at >= since)
+                .group_by(hour, events.c.state)
+                .order_by(hour, events.c.state)
             )
             rows = conn.execute(query).all()
-            return [(float(row[0]) * HOUR, _BY_RANK[row[1]], int(row[2])) for row in rows]
+            return [(float(row[0]) * HOUR, EventState(row[1]), int(row[2])) for row in rows]
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def pending_deliveries(self, limit: int = 50) -> list[tuple[DeliveryRecord, EventRecord]]:
         """The pending deliveries, the next one due first, each with its event: what is
@@ -225,7 +205,7 @@ class History:
                 found.append((delivery_of(delivery_columns), event_of(event_columns)))
             return found
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def replay(self, delivery_id: str, *, new_run: bool = False) -> DeliveryRecord:
         """Make a delivered or dead delivery pending again, due now, with a fresh budget.
@@ -267,32 +247,20 @@ class History:
             ).one_or_none()
             if updated is None:  # replayed by another process since we read it
                 raise DeliveryStillPending(delivery_id)
+            refresh_state(conn, delivery_id)
             return delivery_of(updated._mapping)
 
         return await self.database.run(work)
 
-    async def prune(self, older_than: float, batch: int = 500) -> int:
-        """Delete finished events received before ``older_than``; dead letters stay."""
-        unfinished = exists().where(
-            deliveries.c.event_id == events.c.id, deliveries.c.state.in_((PENDING, DEAD))
-        )
-        chosen = (
-            select(events.c.id)
-            .where(events.c.received_at < older_than, ~unfinished)
-            .limit(batch)
-            .scalar_subquery()
-        )
-        removal = delete(events).where(events.c.id.in_(chosen))
-        removed = 0
-        while True:  # in batches, so no transaction holds the write lock for long
-            count = await self.database.run(lambda conn: int(conn.execute(removal).rowcount))
-            removed += count
-            if count < batch:
-                return removed
+    async def prune(self, older_than: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete finished events received before ``older_than``, in batches; dead
+        letters stay. Then give the space back (:mod:`app.maintenance`)."""
+        removed = await prune_finished(self.database, older_than, batch)
+        if removed:
+            await reclaim_space(self.database)
+        return removed
 
 
-# outcomes_by_hour's rank of an event's most telling delivery state, back to the event's state.
-_BY_RANK = (EventState.IGNORED, EventState.DELIVERED, EventState.PENDING, EventState.DEAD)
 HOUR = 3600.0
 
 
@@ -308,23 +276,3 @@ def _hour_of(received_at: ColumnElement[float], dialect: str) -> ColumnElement[f
 def replay_key(key: str) -> str:
     """A new idempotency key derived from the original: ``<key>:replay-<8 hex>``."""
     return f"{_REPLAY_SUFFIX.sub('', key)}:replay-{uuid.uuid4().hex[:8]}"
-
-
-def _has(*states: str) -> ColumnElement[bool]:
-    """The event has a delivery in one of ``states``."""
-    return exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state.in_(states))
-
-
-def _in_state(state: EventState) -> ColumnElement[bool]:
-    """Events with a pending (or dead) delivery; delivered: all are; ignored: none."""
-    match state:
-        case EventState.PENDING:
-            return _has(PENDING)
-        case EventState.DEAD:
-            return _has(DEAD)
-        case EventState.DELIVERED:
-            return and_(_has(DELIVERED), ~_has(PENDING, DEAD))
-        case EventState.IGNORED:
-            return ~_has(PENDING, DELIVERED, DEAD)
-        case _:
-            assert_never(state)

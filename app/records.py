@@ -32,6 +32,10 @@ class StoreUnavailable(Exception):
     restarting): the caller answers 503 or tries again later."""
 
 
+class QueryTimedOut(StoreUnavailable):
+    """An operator's read ran past ``BRIDGE_DB_READ_TIMEOUT`` and was stopped."""
+
+
 class DeliveryNotFound(LookupError):
     """No delivery has this id."""
 

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from app.records import StoreUnavailable
 from app.routes import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE, dropin_key
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # pg_advisory_xact_lock key that serialises schema creation and upgrades between
 # replicas starting at once (any constant; this one spells "EPBS" in ASCII).
 MIGRATION_LOCK_KEY = 0x45504253
@@ -73,6 +73,11 @@ events = Table(
     Column("status", Str),
     Column("payload", Str, nullable=False),
     Column("ignored_reason", Str),
+    # The event's state as its deliveries sum it up (app.records.event_state), kept in
+    # the transaction that changes them, so that listing by state is an index range.
+    Column("state", String(16), nullable=False, server_default=text("'pending'")),
+    Index("events_state_received", "state", "received_at", "id"),
+    Index("events_table_received", "table_name", "received_at"),
 )
 
 deliveries = Table(
@@ -247,6 +252,24 @@ def _key_drop_in_events_apart(conn: Connection) -> None:
         conn.execute(keyed.values(execution_id=dropin_key(kind, target, key)))
 
 
+def _version_4(conn: Connection) -> None:
+    """3 -> 4: each event keeps its state (app.event_state), filled in for those stored."""
+    from app.event_state import fill_states  # the state's rules live beside its updates
+
+    present = {column["name"] for column in inspect(conn).get_columns("events")}
+    if "state" not in present:
+        conn.execute(
+            text("ALTER TABLE events ADD COLUMN state VARCHAR(16) NOT NULL DEFAULT 'pending'")
+        )
+    fill_states(conn)
+    for index in events.indexes:
+        index.create(conn, checkfirst=True)
+
+
 # UPGRADES[n] turns a database of version n + 1 into one of version n + 2.
-UPGRADES: tuple[Callable[[Connection], None], ...] = (_key_drop_in_events_by_target, _version_3)
+UPGRADES: tuple[Callable[[Connection], None], ...] = (
+    _key_drop_in_events_by_target,
+    _version_3,
+    _version_4,
+)
 assert len(UPGRADES) == SCHEMA_VERSION - 1
