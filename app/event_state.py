@@ -11,6 +11,7 @@ attempt ends it (:meth:`app.store.Store.complete_attempt`) and when it is replay
 from __future__ import annotations
 
 from sqlalchemy import bindparam, case, exists, select, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
@@ -19,10 +20,8 @@ from app.records import DeliveryState, EventState
 from app.schema import deliveries, events
 
 
-def _has(*states: DeliveryState) -> ColumnElement[bool]:
-    return exists().where(
-        deliveries.c.event_id == events.c.id, deliveries.c.state.in_([s.value for s in states])
-    )
+def _has(state: DeliveryState) -> ColumnElement[bool]:
+    return exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state == state.value)
 
 
 # The state the event's deliveries make, as SQL over the event's row.
@@ -39,6 +38,8 @@ _OF_DELIVERY = (
 )
 REFRESH = update(events).where(events.c.id == _OF_DELIVERY).values(state=SUMMED_UP)
 REFRESH_SQLITE = sqlite_sql(REFRESH)
+# The states it names are parameters of that SQL too: their values, once.
+_REFRESH_CONSTANTS = REFRESH.compile(dialect=sqlite.dialect(paramstyle="named")).params
 
 
 def initial_state(delivery_count: int) -> str:
@@ -53,7 +54,7 @@ def refresh_state(conn: Connection, delivery_id: str) -> None:
     if conn.dialect.name == "sqlite":
         driver = conn.connection.driver_connection
         assert driver is not None
-        driver.execute(REFRESH_SQLITE, {"b_delivery_id": delivery_id})
+        driver.execute(REFRESH_SQLITE, _REFRESH_CONSTANTS | {"b_delivery_id": delivery_id})
         return
     conn.execute(REFRESH, {"b_delivery_id": delivery_id})
 

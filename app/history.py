@@ -179,10 +179,12 @@ class History:
                 select(hour, events.c.state, func.count())
                 .where(events.c.received_at >= since)
                 .group_by(hour, events.c.state)
-                .order_by(hour, events.c.state)
             )
-            rows = conn.execute(query).all()
-            return [(float(row[0]) * HOUR, EventState(row[1]), int(row[2])) for row in rows]
+            found = [
+                (float(h) * HOUR, EventState(state), int(n)) for h, state, n in conn.execute(query)
+            ]
+            # In each hour, the least telling state first (as before schema 4 kept it).
+            return sorted(found, key=lambda row: (row[0], _TELLING.index(row[1])))
 
         return await self.database.read(work)
 
@@ -262,6 +264,7 @@ class History:
 
 
 HOUR = 3600.0
+_TELLING = (EventState.IGNORED, EventState.DELIVERED, EventState.PENDING, EventState.DEAD)
 
 
 def _hour_of(received_at: ColumnElement[float], dialect: str) -> ColumnElement[float]:
