@@ -16,6 +16,7 @@ import secrets
 import statistics
 import threading
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ def _signed_in(port: int) -> httpx.Client:
 
 def _queries(port: int, url: str) -> list[dict[str, Any]]:
     found = []
-    with _signed_in(port) as client:
+    with closing(_signed_in(port)) as client:
         for path in _paths(url):
             times, statuses = [], set()
             for i in range(TIMED + 1):
@@ -214,7 +215,7 @@ def _webhooks(h: Harness, port: int, tag: str, looping: str | None) -> dict[str,
     stop, loads = threading.Event(), []
 
     def loop() -> None:
-        with _signed_in(port) as client:
+        with closing(_signed_in(port)) as client:
             while not stop.is_set():
                 started = time.monotonic()
                 client.get(looping or "/")

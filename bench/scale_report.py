@@ -4,6 +4,7 @@ accept on the full store at least 0.9 x the empty store's."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bench.report import DATABASES, Row, fmt
@@ -96,6 +97,6 @@ def _short(path: str) -> str:
     if tail:
         return f"{head}cursor=<mid-month>"
     parts = path.split("/")
-    if len(parts[-1]) == 32:
+    if re.fullmatch("[0-9a-f]{32}", parts[-1]):
         return "/".join([*parts[:-1], "<id>"])
     return path
