@@ -205,7 +205,7 @@ class Database:
             await database.run(migrate)
             if isinstance(engine, AsyncEngine):
                 database.reads = PostgresReads.open(
-                    _postgres_url(url), read_timeout, APPLICATION_NAME
+                    _postgres_url(url), read_timeout, pool_timeout, APPLICATION_NAME
                 )
             elif engine.url.database not in (None, "", ":memory:"):
                 database.reads = SqliteReads(url, read_timeout, lock_timeout)

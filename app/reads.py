@@ -116,7 +116,9 @@ class PostgresReads(Reads):
         self.engine = engine
 
     @classmethod
-    def open(cls, url: Any, timeout: float, application_name: str) -> PostgresReads:
+    def open(
+        cls, url: Any, timeout: float, connect_timeout: float, application_name: str
+    ) -> PostgresReads:
         engine = create_async_engine(
             url,
             pool_size=READERS,
@@ -125,7 +127,7 @@ class PostgresReads(Reads):
             pool_timeout=timeout,
             pool_pre_ping=True,
             connect_args={
-                "timeout": timeout,
+                "timeout": connect_timeout,  # opening one is the writes' business too
                 "server_settings": {
                     "application_name": f"{application_name} (reads)",
                     "statement_timeout": str(max(1, int(timeout * 1000))),
