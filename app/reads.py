@@ -38,6 +38,8 @@ QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by its
 class Reads:
     """Where reads run, and their deadline in seconds."""
 
+    engine: Engine | AsyncEngine
+
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
@@ -57,10 +59,12 @@ class Reads:
 class SqliteReads(Reads):
     """Read-only connections to the SQLite file, used from threads of their own."""
 
+    engine: Engine
+
     def __init__(self, url: str, timeout: float, lock_timeout: float) -> None:
         super().__init__(timeout)
         parsed = make_url(url).set(drivername="sqlite+pysqlite")
-        self.engine: Engine = create_engine(
+        self.engine = create_engine(
             parsed,
             pool_size=READERS,
             max_overflow=0,
@@ -110,6 +114,8 @@ class SqliteReads(Reads):
 
 class PostgresReads(Reads):
     """A pool of its own beside the writes' pool, every statement under a timeout."""
+
+    engine: AsyncEngine
 
     def __init__(self, engine: AsyncEngine, timeout: float) -> None:
         super().__init__(timeout)

@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
 
 async def stored_state(database: Database, event_id: str) -> EventState:
     query = select(events.c.state).where(events.c.id == event_id)
-    return EventState(await database.run(lambda conn: conn.scalar(query)))
+    found: str | None = await database.run(lambda conn: conn.scalar(query))
+    assert found is not None
+    return EventState(found)
 
 
 async def summed_up(history: History, event_id: str) -> EventState:

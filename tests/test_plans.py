@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import Database
 from app.history import History
@@ -53,7 +54,8 @@ async def plan_of(database: Database, url: str, statement: Statement) -> str:
             rows = db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters).fetchall()
         return "\n".join(str(row[-1]) for row in rows)
     assert database.reads is not None
-    async with database.reads.engine.connect() as conn:  # type: ignore[attr-defined]
+    assert isinstance(database.reads.engine, AsyncEngine)
+    async with database.reads.engine.connect() as conn:
         # With sequential scans priced out, one is left only where no index can serve.
         await conn.execute(text("SET enable_seqscan = off"))
         result = await conn.exec_driver_sql(f"EXPLAIN {sql}", parameters)

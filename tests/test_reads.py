@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import Database
 from app.reads import READERS
@@ -41,8 +42,8 @@ class HeldReads:
 
     async def __aenter__(self) -> list[asyncio.Task[int]]:
         if self.database.postgres:
-            assert self.database.reads is not None
-            self._lock_holder = await self.database.engine.connect()  # type: ignore[union-attr]
+            assert isinstance(self.database.engine, AsyncEngine)
+            self._lock_holder = await self.database.engine.connect()
             await self._lock_holder.execute(text(f"SELECT pg_advisory_lock({HELD_KEY})"))
         tasks = [asyncio.create_task(self.database.read(self._hold)) for _ in range(READERS)]
         for _ in range(READERS):
