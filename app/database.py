@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from app.records import StoreUnavailable
 from app.schema import migrate
 from app.settings import Durability
 from app.values import database_kind
+from app.wal import Checkpointer, enable_wal
 
 T = TypeVar("T")
 APPLICATION_NAME = "erathos-prefect-bridge"
@@ -93,24 +94,6 @@ def _postgres_engine(
     )
 
 
-def _enable_wal(cursor: Any, lock_timeout: float) -> None:
-    """``PRAGMA journal_mode = WAL``, retried until ``lock_timeout``. Switching a new
-    database to WAL needs its exclusive lock, and SQLite answers "database is locked" at
-    once, without its busy handler, while another process (a replica starting on the
-    same file) holds it. Runs on the connection's own thread, so sleeping is fine."""
-    deadline = time.monotonic() + lock_timeout
-    pause = 0.005
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-
-
 def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Engine:
     # BRIDGE_DURABILITY applies here only: on PostgreSQL what a commit survives is the
     # server's own durability (its fsync and replication settings).
@@ -144,10 +127,14 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Eng
         # Before the first table: a new file gives freed pages back (app.maintenance);
         # on an existing one it changes nothing.
         cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        _enable_wal(cursor, lock_timeout)
+        enable_wal(cursor, lock_timeout)
         # WAL + NORMAL survives a crash of the process (kill -9); FULL also a power loss.
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
+        # A large store's indexes stay in memory, and the WAL is checkpointed by
+        # app.checkpoint's thread, never by a commit on the request path.
+        cursor.execute("PRAGMA cache_size = -65536")
+        cursor.execute("PRAGMA wal_autocheckpoint = 0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -178,6 +165,7 @@ class Database:
         self._writer = None if isinstance(engine, AsyncEngine) else _Writer(engine, lock_timeout)
         self._closed = False
         self.reads: Reads | None = None  # none: reads take the writes' way (app.reads)
+        self.checkpoints: Checkpointer | None = None
 
     @classmethod
     async def open(
@@ -209,6 +197,7 @@ class Database:
                 )
             elif engine.url.database not in (None, "", ":memory:"):
                 database.reads = SqliteReads(url, read_timeout, lock_timeout)
+                database.checkpoints = Checkpointer(engine.url.database)
         except BaseException:
             await database.close()
             raise
@@ -218,6 +207,8 @@ class Database:
         self._closed = True
         if self.reads is not None:
             await self.reads.close()
+        if self.checkpoints is not None:
+            self.checkpoints.stop()
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
             return
@@ -234,19 +225,12 @@ class Database:
         (a bug, or the store's own domain error) passes through as it is."""
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        try:
+        with _driver_errors():
             if isinstance(self.engine, AsyncEngine):
                 async with self.engine.begin() as conn:
                     return await conn.run_sync(work)
             assert self._writer is not None
             return await asyncio.wrap_future(self._writer.submit(work))
-        except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out
-            raise StoreUnavailable(_driver_message(exc)) from exc
-        except Exception as exc:
-            # A driver error SQLAlchemy did not wrap (asyncpg raises some while it connects).
-            if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
-                raise StoreUnavailable(_driver_message(exc)) from exc
-            raise
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """``work(connection)`` in one read-only transaction on the reads' connections,
@@ -255,16 +239,8 @@ class Database:
             return await self.run(work)
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        try:
+        with _driver_errors():
             return await self.reads.run(work)
-        except StoreUnavailable:
-            raise
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreUnavailable(_driver_message(exc)) from exc
-        except Exception as exc:
-            if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
-                raise StoreUnavailable(_driver_message(exc)) from exc
-            raise
 
 
 _Submitted = tuple[Callable[[Connection], Any], Future[Any], float]  # work, outcome, deadline
@@ -391,6 +367,21 @@ def _busy_timeout(conn: Connection, seconds: float) -> None:
 
 
 _DRIVER_MODULES = frozenset({"asyncpg", "sqlite3"})
+
+
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """A driver's error, whatever its kind, as StoreUnavailable; any other exception (a
+    bug, or the store's own domain error) as it is."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out
+        raise StoreUnavailable(_driver_message(exc)) from exc
+    except Exception as exc:
+        # A driver error SQLAlchemy did not wrap (asyncpg raises some while it connects).
+        if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
+            raise StoreUnavailable(_driver_message(exc)) from exc
+        raise
 
 
 def _driver_message(exc: BaseException) -> str:
