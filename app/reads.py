@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -113,13 +114,21 @@ class SqliteReads(Reads):
 
 
 class PostgresReads(Reads):
-    """A pool of its own beside the writes' pool, every statement under a timeout."""
+    """A pool of its own beside the writes' pool, every statement under a timeout, on an
+    event loop of its own in a thread of its own: turning a page of rows into records
+    (JSON payloads and all) then never holds up the service's event loop for longer
+    than Python's switch interval."""
 
     engine: AsyncEngine
 
     def __init__(self, engine: AsyncEngine, timeout: float) -> None:
         super().__init__(timeout)
         self.engine = engine
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="bridge-read", daemon=True
+        )
+        self._thread.start()
 
     @classmethod
     def open(
@@ -147,6 +156,10 @@ class PostgresReads(Reads):
         return cls(engine, timeout)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
+        done = asyncio.run_coroutine_threadsafe(self._read(work), self._loop)
+        return await asyncio.wrap_future(done)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
         try:
             async with self.engine.begin() as conn:
                 return await conn.run_sync(work)
@@ -158,4 +171,8 @@ class PostgresReads(Reads):
             raise
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        disposed = asyncio.run_coroutine_threadsafe(self.engine.dispose(), self._loop)
+        await asyncio.wrap_future(disposed)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self._loop.close()

@@ -130,7 +130,7 @@ class Store:
         attempt counted), so the caller can try them at once without a second claim.
         """
         now = self.clock()
-        event_id = new_id()
+        event_id = new_id(now)
         row = {
             "id": event_id,
             "execution_id": new.execution_id,
@@ -145,7 +145,7 @@ class Store:
         }
         rows = [
             {
-                "id": new_id(),
+                "id": new_id(now),
                 "event_id": event_id,
                 "route": delivery.route,
                 "connection": delivery.connection,

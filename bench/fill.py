@@ -34,6 +34,7 @@ DAYS = 30
 BATCH = 20_000
 FILL_NONCE = 0x3FFF_FFF0  # execution ids of the fill (bench/body.py), apart from any load's
 CACHE_PREFIX = "bridge_bench_scale_cache_"
+IDS = "t"  # the form of the ids in a cached fill (t: time first, app/ids.py)
 
 
 def state_of(i: int) -> DeliveryState:
@@ -64,7 +65,8 @@ def rows(count: int, now: float) -> Iterator[tuple[list[dict[str, Any]], ...]]:
         for i in range(first, min(count, first + BATCH)):
             at = start + i * step
             state = state_of(i)
-            event_id, delivery_id, key = new_id(), new_id(), execution_id(FILL_NONCE, i)
+            event_id, delivery_id = new_id(at), new_id(at)
+            key = execution_id(FILL_NONCE, i)
             payload = json.loads(prefix + key + suffix)
             payload["table_name"] = table_of(i)
             batch[0].append(
@@ -172,7 +174,7 @@ async def _fill_postgres(name: str, count: int) -> None:
 
 def cached_sqlite(cache: Path, count: int) -> tuple[Path, float | None]:
     """The cached SQLite fill (made now if missing: then the seconds it took)."""
-    path = cache / f"scale-v{SCHEMA_VERSION}-{count}.db"
+    path = cache / f"scale-v{SCHEMA_VERSION}{IDS}-{count}.db"
     if path.exists():
         return path, None
     cache.mkdir(parents=True, exist_ok=True)
@@ -188,7 +190,7 @@ def copy_sqlite(cached: Path, to: Path) -> None:
 
 def cached_postgres(count: int) -> tuple[str, float | None]:
     """The cached PostgreSQL fill, a database kept between runs (made now if missing)."""
-    name = f"{CACHE_PREFIX}v{SCHEMA_VERSION}_{count}"
+    name = f"{CACHE_PREFIX}v{SCHEMA_VERSION}{IDS}_{count}"
     found = asyncio.run(
         _fetch(POSTGRES_SERVER, f"SELECT 1 FROM pg_database WHERE datname = '{name}'")  # noqa: S608
     )

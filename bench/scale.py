@@ -99,6 +99,9 @@ def _measure(
         out["slowest_path"] = slowest["path"]
     finally:
         service.proc.stop()
+    service = h.service(f"scale-{kind}-restart", prefect_down, database_url=full, **settings)
+    out["restart_ready_seconds"] = service.ready_seconds
+    service.proc.stop()
     out["size_before_prune_mb"] = _size_mb(full)
     h.say(f"{kind}: prune half the month")
     out["prune"] = asyncio.run(_prune(full))

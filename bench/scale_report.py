@@ -37,12 +37,12 @@ def rows(data: dict[str, Any]) -> list[Row]:
         out.append(
             Row(
                 "10",
-                f"{name}: start to ready on {n} events; upgrade 3 -> 4",
-                f"{d['ready_seconds']:.2f} s",
-                f"upgrade {d['upgrade_seconds']:.1f} s",
-                "",
+                f"{name}: start to ready on {n} events (first after the upgrade)",
+                f"{d['restart_ready_seconds']:.2f} s",
+                f"first {d['ready_seconds']:.2f} s",
+                f"upgrade 3->4 {d['upgrade_seconds']:.0f} s",
                 f"<= {READY_SECONDS:g} s",
-                d["ready_seconds"] <= READY_SECONDS,
+                d["restart_ready_seconds"] <= READY_SECONDS,
             )
         )
         for q in d["queries"]:

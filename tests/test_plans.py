@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
 
 from app.database import Database
 from app.history import History
@@ -53,13 +53,14 @@ async def plan_of(database: Database, url: str, statement: Statement) -> str:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             rows = db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters).fetchall()
         return "\n".join(str(row[-1]) for row in rows)
-    assert database.reads is not None
-    assert isinstance(database.reads.engine, AsyncEngine)
-    async with database.reads.engine.connect() as conn:
+
+    def explain(conn: Connection) -> str:
         # With sequential scans priced out, one is left only where no index can serve.
-        await conn.execute(text("SET enable_seqscan = off"))
-        result = await conn.exec_driver_sql(f"EXPLAIN {sql}", parameters)
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        result = conn.exec_driver_sql(f"EXPLAIN {sql}", parameters)
         return "\n".join(str(row[0]) for row in result)
+
+    return await database.read(explain)
 
 
 def scans_a_whole_table(plan: str, postgres: bool) -> bool:
