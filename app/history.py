@@ -124,8 +124,13 @@ class History:
         limit: int = 50,
     ) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
         """Newest first; ``before`` is the (received_at, id) cursor of the previous page.
-        ``execution_id_contains`` matches part of the execution id, ignoring case."""
-        query = select(events)
+        ``execution_id_contains`` matches part of the execution id, ignoring case.
+
+        The page's ids are chosen first, from the index columns alone (an index on the
+        time, the execution id and the id covers a search through every execution id;
+        one on the state, the time and the id covers a state's page), then their rows
+        are read: never a million rows of payloads read to be filtered."""
+        query = select(events.c.id)
         if job_id is not None:
             query = query.where(events.c.job_id == job_id)
         if table_name is not None:
@@ -148,10 +153,12 @@ class History:
             )
         if state is not None:
             query = query.where(events.c.state == state.value)
-        query = query.order_by(events.c.received_at.desc(), events.c.id.desc()).limit(limit)
+        newest_first = (events.c.received_at.desc(), events.c.id.desc())
+        chosen = query.order_by(*newest_first).limit(limit).scalar_subquery()
+        page = select(events).where(events.c.id.in_(chosen)).order_by(*newest_first)
 
         def work(conn: Connection) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
-            rows = conn.execute(query).all()
+            rows = conn.execute(page).all()
             found = conn.execute(
                 select(deliveries)
                 .where(deliveries.c.event_id.in_([row.id for row in rows]))

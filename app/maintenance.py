@@ -16,8 +16,8 @@ from app.database import Database
 from app.records import EventState
 from app.schema import events
 
-PRUNE_BATCH = 2_000  # events per transaction (each with its deliveries and attempts)
-VACUUM_STEP = 2_000  # pages given back per transaction
+PRUNE_BATCH = 1_000  # events per transaction (each with its deliveries and attempts)
+VACUUM_STEP = 500  # pages given back per transaction
 FINISHED = (EventState.DELIVERED.value, EventState.IGNORED.value)  # dead letters stay
 
 

@@ -34,7 +34,7 @@ DAYS = 30
 BATCH = 20_000
 FILL_NONCE = 0x3FFF_FFF0  # execution ids of the fill (bench/body.py), apart from any load's
 CACHE_PREFIX = "bridge_bench_scale_cache_"
-IDS = "t"  # the form of the ids in a cached fill (t: time first, app/ids.py)
+IDS = "t2"  # the fill's form: ids time first (app/ids.py), the index events_received
 
 
 def state_of(i: int) -> DeliveryState:

@@ -107,6 +107,8 @@ async def test_the_upgrade_from_schema_3_fills_in_every_event_state(database_url
             for sql in (
                 "DROP INDEX events_state_received",
                 "DROP INDEX events_table_received",
+                "DROP INDEX events_received",
+                "CREATE INDEX ix_events_received_at ON events (received_at)",
                 "ALTER TABLE events DROP COLUMN state",
                 "UPDATE bridge_meta SET value = '3' WHERE key = 'schema_version'",
             ):
