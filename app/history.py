@@ -136,10 +136,12 @@ class History:
         if table_name is not None:
             query = query.where(events.c.table_name == table_name)
         if execution_id_contains:
-            # autoescape: a % or _ typed by an operator is a character, not a wildcard.
-            query = query.where(
-                events.c.execution_id.icontains(execution_id_contains, autoescape=True)
-            )
+            # A position, not LIKE: no character typed is a wildcard, and finding a
+            # substring costs each row less (bench/README.md, figure 10).
+            position = func.strpos if self.database.postgres else func.instr
+            lower = func.lower
+            found_at = position(lower(events.c.execution_id), lower(execution_id_contains))
+            query = query.where(found_at > 0)
         if since is not None:
             query = query.where(events.c.received_at >= since)
         if until is not None:
