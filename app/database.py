@@ -208,7 +208,7 @@ class Database:
         if self.reads is not None:
             await self.reads.close()
         if self.checkpoints is not None:
-            self.checkpoints.stop()
+            await asyncio.to_thread(self.checkpoints.stop)
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
             return

@@ -109,7 +109,8 @@ class SqliteReads(Reads):
                 driver.set_progress_handler(None, 0)
 
     async def close(self) -> None:
-        self._threads.shutdown(wait=True)
+        # A read still running ends by its deadline at the latest; the loop goes on meanwhile.
+        await asyncio.to_thread(self._threads.shutdown, wait=True)
         self.engine.dispose()
 
 

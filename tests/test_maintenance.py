@@ -18,7 +18,7 @@ from app.records import DeliveryState
 from app.schema import attempts, deliveries, events
 from app.store import Store
 from tests.stores import finished, opened, record, rows
-from tests.waiting import ManualClock
+from tests.waiting import ManualClock, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -85,3 +85,26 @@ async def test_a_sqlite_file_made_before_incremental_vacuum_is_left_as_it_is(
         mode = await database.run(lambda conn: conn.exec_driver_sql("PRAGMA auto_vacuum").scalar())
 
     assert (reclaimed, mode) == (False, 0)
+
+
+async def test_the_wal_is_copied_into_the_file_by_its_own_thread_never_by_a_commit(
+    tmp_path: Path,
+) -> None:
+    """The writer's connection never checkpoints (so no webhook's commit pays for one);
+    the checkpoint thread copies what was committed into the database file."""
+    path = tmp_path / "bridge.db"
+    async with opened(f"sqlite:///{path}") as database:
+        writer_threshold = await database.run(
+            lambda conn: conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        )
+        before = path.stat().st_size
+        store = Store(database)
+        for i in range(50):
+            await record(store, f"wal-{i}", payload={"blob": "x" * 20_000})
+        await eventually(
+            lambda: path.stat().st_size > before + 50 * 20_000,
+            within=30,
+            what="the events copied from the WAL into the database file",
+        )
+
+    assert writer_threshold == 0
