@@ -12,6 +12,7 @@
     ├── TooManyRequests       429   over BRIDGE_RATE_LIMIT for this token (Retry-After)
     ├── ValidationFailed      422   names every missing or invalid field
     ├── ServiceUnavailable    503   nothing was acknowledged; send it again
+    ├── QueryTimeout          503   a read ran past BRIDGE_DB_READ_TIMEOUT and was stopped
     └── TargetUnverifiable    503   a drop-in call's deployment cannot be checked now
 
 Every error body is ``{"error": {"code": ..., "message": ..., "fields": [...]}}``. The
@@ -38,6 +39,10 @@ M = TypeVar("M", bound=BaseModel)
 class StoreUnavailable(Exception):
     """The store cannot read or commit right now (locked, read-only, disk full, gone,
     restarting): the caller answers 503 or tries again later."""
+
+
+class QueryTimedOut(StoreUnavailable):
+    """An operator's read ran past ``BRIDGE_DB_READ_TIMEOUT`` and was stopped."""
 
 
 class FieldError(BaseModel):
@@ -139,6 +144,16 @@ class ServiceUnavailable(BridgeError):
         super().__init__(message, headers={"Retry-After": "5"})
 
 
+class QueryTimeout(BridgeError):
+    """An operator's read ran past BRIDGE_DB_READ_TIMEOUT and was stopped."""
+
+    status_code = 503
+    code = "query_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
 class TargetUnverifiable(BridgeError):
     """Prefect could not be asked whether a drop-in call's deployment is allowed."""
 
@@ -205,6 +220,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(QueryTimedOut)
+    async def _query_timeout(_: Request, exc: QueryTimedOut) -> JSONResponse:
+        log.warning("read stopped at its deadline", error=str(exc))
+        slow = QueryTimeout(str(exc))
+        return error_response(slow.status_code, slow.code, slow.message, headers=slow.headers)
 
     @app.exception_handler(StoreUnavailable)
     async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -143,6 +143,7 @@ async def open_database(settings: StoreSettings) -> Database:
         lock_timeout=settings.db_lock_timeout.total_seconds(),
         pool_size=settings.db_pool_size,
         pool_timeout=settings.db_pool_timeout.total_seconds(),
+        read_timeout=settings.db_read_timeout.total_seconds(),
     )
 
 

@@ -66,6 +66,8 @@ class Row:
 
 def rows(data: dict[str, Any]) -> list[Row]:
     """The table, in its order, for whichever phases produced their figures."""
+    from bench.scale_report import rows as scale_rows  # it builds on this module's Row
+
     return [
         *_load_generator(data),
         *_ceiling_and_ingest(data),
@@ -76,6 +78,7 @@ def rows(data: dict[str, Any]) -> list[Row]:
         *_memory_and_start(data),
         *_prefect_drains(data),
         *_replicas(data),
+        *scale_rows(data),
     ]
 
 

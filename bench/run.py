@@ -16,7 +16,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import phases, real_prefect, report
+from bench import phases, real_prefect, report, scale
 from bench.harness import FULL, QUICK, WRK_CONNECTIONS, WRK_THREADS, Harness, machine
 from bench.procs import ROOT
 
@@ -31,6 +31,8 @@ PHASES: tuple[tuple[tuple[str, ...], str, Callable[[Harness], None]], ...] = (
     (("6",), "6: backlog drain", phases.backlog_drain),
     (("6",), "6: backlog drain with a rate cap", phases.capped_backlog_drain),
     (("7",), "7: start to ready", phases.start_to_ready),
+    (("10",), "10: a month of loads on SQLite", scale.on_sqlite),
+    (("10",), "10: a month of loads on PostgreSQL", scale.on_postgres),
     (("5", "8"), "5+8: real Prefect on SQLite", real_prefect.on_sqlite),
     (("8", "9"), "8+9: real Prefect on PostgreSQL", real_prefect.on_postgres),
 )

@@ -36,12 +36,19 @@ class StoreSettings(PublicSettings):
     db_lock_timeout: Duration = Field(
         timedelta(seconds=5), validation_alias="BRIDGE_DB_LOCK_TIMEOUT"
     )
+    # How long an operator's read (admin API, console, CLI, gauges) may run before it is
+    # stopped and answered 503 query_timeout.
+    db_read_timeout: Duration = Field(
+        timedelta(seconds=5), validation_alias="BRIDGE_DB_READ_TIMEOUT"
+    )
     db_pool_size: Annotated[int, Ge(1)] = Field(5, validation_alias="BRIDGE_DB_POOL_SIZE")
     db_pool_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias="BRIDGE_DB_POOL_TIMEOUT"
     )
 
-    @field_validator("retention", "db_lock_timeout", "db_pool_timeout", mode="before")
+    @field_validator(
+        "retention", "db_lock_timeout", "db_read_timeout", "db_pool_timeout", mode="before"
+    )
     @classmethod
     def _store_durations(cls, value: Any) -> Any:
         return parse_duration(value)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +35,9 @@ from sqlalchemy.sql import ClauseElement
 from app.config import Durability
 from app.config.values import database_kind
 from app.errors import StoreUnavailable
+from app.storage.reads import PostgresReads, Reads, SqliteReads
 from app.storage.schema import migrate
+from app.storage.wal import Checkpointer, enable_wal
 
 T = TypeVar("T")
 APPLICATION_NAME = "erathos-prefect-bridge"
@@ -92,24 +94,6 @@ def _postgres_engine(
     )
 
 
-def _enable_wal(cursor: Any, lock_timeout: float) -> None:
-    """``PRAGMA journal_mode = WAL``, retried until ``lock_timeout``. Switching a new
-    database to WAL needs its exclusive lock, and SQLite answers "database is locked" at
-    once, without its busy handler, while another process (a replica starting on the
-    same file) holds it. Runs on the connection's own thread, so sleeping is fine."""
-    deadline = time.monotonic() + lock_timeout
-    pause = 0.005
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-
-
 def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Engine:
     # BRIDGE_DURABILITY applies here only: on PostgreSQL what a commit survives is the
     # server's own durability (its fsync and replication settings).
@@ -140,10 +124,17 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Eng
         cursor = dbapi_connection.cursor()
         # How long a write waits for another process's lock before we answer 503.
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        _enable_wal(cursor, lock_timeout)
+        # Before the first table: a new file gives freed pages back (app.storage.maintenance);
+        # on an existing one it changes nothing.
+        cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        enable_wal(cursor, lock_timeout)
         # WAL + NORMAL survives a crash of the process (kill -9); FULL also a power loss.
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
+        # A large store's indexes stay in memory, and the WAL is checkpointed by
+        # app.checkpoint's thread, never by a commit on the request path.
+        cursor.execute("PRAGMA cache_size = -65536")
+        cursor.execute("PRAGMA wal_autocheckpoint = 0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -173,6 +164,8 @@ class Database:
         self.postgres = engine.dialect.name == "postgresql"
         self._writer = None if isinstance(engine, AsyncEngine) else _Writer(engine, lock_timeout)
         self._closed = False
+        self.reads: Reads | None = None  # none: reads take the writes' way (app.storage.reads)
+        self.checkpoints: Checkpointer | None = None
 
     @classmethod
     async def open(
@@ -183,10 +176,12 @@ class Database:
         lock_timeout: float = 5.0,
         pool_size: int = 5,
         pool_timeout: float = 10.0,
+        read_timeout: float = 5.0,
     ) -> Database:
         """Open the database ``url`` names (SQLite or PostgreSQL) and create or upgrade
         its schema. ``pool_size`` and ``pool_timeout`` apply to PostgreSQL; SQLite keeps
-        one connection."""
+        one connection for writes. :meth:`read` has connections of its own, each read
+        stopped after ``read_timeout`` seconds."""
         if database_kind(url) == "postgresql":
             engine: AsyncEngine | Engine = _postgres_engine(
                 url, lock_timeout, pool_size, pool_timeout
@@ -196,6 +191,13 @@ class Database:
         database = cls(engine, lock_timeout)
         try:
             await database.run(migrate)
+            if isinstance(engine, AsyncEngine):
+                database.reads = PostgresReads.open(
+                    _postgres_url(url), read_timeout, pool_timeout, APPLICATION_NAME
+                )
+            elif engine.url.database not in (None, "", ":memory:"):
+                database.reads = SqliteReads(url, read_timeout, lock_timeout)
+                database.checkpoints = Checkpointer(engine.url.database)
         except BaseException:
             await database.close()
             raise
@@ -203,6 +205,10 @@ class Database:
 
     async def close(self) -> None:
         self._closed = True
+        if self.reads is not None:
+            await self.reads.close()
+        if self.checkpoints is not None:
+            await asyncio.to_thread(self.checkpoints.stop)
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
             return
@@ -219,19 +225,22 @@ class Database:
         (a bug, or the store's own domain error) passes through as it is."""
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        try:
+        with _driver_errors():
             if isinstance(self.engine, AsyncEngine):
                 async with self.engine.begin() as conn:
                     return await conn.run_sync(work)
             assert self._writer is not None
             return await asyncio.wrap_future(self._writer.submit(work))
-        except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out
-            raise StoreUnavailable(_driver_message(exc)) from exc
-        except Exception as exc:
-            # A driver error SQLAlchemy did not wrap (asyncpg raises some while it connects).
-            if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
-                raise StoreUnavailable(_driver_message(exc)) from exc
-            raise
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one read-only transaction on the reads' connections,
+        never in a write's way; :class:`app.storage.records.QueryTimedOut` past its deadline."""
+        if self.reads is None:
+            return await self.run(work)
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        with _driver_errors():
+            return await self.reads.run(work)
 
 
 _Submitted = tuple[Callable[[Connection], Any], Future[Any], float]  # work, outcome, deadline
@@ -358,6 +367,21 @@ def _busy_timeout(conn: Connection, seconds: float) -> None:
 
 
 _DRIVER_MODULES = frozenset({"asyncpg", "sqlite3"})
+
+
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """A driver's error, whatever its kind, as StoreUnavailable; any other exception (a
+    bug, or the store's own domain error) as it is."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out
+        raise StoreUnavailable(_driver_message(exc)) from exc
+    except Exception as exc:
+        # A driver error SQLAlchemy did not wrap (asyncpg raises some while it connects).
+        if type(exc).__module__.partition(".")[0] in _DRIVER_MODULES:
+            raise StoreUnavailable(_driver_message(exc)) from exc
+        raise
 
 
 def _driver_message(exc: BaseException) -> str:

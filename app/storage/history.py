@@ -9,13 +9,15 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, assert_never
+from typing import Any
 
-from sqlalchemy import Integer, and_, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy import Integer, cast, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from app.storage.database import Database
+from app.storage.event_state import refresh_state
+from app.storage.maintenance import PRUNE_BATCH, prune_finished, reclaim_space
 from app.storage.records import (
     AttemptRecord,
     DeliveryNotFound,
@@ -28,8 +30,6 @@ from app.storage.records import (
 )
 from app.storage.schema import attempts, deliveries, events
 from app.storage.store import (
-    DEAD,
-    DELIVERED,
     DELIVERY_ORDER,
     PENDING,
     Clock,
@@ -74,17 +74,17 @@ class History:
             found = with_deliveries(conn, row, created=False)
             return found.event, found.deliveries
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         query = select(deliveries).where(deliveries.c.id == delivery_id)
-        row = await self.database.run(lambda conn: conn.execute(query).one_or_none())
+        row = await self.database.read(lambda conn: conn.execute(query).one_or_none())
         return delivery_of(row._mapping) if row is not None else None
 
     async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord]:
         """The deliveries of these ids that exist, in the order asked for (one query)."""
         query = select(deliveries).where(deliveries.c.id.in_(delivery_ids))
-        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
         found = {row.id: delivery_of(row._mapping) for row in rows}
         return [found[i] for i in dict.fromkeys(delivery_ids) if i in found]
 
@@ -94,7 +94,7 @@ class History:
             .where(attempts.c.delivery_id.in_(delivery_ids))
             .order_by(attempts.c.delivery_id, attempts.c.id)
         )
-        found = await self.database.run(lambda conn: conn.execute(query).all())
+        found = await self.database.read(lambda conn: conn.execute(query).all())
         return [AttemptRecord(**row._mapping) for row in found]
 
     async def pending_summary(self) -> dict[str, tuple[int, float]]:
@@ -110,7 +110,7 @@ class History:
             .where(deliveries.c.state == PENDING)
             .group_by(deliveries.c.connection)
         )
-        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
         return {row[0]: (int(row[1]), float(row[2])) for row in rows}
 
     async def list_events(
@@ -130,39 +130,49 @@ class History:
         ``execution_id_contains`` matches part of the execution id, ignoring case.
         ``run_state``: events with a flow run in that state, found on the run-state index
         (a delivery is made when its event arrives: its ``created_at`` is the event's
-        ``received_at``, so the index walks the events newest first)."""
+        ``received_at``, so the index walks the events newest first).
+
+        The page's ids are chosen first, from the index columns alone (an index on the
+        time, the execution id and the id covers a search through every execution id;
+        one on the state, the time and the id covers a state's page), then their rows
+        are read: never a million rows of payloads read to be filtered."""
         if run_state is not None:
-            query = select(events).join(deliveries, deliveries.c.event_id == events.c.id)
-            query = query.where(deliveries.c.run_state == run_state.value)
             at, event_id = deliveries.c.created_at, deliveries.c.event_id
+            query = select(event_id).join(events, events.c.id == event_id)
+            query = query.where(deliveries.c.run_state == run_state.value)
         else:
-            query = select(events)
             at, event_id = events.c.received_at, events.c.id
+            query = select(event_id)
         if job_id is not None:
             query = query.where(events.c.job_id == job_id)
         if table_name is not None:
             query = query.where(events.c.table_name == table_name)
         if execution_id_contains:
-            # autoescape: a % or _ typed by an operator is a character, not a wildcard.
-            query = query.where(
-                events.c.execution_id.icontains(execution_id_contains, autoescape=True)
-            )
+            # A position, not LIKE: no character typed is a wildcard, and finding a
+            # substring costs each row less (bench/README.md, figure 10).
+            position = func.strpos if self.database.postgres else func.instr
+            lower = func.lower
+            found_at = position(lower(events.c.execution_id), lower(execution_id_contains))
+            query = query.where(found_at > 0)
         if since is not None:
             query = query.where(at >= since)
         if until is not None:
             query = query.where(at < until)
         if before is not None:
             received_at, last_id = before
-            query = query.where(or_(at < received_at, and_(at == received_at, event_id < last_id)))
+            # The bound on the time alone first, so the index's range starts there.
+            query = query.where(at <= received_at, or_(at < received_at, event_id < last_id))
         if state is not None:
-            query = query.where(_in_state(state))
-        # An event with two runs in the state is found twice: twice the rows are read, so
-        # a page of distinct events is full unless most of its events have several.
+            query = query.where(events.c.state == state.value)
+        # An event with two runs in the state is found twice: twice the rows are chosen,
+        # so a page of distinct events is full unless most of its events have several.
         rows_wanted = limit * 2 if run_state is not None else limit
-        query = query.order_by(at.desc(), event_id.desc()).limit(rows_wanted)
+        chosen = query.order_by(at.desc(), event_id.desc()).limit(rows_wanted).scalar_subquery()
+        newest_first = (events.c.received_at.desc(), events.c.id.desc())
+        page = select(events).where(events.c.id.in_(chosen)).order_by(*newest_first).limit(limit)
 
         def work(conn: Connection) -> list[tuple[EventRecord, list[DeliveryRecord]]]:
-            rows = list({row.id: row for row in conn.execute(query).all()}.values())[:limit]
+            rows = conn.execute(page).all()
             found = conn.execute(
                 select(deliveries)
                 .where(deliveries.c.event_id.in_([row.id for row in rows]))
@@ -173,7 +183,7 @@ class History:
                 by_event.setdefault(d.event_id, []).append(delivery_of(d._mapping))
             return [(event_of(row._mapping), by_event.get(row.id, [])) for row in rows]
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def outcomes_by_hour(self, since: float) -> list[tuple[float, EventState, int]]:
         """How many events received at or after ``since`` are in each state now, per
@@ -181,40 +191,23 @@ class History:
         oldest hour first. The console's counts by state and its events-per-hour chart;
         a day is at most 25 hours of 4 states, however many events it held.
 
-        Each event's state is its most telling delivery's (dead, then pending, then
-        delivered; none: ignored), as :func:`app.storage.records.event_state` sums it up: one
-        pass over the events joined to their deliveries, grouped by event, then by hour
-        and state, all in the database. Not the listing's EXISTS conditions, for which
-        SQLite would pick the state index and scan every delivered row once per event."""
-        rank = func.max(
-            case(
-                (deliveries.c.state == DEAD, 3),
-                (deliveries.c.state == PENDING, 2),
-                (deliveries.c.state == DELIVERED, 1),
-                else_=0,
-            )
-        )
+        Each event's state is its column (:mod:`app.storage.event_state`): one pass over
+        the day's events on the ``received_at`` index, grouped by hour and state."""
 
         def work(conn: Connection) -> list[tuple[float, EventState, int]]:
-            per_event = (
-                select(
-                    _hour_of(events.c.received_at, conn.dialect.name).label("hour"),
-                    rank.label("rank"),
-                )
-                .select_from(events.outerjoin(deliveries, deliveries.c.event_id == events.c.id))
-                .where(events.c.received_at >= since)
-                .group_by(events.c.id, events.c.received_at)
-                .subquery()
-            )
+            hour = _hour_of(events.c.received_at, conn.dialect.name).label("hour")
             query = (
-                select(per_event.c.hour, per_event.c.rank, func.count())
-                .group_by(per_event.c.hour, per_event.c.rank)
-                .order_by(per_event.c.hour, per_event.c.rank)
+                select(hour, events.c.state, func.count())
+                .where(events.c.received_at >= since)
+                .group_by(hour, events.c.state)
             )
-            rows = conn.execute(query).all()
-            return [(float(row[0]) * HOUR, _BY_RANK[row[1]], int(row[2])) for row in rows]
+            found = [
+                (float(h) * HOUR, EventState(state), int(n)) for h, state, n in conn.execute(query)
+            ]
+            # In each hour, the least telling state first (as before schema 4 kept it).
+            return sorted(found, key=lambda row: (row[0], _TELLING.index(row[1])))
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def pending_deliveries(self, limit: int = 50) -> list[tuple[DeliveryRecord, EventRecord]]:
         """The pending deliveries, the next one due first, each with its event: what is
@@ -235,7 +228,7 @@ class History:
                 found.append((delivery_of(delivery_columns), event_of(event_columns)))
             return found
 
-        return await self.database.run(work)
+        return await self.database.read(work)
 
     async def replay(self, delivery_id: str, *, new_run: bool = False) -> DeliveryRecord:
         """Make a delivered or dead delivery pending again, due now, with a fresh budget.
@@ -279,28 +272,18 @@ class History:
             ).one_or_none()
             if updated is None:  # replayed by another process since we read it
                 raise DeliveryStillPending(delivery_id)
+            refresh_state(conn, delivery_id)
             return delivery_of(updated._mapping)
 
         return await self.database.run(work)
 
-    async def prune(self, older_than: float, batch: int = 500) -> int:
-        """Delete finished events received before ``older_than``; dead letters stay."""
-        unfinished = exists().where(
-            deliveries.c.event_id == events.c.id, deliveries.c.state.in_((PENDING, DEAD))
-        )
-        chosen = (
-            select(events.c.id)
-            .where(events.c.received_at < older_than, ~unfinished)
-            .limit(batch)
-            .scalar_subquery()
-        )
-        removal = delete(events).where(events.c.id.in_(chosen))
-        removed = 0
-        while True:  # in batches, so no transaction holds the write lock for long
-            count = await self.database.run(lambda conn: int(conn.execute(removal).rowcount))
-            removed += count
-            if count < batch:
-                return removed
+    async def prune(self, older_than: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete finished events received before ``older_than``, in batches; dead
+        letters stay. Then give the space back (:mod:`app.storage.maintenance`)."""
+        removed = await prune_finished(self.database, older_than, batch)
+        if removed:
+            await reclaim_space(self.database)
+        return removed
 
 
 _RUN_COLUMNS = (
@@ -311,9 +294,8 @@ _RUN_COLUMNS = (
     "follow_due_at",
     "follow_owner",
 )
-# outcomes_by_hour's rank of an event's most telling delivery state, back to the event's state.
-_BY_RANK = (EventState.IGNORED, EventState.DELIVERED, EventState.PENDING, EventState.DEAD)
 HOUR = 3600.0
+_TELLING = (EventState.IGNORED, EventState.DELIVERED, EventState.PENDING, EventState.DEAD)
 
 
 def _hour_of(received_at: ColumnElement[float], dialect: str) -> ColumnElement[float]:
@@ -328,26 +310,6 @@ def _hour_of(received_at: ColumnElement[float], dialect: str) -> ColumnElement[f
 def replay_key(key: str) -> str:
     """A new idempotency key derived from the original: ``<key>:replay-<8 hex>``."""
     return f"{_REPLAY_SUFFIX.sub('', key)}:replay-{uuid.uuid4().hex[:8]}"
-
-
-def _has(*states: str) -> ColumnElement[bool]:
-    """The event has a delivery in one of ``states``."""
-    return exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state.in_(states))
-
-
-def _in_state(state: EventState) -> ColumnElement[bool]:
-    """Events with a pending (or dead) delivery; delivered: all are; ignored: none."""
-    match state:
-        case EventState.PENDING:
-            return _has(PENDING)
-        case EventState.DEAD:
-            return _has(DEAD)
-        case EventState.DELIVERED:
-            return and_(_has(DELIVERED), ~_has(PENDING, DEAD))
-        case EventState.IGNORED:
-            return ~_has(PENDING, DELIVERED, DEAD)
-        case _:
-            assert_never(state)
 
 
 def nothing_to_replay(event: EventRecord, found: list[DeliveryRecord]) -> str | None:

@@ -86,13 +86,21 @@ events = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("execution_id", Str, nullable=False, unique=True),
-    Column("received_at", Float, nullable=False, index=True),  # epoch seconds (double)
+    Column("received_at", Float, nullable=False),  # epoch seconds (double)
     Column("job_id", Str, index=True),
     Column("schema_name", Str),
     Column("table_name", Str),
     Column("status", Str),
     Column("payload", Str, nullable=False),
     Column("ignored_reason", Str),
+    # The event's state as its deliveries sum it up (app.storage.records.event_state), kept in
+    # the transaction that changes them, so that listing by state is an index range.
+    Column("state", String(16), nullable=False, server_default=text("'pending'")),
+    Index("events_state_received", "state", "received_at", "id"),
+    # The time first (pages, pruning), then what a search through every execution id
+    # reads, so that it reads this index alone (app.storage.history.History.list_events).
+    Index("events_received", "received_at", "execution_id", "id"),
+    Index("events_table_received", "table_name", "received_at"),
 )
 
 deliveries = Table(
@@ -335,8 +343,18 @@ def _key_drop_in_events_apart(conn: Connection) -> None:
 
 
 def _version_4(conn: Connection) -> None:
-    """3 -> 4: a placeholder on this branch."""
-    # step 4: issue 23 (state column), merged separately
+    """3 -> 4: each event keeps its state (app.storage.event_state), filled in for those stored."""
+    from app.storage.event_state import fill_states  # the state's rules live beside its updates
+
+    present = {column["name"] for column in inspect(conn).get_columns("events")}
+    if "state" not in present:
+        conn.execute(
+            text("ALTER TABLE events ADD COLUMN state VARCHAR(16) NOT NULL DEFAULT 'pending'")
+        )
+    fill_states(conn)
+    for index in events.indexes:
+        index.create(conn, checkfirst=True)
+    conn.execute(text("DROP INDEX IF EXISTS ix_events_received_at"))  # events_received's start
 
 
 def _version_5(conn: Connection) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from app.ids import new_id
 from app.storage.database import Database, sqlite_sql
+from app.storage.event_state import initial_state, refresh_state
 from app.storage.records import (
     AttemptRecord,
     Claim,
@@ -119,7 +120,7 @@ class Store:
         attempt counted), so the caller can try them at once without a second claim.
         """
         now = self.clock()
-        event_id = new_id()
+        event_id = new_id(now)
         row = {
             "id": event_id,
             "execution_id": new.execution_id,
@@ -130,10 +131,11 @@ class Store:
             "status": new.status,
             "payload": json.dumps(new.payload, separators=(",", ":"), ensure_ascii=False),
             "ignored_reason": new.ignored_reason,
+            "state": initial_state(len(new.deliveries)),
         }
         rows = [
             {
-                "id": new_id(),
+                "id": new_id(now),
                 "event_id": event_id,
                 "route": delivery.route,
                 "connection": delivery.connection,
@@ -251,14 +253,21 @@ class Store:
         held = {"b_id": attempt.delivery_id, "b_owner": owner}
         values = {"lease_owner": None, "lease_expires_at": None, **update.columns()}
 
+        ends = update.state is not DeliveryState.PENDING  # the event's state may change
+
         def work(conn: Connection) -> bool:
             if self._raw_attempt is None:
                 conn.execute(_INSERT_ATTEMPT, row)
-                return bool(conn.execute(_IF_HELD, held | values).rowcount == 1)
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            driver.execute(self._raw_attempt, row)
-            return bool(driver.execute(self._if_held_sql(tuple(values)), held | values).rowcount)
+                applied = conn.execute(_IF_HELD, held | values).rowcount == 1
+            else:
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                driver.execute(self._raw_attempt, row)
+                sql = self._if_held_sql(tuple(values))
+                applied = driver.execute(sql, held | values).rowcount == 1
+            if applied and ends:
+                refresh_state(conn, attempt.delivery_id)
+            return bool(applied)
 
         return bool(await self.database.run(work))
 
@@ -344,6 +353,7 @@ def with_deliveries(conn: Connection, event_row: Any, *, created: bool) -> Recor
 def event_of(row: Any) -> EventRecord:
     values = dict(row)
     payload = values.pop("payload")
+    values.pop("state", None)  # summed up from the deliveries wherever it is shown
     return EventRecord(
         payload=json.loads(payload) if isinstance(payload, str) else payload, **values
     )

@@ -585,6 +585,7 @@ def test_durations_take_a_number_and_a_unit(given: str, duration: timedelta) -> 
         ("BRIDGE_SHUTDOWN_GRACE", "shutdown_grace"),
         ("BRIDGE_POLL_INTERVAL", "poll_interval"),
         ("BRIDGE_RETRY_CAP", "retry_cap"),
+        ("BRIDGE_DB_READ_TIMEOUT", "db_read_timeout"),
     ],
 )
 def test_durations_are_read_from_the_environment(
@@ -607,6 +608,7 @@ def test_durations_are_read_from_the_environment(
         "BRIDGE_LEASE",
         "BRIDGE_RETENTION",
         "BRIDGE_DB_LOCK_TIMEOUT",
+        "BRIDGE_DB_READ_TIMEOUT",
         "BRIDGE_DB_POOL_TIMEOUT",
         "BRIDGE_HEADER_TIMEOUT",
         "BRIDGE_KEEPALIVE_TIMEOUT",

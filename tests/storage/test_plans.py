@@ -1,0 +1,108 @@
+"""Every operator query is planned on an index, on SQLite and on PostgreSQL: a change
+that turns one into a scan of a whole table fails here, long before a million events
+make it minutes (figure 10 in bench/README.md measures them at that size)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+
+from app.storage.database import Database
+from app.storage.history import History
+from app.storage.maintenance import prune_finished
+from app.storage.records import DeliveryState, EventState
+from app.storage.store import Store
+from tests.support.stores import finished, record
+
+pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
+
+Statement = tuple[str, Any]
+
+
+@contextmanager
+def captured(database: Database) -> Iterator[list[Statement]]:
+    """The SELECTs (and DELETEs) run on the store's engines meanwhile, with their
+    parameters as the driver got them."""
+    found: list[Statement] = []
+    engines = [database.engine, *([database.reads.engine] if database.reads else [])]
+    sync = [getattr(engine, "sync_engine", engine) for engine in engines]
+
+    def keep(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "DELETE")):
+            found.append((statement, parameters))
+
+    for engine in sync:
+        event.listen(engine, "before_cursor_execute", keep)
+    try:
+        yield found
+    finally:
+        for engine in sync:
+            event.remove(engine, "before_cursor_execute", keep)
+
+
+async def plan_of(database: Database, url: str, statement: Statement) -> str:
+    sql, parameters = statement
+    if not database.postgres:
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters).fetchall()
+        return "\n".join(str(row[-1]) for row in rows)
+
+    def explain(conn: Connection) -> str:
+        # With sequential scans priced out, one is left only where no index can serve.
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        result = conn.exec_driver_sql(f"EXPLAIN {sql}", parameters)
+        return "\n".join(str(row[0]) for row in result)
+
+    return await database.read(explain)
+
+
+def scans_a_whole_table(plan: str, postgres: bool) -> bool:
+    if postgres:
+        return "Seq Scan" in plan
+    # "SCAN <table>" without "USING ... INDEX" reads every row (subqueries and constant
+    # rows are scanned too, harmlessly).
+    tables = ("events", "deliveries", "attempts", "bridge_meta")
+    return any(
+        line.strip().split(" ")[:2] in (["SCAN", t] for t in tables) and " USING " not in line
+        for line in plan.splitlines()
+    )
+
+
+async def test_every_operator_query_is_planned_on_an_index(
+    database: Database, database_url: str, store: Store, history: History
+) -> None:
+    first = await finished(store, DeliveryState.DEAD, table_name="orders", job_id="job-1")
+    await finished(store, DeliveryState.DELIVERED)
+    await record(store, "pending")
+    await record(store, "ignored", routes=())
+    cursor = (first.event.received_at, first.event.id)
+
+    with captured(database) as statements:
+        for state in EventState:
+            await history.list_events(state=state)
+            await history.list_events(state=state, before=cursor)
+        await history.list_events()
+        await history.list_events(before=cursor)
+        await history.list_events(table_name="orders")
+        await history.list_events(table_name="orders", state=EventState.DEAD, before=cursor)
+        await history.list_events(job_id="job-1")
+        await history.list_events(since=first.event.received_at)
+        await history.get_event(first.event.id)
+        await history.get_delivery(first.deliveries[0].id)
+        await history.attempts_of([first.deliveries[0].id])
+        await history.outcomes_by_hour(first.event.received_at - 3600)
+        await history.pending_deliveries()
+        await history.pending_summary()
+        await prune_finished(database, older_than=first.event.received_at - 1)
+
+    plans = [(sql, await plan_of(database, database_url, (sql, p))) for sql, p in statements]
+    scans = [(sql, plan) for sql, plan in plans if scans_a_whole_table(plan, database.postgres)]
+    assert len(statements) > 20
+    assert scans == []
