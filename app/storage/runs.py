@@ -209,7 +209,7 @@ class Runs:
             .where(deliveries.c.follow_due_at.is_not(None))
             .group_by(deliveries.c.connection)
         )
-        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
         return {row[0]: int(row[1]) for row in rows}
 
     async def final_counts(self, since: float) -> dict[RunState, int]:
@@ -221,7 +221,7 @@ class Runs:
             .where(deliveries.c.run_state_at >= since)
             .group_by(deliveries.c.run_state)
         )
-        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
         counted = {RunState(row[0]): int(row[1]) for row in rows}
         return {state: count for state, count in counted.items() if state in FINAL_RUN_STATES}
 
@@ -238,7 +238,7 @@ class Runs:
             .where(run_freshness.c.hour >= int(since // HOUR))
             .group_by(run_freshness.c.route, run_freshness.c.basis, run_freshness.c.bucket)
         )
-        rows = await self.database.run(lambda conn: conn.execute(query).all())
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
         found: dict[tuple[str, str], list[int]] = {}
         for route, basis, bucket, runs in rows:
             counts = found.setdefault((route, basis), [0] * (len(FRESHNESS_BUCKETS) + 1))

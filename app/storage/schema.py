@@ -179,6 +179,10 @@ set_windows = Table(
     UniqueConstraint("set_name", "window_key"),
     Index("set_windows_due", "state", "deadline_at"),
     Index("set_windows_latest", "set_name", "starts_at"),
+    # What operators list, newest first: all windows, the open ones, one set's.
+    Index("set_windows_opened", "opened_at"),
+    Index("set_windows_state_opened", "state", "opened_at"),
+    Index("set_windows_set_opened", "set_name", "opened_at"),
 )
 
 # The load each member made in a window: the latest replaces an earlier one.

@@ -181,7 +181,7 @@ class SetWindows:
                 )
             return found
 
-        return await self.database.run(read)
+        return await self.database.read(read)
 
     async def joined_by(self, execution_id: str, plans: Mapping[str, SetPlan]) -> list[Joined]:
         """The windows a load is (still) in: what a redelivered webhook's answer repeats."""

@@ -17,6 +17,7 @@ from app.storage.database import Database
 from app.storage.history import History
 from app.storage.maintenance import prune_finished
 from app.storage.records import DeliveryState, EventState
+from app.storage.set_windows import SetWindows
 from app.storage.store import Store
 from tests.support.stores import finished, record
 
@@ -101,6 +102,11 @@ async def test_every_operator_query_is_planned_on_an_index(
         await history.pending_deliveries()
         await history.pending_summary()
         await prune_finished(database, older_than=first.event.received_at - 1)
+        # The sets' windows: GET /sets, /sets/{name}/windows, the console, the CLI.
+        windows = SetWindows(database, history.clock)
+        await windows.windows({}, limit=50)
+        await windows.windows({}, open_only=True, limit=500)
+        await windows.windows({"shop": ["orders"]}, set_name="shop", limit=50)
 
     plans = [(sql, await plan_of(database, database_url, (sql, p))) for sql, p in statements]
     scans = [(sql, plan) for sql, plan in plans if scans_a_whole_table(plan, database.postgres)]

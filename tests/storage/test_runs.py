@@ -45,14 +45,21 @@ class Captured:
         engine = database.engine
         self.engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         self.database = database
-        event.listen(self.engine, "before_cursor_execute", self._seen)
+        # The writes' engine, and the reads' (operators' reads run on connections apart).
+        self.watched = [self.engine]
+        if database.reads is not None:
+            reads = database.reads.engine
+            self.watched.append(reads.sync_engine if isinstance(reads, AsyncEngine) else reads)
+        for watched in self.watched:
+            event.listen(watched, "before_cursor_execute", self._seen)
 
     def _seen(self, conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
             self.statements.append((statement, parameters))
 
     async def plans(self) -> list[tuple[str, list[str]]]:
-        event.remove(self.engine, "before_cursor_execute", self._seen)
+        for watched in self.watched:
+            event.remove(watched, "before_cursor_execute", self._seen)
         if self.database.postgres:
             return [(s, await self._postgres_plan(s, p)) for s, p in self.statements]
         explained = []
