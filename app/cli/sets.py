@@ -1,5 +1,6 @@
 """``sets``: each set of the routes file with its open window, from the store: what
-arrived, what is missing, and the deadline (the admin API's ``GET /sets``, offline)."""
+arrived, what is missing, and the deadline (the admin API's ``GET /sets``, offline); and
+its last closed window, with the state of the flow run it made."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from app.config import Settings
 from app.routing.router import Router
 from app.service import open_database
 from app.storage.set_windows import SetWindows, WindowView
+from app.storage.sets import WindowState
 from app.times import iso_utc
 
 
@@ -19,20 +21,31 @@ async def show_sets(settings: Settings, router: Router, *, as_json: bool) -> int
         return 0
     members = {s.name: tuple(m.text for m in s.members) for s in router.sets}
     database = await open_database(settings)
+    windows = SetWindows(database, time.time)
     try:
-        found = await SetWindows(database, time.time).windows(members, open_only=True, limit=500)
+        found = await windows.windows(members, open_only=True, limit=500)
+        last_closed: dict[str, WindowView | None] = {}
+        for table_set in router.sets:
+            # Newest first: the open window (if any), then the last one closed.
+            recent = await windows.windows(members, set_name=table_set.name, limit=2)
+            closed = [w for w in recent if w.state is not WindowState.OPEN]
+            last_closed[table_set.name] = closed[0] if closed else None
     finally:
         await database.close()
     open_windows = {w.set_name: w for w in reversed(found)}
     for table_set in router.sets:
         window = open_windows.get(table_set.name)
+        last = last_closed[table_set.name]
         if as_json:
-            print(json.dumps(_as_json(table_set.name, members[table_set.name], window)))
+            shown = _as_json(table_set.name, members[table_set.name], window)
+            print(json.dumps(shown | {"last_closed": _closed_json(last)}))
             continue
         print(
             f"{table_set.name}  {table_set.window.describe()}  when late: "
             f"{table_set.when_late}  -> {table_set.route.target.label}"
         )
+        if last is not None:
+            print(f"  last window {last.window}  {_outcome(last)}")
         if window is None:
             print("  no open window: the next member's load opens one")
             continue
@@ -59,4 +72,24 @@ def _as_json(name: str, members: tuple[str, ...], window: WindowView | None) -> 
             "loads": window.loads,
             "missing": window.missing,
         },
+    }
+
+
+def _outcome(window: WindowView) -> str:
+    """A closed window in words: complete or late, and its run's state as followed."""
+    closed = "late" if window.state is WindowState.LATE else "complete"
+    if window.run_state is not None:
+        return f"{closed}, run {window.run_state.value}"
+    return f"{closed}, no run state yet" if window.event_id else closed
+
+
+def _closed_json(window: WindowView | None) -> dict[str, object] | None:
+    if window is None:
+        return None
+    return {
+        "window": window.window,
+        "state": window.state.value,
+        "closed_at": iso_utc(window.closed_at) if window.closed_at is not None else None,
+        "event_id": window.event_id,
+        "run_state": window.run_state.value if window.run_state is not None else None,
     }

@@ -33,6 +33,7 @@ from app.errors import StoreUnavailable
 from app.routing.event import ErathosEvent
 from app.storage.records import FINAL_RUN_STATES, TERMINAL_RUN_STATES, RunState
 from app.storage.runs import Followed, Freshness, Runs, RunSeen
+from app.storage.sets import SET_EVENT
 
 log = structlog.get_logger("erathos_prefect_bridge.delivery.follow")
 
@@ -117,8 +118,14 @@ def _minus(end: float, start: float | None) -> float | None:
 
 
 def erathos_finished_at(payload: Mapping[str, Any]) -> float | None:
-    """Erathos's finish time of the load (UTC, to the minute as Erathos sends it); None
-    for a Prefect-shaped request or an event without one."""
+    """Erathos's finish time of the load (UTC, to the minute as Erathos sends it), or for
+    a set's window the latest of its loads' (the data is as fresh as its last table);
+    None for a Prefect-shaped request or an event without one."""
+    window = payload.get(SET_EVENT)
+    if isinstance(window, dict):
+        loads = window.get("loads")
+        ends = [_epoch(x.get("finished_at")) for x in loads or () if isinstance(x, dict)]
+        return max((end for end in ends if end is not None), default=None)
     try:
         event = ErathosEvent.model_validate(payload)
     except ValidationError:

@@ -14,6 +14,7 @@ from app.intake.auth import require_admin_token
 from app.routing.router import Router
 from app.routing.sets import TableSet
 from app.service import Bridge, BridgeDep
+from app.storage.records import RunState
 from app.storage.set_windows import WindowView
 from app.storage.sets import WindowState
 from app.times import utc_time
@@ -37,6 +38,9 @@ class WindowOut(BaseModel):
     loads: list[dict[str, Any]] = Field(description="one per member that arrived")
     missing: list[str]
     event_id: str | None = Field(description="the event its closing made: GET /events/{id}")
+    run_state: RunState | None = Field(
+        description="the state of the flow run its closing made, as followed in Prefect"
+    )
 
     @classmethod
     def of(cls, view: WindowView) -> WindowOut:
@@ -52,6 +56,7 @@ class WindowOut(BaseModel):
             loads=view.loads,
             missing=view.missing,
             event_id=view.event_id,
+            run_state=view.run_state,
         )
 
 

@@ -4,7 +4,7 @@ attempt makes to its delivery; and the store's errors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -230,8 +230,13 @@ class DeliveryUpdate:
 def event_run_state(deliveries: Sequence[DeliveryRecord]) -> RunState | None:
     """The state of an event's flow runs, summed up: its most telling run's (a failure
     before a run still going, before a completion); None while no run has a state."""
-    states = {d.run_state for d in deliveries if d.run_state is not None}
-    return next((s for s in _RUN_STATE_RANK if s in states), None)
+    return summed_run_state(d.run_state for d in deliveries if d.run_state is not None)
+
+
+def summed_run_state(states: Iterable[RunState]) -> RunState | None:
+    """The most telling of these runs' states (see :func:`event_run_state`)."""
+    found = set(states)
+    return next((s for s in _RUN_STATE_RANK if s in found), None)
 
 
 def event_state(deliveries: Sequence[DeliveryRecord]) -> EventState:

@@ -14,7 +14,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from app.storage.database import Database
-from app.storage.schema import set_loads, set_windows
+from app.storage.records import RunState, summed_run_state
+from app.storage.schema import deliveries, set_loads, set_windows
 from app.storage.sets import (
     Closed,
     Joined,
@@ -45,6 +46,7 @@ class WindowView:
     loads: list[dict[str, Any]]
     missing: list[str] = field(default_factory=list)
     event_id: str | None = None
+    run_state: RunState | None = None  # its flow run's, as followed (None: no run, or not yet)
 
 
 def _close_unconfigured(conn: Connection, name: str, window: Window, now: float) -> Closed:
@@ -63,6 +65,17 @@ def _in_order(loads: dict[str, dict[str, Any]], members: Sequence[str]) -> list[
     rank = {member: index for index, member in enumerate(members)}
     ordered = sorted(loads.items(), key=lambda item: rank.get(item[0], len(rank)))
     return [{"member": member, **load} for member, load in ordered]
+
+
+def _run_state(conn: Connection, event_id: str | None) -> RunState | None:
+    """The state of the flow run a closed window's event made, as the events pages sum
+    it up (one query on the deliveries' event index; a window has one event)."""
+    if event_id is None:
+        return None
+    query = select(deliveries.c.run_state).where(
+        deliveries.c.event_id == event_id, deliveries.c.run_state.is_not(None)
+    )
+    return summed_run_state(RunState(state) for state in conn.scalars(query))
 
 
 class SetWindows:
@@ -177,6 +190,7 @@ class SetWindows:
                         loads=_in_order(loads, members.get(row.set_name, ())),
                         missing=missing,
                         event_id=row.event_id,
+                        run_state=_run_state(conn, row.event_id),
                     )
                 )
             return found

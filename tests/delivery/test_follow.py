@@ -14,7 +14,13 @@ import pytest
 
 from app.config import PREFECT_API_VERSION
 from app.delivery.client import PrefectConnection
-from app.delivery.follow import FOLLOW_BATCH, Follower, FollowPolicy, plan_seen
+from app.delivery.follow import (
+    FOLLOW_BATCH,
+    Follower,
+    FollowPolicy,
+    erathos_finished_at,
+    plan_seen,
+)
 from app.delivery.gate import Circuit
 from app.delivery.status import ConnectionStatus
 from app.metrics import Metrics
@@ -234,6 +240,25 @@ def test_what_prefects_answer_says_of_each_run() -> None:
     assert old.due_at is None
     assert deleted.state is RunState.GONE
     assert deleted.due_at is None
+
+
+def test_a_sets_run_is_as_fresh_as_its_last_members_load() -> None:
+    loads = [
+        {"member": "raw_shop.orders", "finished_at": "2026-12-07T06:00:00Z"},
+        {"member": "raw_shop.customers", "finished_at": "2026-12-07T06:20:00Z"},
+        {"member": "raw_shop.payments", "finished_at": None},
+    ]
+    window = {"set": {"name": "shop", "window": "w", "loads": loads, "missing": []}}
+    last = datetime(2026, 12, 7, 6, 20, tzinfo=UTC).timestamp()
+    run = Followed("d", "run-d", "set:shop", CONNECTION, None, last, last, window)
+    answer = [{"id": "run-d", "state": {"type": "FAILED"}, "end_time": "2026-12-07T06:25:00Z"}]
+
+    [seen] = plan_seen([run], answer, last + 600, POLICY)
+
+    assert seen.freshness is not None
+    assert seen.freshness.route == "set:shop"
+    assert seen.freshness.from_finish == 300  # from the latest member's finish
+    assert erathos_finished_at({"set": {"loads": []}}) is None  # late, nothing arrived
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from tools.localprefect import PrefectServer
 # Served by the ``outcome_flow`` fixture: it completes, or raises for a table ``broken...``.
 OUTCOME_FLOW = ROOT / "tests" / "flows" / "outcome.py"
 OUTCOME_DEPLOYMENT = "bridge-outcome/outcome"
+OUTCOME_SET_DEPLOYMENT = "bridge-outcome-set/outcome"  # a set's: fails for a load "broken..."
 
 OWNER = "test-dispatcher"
 
