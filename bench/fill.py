@@ -85,6 +85,7 @@ def rows(count: int, now: float) -> Iterator[tuple[list[dict[str, Any]], ...]]:
             )
             outcome, status = outcomes[state]
             finished = None if state is DeliveryState.PENDING else at + 0.05
+            ran = state is DeliveryState.DELIVERED
             batch[1].append(
                 {
                     "id": delivery_id,
@@ -106,6 +107,13 @@ def rows(count: int, now: float) -> Iterator[tuple[list[dict[str, Any]], ...]]:
                     "finished_at": finished,
                     "ordinal": 0,
                     "attempts_before_replay": 0,
+                    # Followed to its end: a delivered run COMPLETED a minute later.
+                    "run_state": "completed" if ran else None,
+                    "run_state_at": at + 60 if ran else None,
+                    "run_started_at": at + 5 if ran else None,
+                    "run_ended_at": at + 60 if ran else None,
+                    "follow_due_at": None,
+                    "follow_owner": None,
                 }
             )
             batch[2].append(
