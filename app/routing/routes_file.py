@@ -18,8 +18,6 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     StrictBool,
@@ -35,21 +33,18 @@ from app.config import (
     PrefectSettings,
     Settings,
 )
-from app.config.values import check_flow_name, normalise_api_url
+from app.config.values import normalise_api_url
 from app.routing.router import (
     DEFAULT_CONNECTION,
-    DeploymentTarget,
-    FlowTarget,
     Route,
     Router,
-    Target,
 )
 from app.routing.rules import RuleError, parse_rules, to_erathos
 from app.routing.sets import DEFAULT_RULES, SetModel, TableSet, compile_set
-from app.routing.templates import Lookup, TemplateError, compile_json, compile_text
+from app.routing.targets import NAME, NAME_RULE, Strict, TargetModel
+from app.routing.templates import Lookup, TemplateError, compile_text
 from app.storage.records import DROP_IN_ROUTE, PREFECT_EVENT_ROUTE
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SECRET_ONLY = re.compile(r"^\s*\$\{\{\s*secrets\.[A-Za-z_][A-Za-z0-9_]*\s*\}\}\s*$")
 
 
@@ -66,11 +61,11 @@ class ConnectionSpec:
     events: bool = False  # every Erathos event is also emitted here as a Prefect event
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# A route's flow run name when the routes file gives none.
+DEFAULT_RUN_NAME = "erathos_run_${{erathos.table_name}}"
 
 
-class ConnectionModel(_Strict):
+class ConnectionModel(Strict):
     api_url: str | None = None
     account_id: str | None = None
     workspace_id: str | None = None
@@ -90,52 +85,24 @@ class ConnectionModel(_Strict):
         return value
 
 
-class FlowRunModel(_Strict):
-    name: str | None = None
-    parameters: dict[str, Any] | None = None
-    tags: list[str] | None = None
-    work_queue_name: str | None = None
-    job_variables: dict[str, Any] | None = None
-
-
-class RouteModel(_Strict):
+class RouteModel(TargetModel):
     name: str
     jobs: list[UUID] = Field(default_factory=list)
     rules: list[Any] = Field(default_factory=list)
-    connection: str | None = None
-    deployment: str | None = None
-    deployment_id: UUID | None = None
-    flow_id: UUID | None = None
-    flow: str | None = None  # a flow by name: looked up, or created, on first use
-    flow_run: FlowRunModel = Field(default_factory=FlowRunModel)
 
     @field_validator("name")
     @classmethod
     def _route_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("must be 1-100 letters, digits, '_', '.' or '-'")
+        if not NAME.match(value):
+            raise ValueError(NAME_RULE)
         if value == DROP_IN_ROUTE:
             raise ValueError(f"{DROP_IN_ROUTE!r} is reserved for the Prefect-shaped endpoints")
         if value == PREFECT_EVENT_ROUTE:
             raise ValueError(f"{PREFECT_EVENT_ROUTE!r} is reserved for the Prefect events")
         return value
 
-    @field_validator("deployment")
-    @classmethod
-    def _deployment_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            flow, slash, deployment = value.partition("/")
-            if not (flow and slash and deployment) or "/" in deployment:
-                raise ValueError("must be 'flow-name/deployment-name'")
-        return value
 
-    @field_validator("flow")
-    @classmethod
-    def _flow_name(cls, value: str | None) -> str | None:
-        return None if value is None else check_flow_name(value)
-
-
-class RoutesFileModel(_Strict):
+class RoutesFileModel(Strict):
     connections: dict[str, ConnectionModel] = Field(default_factory=dict)
     routes: list[RouteModel] = Field(default_factory=list)
     sets: list[SetModel] = Field(default_factory=list)  # app.routing.sets
@@ -244,8 +211,8 @@ def _compile(model: RoutesFileModel, settings: Settings, lookup: Lookup) -> Rout
             Route(
                 name=spec.name,
                 connection=connection,
-                target=_target(spec, where),
-                flow_run=_flow_run(spec, lookup, where),
+                target=spec.target(where),
+                flow_run=spec.compiled_flow_run(lookup, where, DEFAULT_RUN_NAME),
                 jobs=frozenset(str(job) for job in spec.jobs),
                 rules=parse_rules(spec.rules, where=f"{where}.rules"),
             )
@@ -309,43 +276,6 @@ def _secret(value: str | None, lookup: Lookup, where: str) -> SecretStr | None:
         return None
     rendered = compile_text(value, lookup, where=where).render(None, lookup)
     return SecretStr(rendered)
-
-
-def _target(spec: RouteModel, where: str) -> Target:
-    targets = ("deployment", "deployment_id", "flow_id", "flow")
-    given = [f for f in targets if getattr(spec, f) is not None]
-    if len(given) != 1:
-        raise ValueError(
-            f"{where}: give exactly one target: deployment, deployment_id, flow_id or flow"
-            + (f" (got {', '.join(given)})" if given else "")
-        )
-    if spec.flow_id is not None or spec.flow is not None:
-        return FlowTarget(spec.flow_id, name=spec.flow)
-    return DeploymentTarget(deployment_id=spec.deployment_id, name=spec.deployment)
-
-
-def _flow_run(spec: RouteModel, lookup: Lookup, where: str) -> dict[str, Any]:
-    compiled: dict[str, Any] = {}
-    for field, value in spec.flow_run.model_dump(exclude_none=True).items():
-        template = compile_json(value, lookup, where=f"{where}.flow_run.{field}")
-        if _uses_secrets(template):
-            raise ValueError(
-                f"{where}.flow_run.{field}: a flow run never carries a secret "
-                "(it would be stored and shown in Prefect)"
-            )
-        compiled[field] = template
-    if "name" not in compiled:
-        compiled["name"] = compile_text("erathos_run_${{erathos.table_name}}", lookup, where=where)
-    return compiled
-
-
-def _uses_secrets(template: Any) -> bool:
-    if isinstance(template, dict):
-        return any(_uses_secrets(v) for v in template.values())
-    if isinstance(template, list):
-        return any(_uses_secrets(v) for v in template)
-    uses: bool = getattr(template, "uses_secrets", lambda: False)()
-    return uses
 
 
 def _field_errors(exc: ValidationError, raw: Any) -> str:

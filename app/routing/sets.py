@@ -11,7 +11,6 @@ reference; its format is public interface, like the routes'.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +19,9 @@ from typing import Any, Literal
 from uuid import UUID, uuid5
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from app.config.values import check_flow_name, parse_duration
+from app.config.values import parse_duration
 from app.routing.event import ErathosEvent
 from app.routing.prefect_event import (
     EVENTS_PATH,
@@ -31,26 +30,22 @@ from app.routing.prefect_event import (
     id_of_key,
     prefect_event,
 )
-from app.routing.router import DeploymentTarget, FlowTarget, PrefectRequest, Route, Target
+from app.routing.router import PrefectRequest, Route
 from app.routing.rules import Rule, first_failing, parse_rules
-from app.routing.templates import Lookup, compile_json, compile_text
+from app.routing.targets import NAME, NAME_RULE, Strict, TargetModel
+from app.routing.templates import Lookup
 from app.routing.windows import Daily, Window, Within
 from app.storage.records import EventRecord, NewDelivery
 from app.storage.sets import SET_EVENT, SetJoin, SetPlan
 
 SET_ROUTE_PREFIX = "set:"  # a set's flow run delivery: route ``set:<name>`` (no route has a colon)
 COMPLETED_EVENT, LATE_EVENT = "erathos.set.completed", "erathos.set.late"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _JOB = "job:"
 DEFAULT_RULES = [{"variable_name": "STATUS", "operation": "EQUAL", "value": "FINISHED"}]
 DEFAULT_RUN_NAME = "erathos_set_${{set.name}}_${{set.window}}"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SetWindowModel(_Strict):
+class SetWindowModel(Strict):
     within: str | None = None  # "2h": from the first member's load
     every: Literal["day"] | None = None  # with a deadline in a time zone
     deadline: str | None = None  # "07:00"
@@ -97,32 +92,18 @@ class SetWindowModel(_Strict):
         return Daily(clock_time.fromisoformat(self.deadline), self.timezone or "UTC")
 
 
-class SetFlowRunModel(_Strict):
-    name: str | None = None
-    parameters: dict[str, Any] | None = None
-    tags: list[str] | None = None
-    work_queue_name: str | None = None
-    job_variables: dict[str, Any] | None = None
-
-
-class SetModel(_Strict):
+class SetModel(TargetModel):
     name: str
     members: list[str] = Field(min_length=1)
     rules: list[Any] | None = None  # which loads count: FINISHED ones by default
     window: SetWindowModel
     when_late: Literal["run", "skip"] = "run"
-    connection: str | None = None
-    deployment: str | None = None
-    deployment_id: UUID | None = None
-    flow_id: UUID | None = None
-    flow: str | None = None
-    flow_run: SetFlowRunModel = Field(default_factory=SetFlowRunModel)
 
     @field_validator("name")
     @classmethod
     def _set_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("must be 1-100 letters, digits, '_', '.' or '-'")
+        if not NAME.match(value):
+            raise ValueError(NAME_RULE)
         return value
 
     @field_validator("members")
@@ -133,20 +114,6 @@ class SetModel(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("a member is listed twice")
         return value
-
-    @field_validator("deployment")
-    @classmethod
-    def _deployment_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            flow, slash, deployment = value.partition("/")
-            if not (flow and slash and deployment) or "/" in deployment:
-                raise ValueError("must be 'flow-name/deployment-name'")
-        return value
-
-    @field_validator("flow")
-    @classmethod
-    def _flow_name(cls, value: str | None) -> str | None:
-        return None if value is None else check_flow_name(value)
 
 
 @dataclass(frozen=True)
@@ -226,27 +193,8 @@ def compile_set(spec: SetModel, index: int, lookup: Lookup, connection: str) -> 
     """A set of the routes file, compiled; ValueError (RuleError, TemplateError) names the
     set and the field."""
     where = f"sets[{index}] ({spec.name})"
-    targets = ("deployment", "deployment_id", "flow_id", "flow")
-    given = [f for f in targets if getattr(spec, f) is not None]
-    if len(given) != 1:
-        raise ValueError(
-            f"{where}: give exactly one target: deployment, deployment_id, flow_id or flow"
-            + (f" (got {', '.join(given)})" if given else "")
-        )
-    target: Target
-    if spec.flow_id is not None or spec.flow is not None:
-        target = FlowTarget(spec.flow_id, name=spec.flow)
-    else:
-        target = DeploymentTarget(deployment_id=spec.deployment_id, name=spec.deployment)
-    flow_run: dict[str, Any] = {}
-    for field, value in spec.flow_run.model_dump(exclude_none=True).items():
-        at = f"{where}.flow_run.{field}"
-        template = compile_json(value, lookup, where=at, of_set=True)
-        if _uses_secrets(template):
-            raise ValueError(f"{at}: a flow run never carries a secret")
-        flow_run[field] = template
-    if "name" not in flow_run:
-        flow_run["name"] = compile_text(DEFAULT_RUN_NAME, lookup, where=where, of_set=True)
+    target = spec.target(where)
+    flow_run = spec.compiled_flow_run(lookup, where, DEFAULT_RUN_NAME, of_set=True)
     raw_rules = DEFAULT_RULES if spec.rules is None else spec.rules
     return TableSet(
         name=spec.name,
@@ -256,15 +204,6 @@ def compile_set(spec: SetModel, index: int, lookup: Lookup, connection: str) -> 
         when_late=spec.when_late,
         route=Route(f"{SET_ROUTE_PREFIX}{spec.name}", connection, target, flow_run),
     )
-
-
-def _uses_secrets(template: Any) -> bool:
-    if isinstance(template, dict):
-        return any(_uses_secrets(v) for v in template.values())
-    if isinstance(template, list):
-        return any(_uses_secrets(v) for v in template)
-    uses: bool = getattr(template, "uses_secrets", lambda: False)()
-    return uses
 
 
 def joining(
