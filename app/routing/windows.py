@@ -70,16 +70,23 @@ class Daily:
 
     def next_window(self, now: float, after: Placed | None) -> Placed:
         day = self.day_of(now)
-        if after is not None:
-            latest = date.fromisoformat(after.key)
-            if latest >= day:
-                day = latest + timedelta(days=1)
+        if after is not None and (latest := _day_key(after.key)) is not None and latest >= day:
+            day = latest + timedelta(days=1)
         return Placed(
             day.isoformat(), self.deadline_of(day - timedelta(days=1)), self.deadline_of(day)
         )
 
 
 Window = Within | Daily
+
+
+def _day_key(key: str) -> date | None:
+    """The day a daily window's key names; None for a window of the other kind (a set
+    whose window changed from "within" to daily: that window claims no day)."""
+    try:
+        return date.fromisoformat(key)
+    except ValueError:
+        return None
 
 
 def _utc_text(epoch: float) -> str:

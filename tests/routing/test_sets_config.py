@@ -9,7 +9,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
@@ -491,3 +491,14 @@ async def test_a_completed_window_is_a_past_window_whose_event_the_console_shows
     [delivery] = detail.json()["deliveries"]
     assert delivery["route"] == "set:shop"
     assert detail.json()["payload"]["set"]["missing"] == []
+
+
+def test_a_daily_window_follows_one_of_the_within_kind() -> None:
+    """A set's window changed from "within" to daily: its latest stored window is keyed
+    by a time, and the next daily window still opens (a load once answered 500 here)."""
+    earlier = Within(3600).next_window(1_765_000_000.0, None)
+    now = earlier.starts_at + 60
+    placed = SAO_PAULO.next_window(now, earlier)
+    assert placed.key == SAO_PAULO.day_of(now).isoformat()  # that day's window, not skipped
+    again = SAO_PAULO.next_window(now, placed)  # after a daily window: the next day's
+    assert again.key == (SAO_PAULO.day_of(now) + timedelta(days=1)).isoformat()
