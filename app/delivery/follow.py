@@ -31,6 +31,7 @@ from app.delivery.gate import Circuit
 from app.delivery.status import ConnectionStatus, RunObserver
 from app.errors import StoreUnavailable
 from app.routing.event import ErathosEvent
+from app.routing.sets import SET_ROUTE_PREFIX
 from app.storage.records import FINAL_RUN_STATES, TERMINAL_RUN_STATES, RunState
 from app.storage.runs import Followed, Freshness, Runs, RunSeen
 from app.storage.sets import SET_EVENT
@@ -87,7 +88,7 @@ def plan_seen(
             freshness = Freshness(
                 run.route,
                 end,
-                from_finish=_minus(end, erathos_finished_at(run.payload)),
+                from_finish=_minus(end, erathos_finished_at(run.payload, run.route)),
                 from_receipt=max(0.0, end - run.received_at),
             )
         seen.append(RunSeen(run.delivery_id, state, state_at, started, ended, due_at, freshness))
@@ -117,14 +118,16 @@ def _minus(end: float, start: float | None) -> float | None:
     return None if start is None else max(0.0, end - start)
 
 
-def erathos_finished_at(payload: Mapping[str, Any]) -> float | None:
+def erathos_finished_at(payload: Mapping[str, Any], route: str) -> float | None:
     """Erathos's finish time of the load (UTC, to the minute as Erathos sends it), or for
-    a set's window the latest of its loads' (the data is as fresh as its last table);
-    None for a Prefect-shaped request or an event without one."""
-    window = payload.get(SET_EVENT)
-    if isinstance(window, dict):
-        loads = window.get("loads")
-        ends = [_epoch(x.get("finished_at")) for x in loads or () if isinstance(x, dict)]
+    a set's window (route ``set:<name>``) the latest of its loads' (the data is as fresh
+    as its last table); None for a Prefect-shaped request or an event without one. Only
+    a set's own event is read as one: a webhook's body may hold any key, "set" too."""
+    if route.startswith(SET_ROUTE_PREFIX):
+        window = payload.get(SET_EVENT)
+        loads = window.get("loads") if isinstance(window, dict) else None
+        listed = loads if isinstance(loads, list) else []
+        ends = [_epoch(x.get("finished_at")) for x in listed if isinstance(x, dict)]
         return max((end for end in ends if end is not None), default=None)
     try:
         event = ErathosEvent.model_validate(payload)

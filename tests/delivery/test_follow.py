@@ -258,7 +258,7 @@ def test_a_sets_run_is_as_fresh_as_its_last_members_load() -> None:
     assert seen.freshness is not None
     assert seen.freshness.route == "set:shop"
     assert seen.freshness.from_finish == 300  # from the latest member's finish
-    assert erathos_finished_at({"set": {"loads": []}}) is None  # late, nothing arrived
+    assert erathos_finished_at({"set": {"loads": []}}, "set:shop") is None  # late: none arrived
 
 
 @pytest.mark.slow
@@ -335,3 +335,12 @@ async def test_a_replayed_delivery_forgets_its_runs_state_and_is_followed_afresh
     assert replayed.run_state is None
     assert replayed.run_state_at is None
     assert replayed.follow_due_at is None  # until it is delivered again, with its new run
+
+
+def test_a_webhook_body_with_a_set_key_is_read_as_a_load_not_a_set() -> None:
+    """Erathos bodies keep unknown keys: a load's "set" is not a set's window (it once
+    raised, and the batch of runs it was in was never recorded)."""
+    body = {"set": {"loads": 5}, "finished_at_date": "2026-12-07"}
+    assert erathos_finished_at(body, "example-dbt") is None
+    faked = {"set": {"loads": [{"finished_at": "2026-12-07T01:00:00Z"}]}}
+    assert erathos_finished_at(faked, "example-dbt") is None
