@@ -164,10 +164,10 @@ class History:
             query = query.where(at <= received_at, or_(at < received_at, event_id < last_id))
         if state is not None:
             query = query.where(events.c.state == state.value)
-        # An event with two runs in the state is found twice: twice the rows are chosen,
-        # so a page of distinct events is full unless most of its events have several.
-        rows_wanted = limit * 2 if run_state is not None else limit
-        chosen = query.order_by(at.desc(), event_id.desc()).limit(rows_wanted).scalar_subquery()
+        if run_state is not None:
+            # An event with several runs in the state is one event of the page, once.
+            query = query.group_by(event_id, at)
+        chosen = query.order_by(at.desc(), event_id.desc()).limit(limit).scalar_subquery()
         newest_first = (events.c.received_at.desc(), events.c.id.desc())
         page = select(events).where(events.c.id.in_(chosen)).order_by(*newest_first).limit(limit)
 

@@ -18,10 +18,10 @@ from app.storage.database import Database
 from app.storage.history import History
 from app.storage.records import RunState
 from app.storage.runs import Freshness, Runs, RunSeen
-from app.storage.schema import FOLLOW_INDEXES, SCHEMA_VERSION, meta
+from app.storage.schema import FOLLOW_INDEXES, SCHEMA_VERSION, deliveries, meta
 from app.storage.store import Store
 from tests.support.follow import delivered
-from tests.support.stores import open_store
+from tests.support.stores import open_store, record
 from tests.support.waiting import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +164,27 @@ async def test_a_version_3_database_is_upgraded_to_follow_runs(
     assert kept is not None
     assert (kept.run_state, kept.follow_due_at) == (None, None)  # delivered before: not followed
     assert [run.delivery_id for run in claimed] == [later.id]
+
+
+@pytest.mark.every_database
+async def test_a_page_by_run_state_holds_each_event_once_and_is_full(
+    database: Database, store: Store, clock: ManualClock
+) -> None:
+    """Events whose five runs are each in the state: a page of two holds two events (a
+    short page would read as the end of the list), and the next page the third."""
+    recorded = []
+    for _ in range(3):
+        recorded.append(await record(store, routes=[f"dbt-{n}" for n in range(5)]))
+        clock.advance(1)
+    done = {"run_state": RunState.COMPLETED.value, "run_state_at": clock()}
+    await database.run(lambda conn: conn.execute(update(deliveries).values(**done)))
+    history = History(database, clock)
+
+    first = await history.list_events(run_state=RunState.COMPLETED, limit=2)
+    last = first[-1][0]
+    rest = await history.list_events(
+        run_state=RunState.COMPLETED, before=(last.received_at, last.id), limit=2
+    )
+
+    newest_first = [r.event.id for r in reversed(recorded)]
+    assert [event.id for event, _ in first + rest] == newest_first
