@@ -9,6 +9,7 @@ import time
 
 from app.config import Settings
 from app.routing.router import Router
+from app.routing.sets import members_of
 from app.service import open_database
 from app.storage.set_windows import SetWindows, WindowView
 from app.storage.sets import WindowState
@@ -19,7 +20,7 @@ async def show_sets(settings: Settings, router: Router, *, as_json: bool) -> int
     if not router.sets:
         print('no sets: the routes file (BRIDGE_ROUTES_FILE) has no "sets"')
         return 0
-    members = {s.name: tuple(m.text for m in s.members) for s in router.sets}
+    members = members_of(router.sets)
     database = await open_database(settings)
     windows = SetWindows(database, time.time)
     try:

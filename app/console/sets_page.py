@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app.console.access import ConsoleDep, SessionDep
+from app.routing.sets import members_of
 from app.service import BridgeDep
 
 PAST_SHOWN = 30  # each set's past windows on the page
@@ -18,7 +19,7 @@ def add_set_pages(app: FastAPI) -> None:
         request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
     ) -> Response:
         router = bridge.router
-        members = {s.name: tuple(m.text for m in s.members) for s in router.sets}
+        members = members_of(router.sets)
         shown = []
         for table_set in router.sets:
             found = []

@@ -11,8 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.errors import NotFound, ServiceUnavailable, Unauthorized, responses
 from app.intake.auth import require_admin_token
-from app.routing.router import Router
-from app.routing.sets import TableSet
+from app.routing.sets import TableSet, members_of
 from app.service import Bridge, BridgeDep
 from app.storage.records import RunState
 from app.storage.set_windows import WindowView
@@ -80,10 +79,6 @@ class WindowsPage(BaseModel):
     windows: list[WindowOut]
 
 
-def members_of(router: Router) -> dict[str, tuple[str, ...]]:
-    return {s.name: tuple(m.text for m in s.members) for s in router.sets}
-
-
 async def set_windows(
     bridge: Bridge,
     *,
@@ -93,7 +88,7 @@ async def set_windows(
 ) -> list[WindowView]:
     if bridge.windows is None:
         return []
-    members = members_of(bridge.router)
+    members = members_of(bridge.router.sets)
     return await bridge.windows.windows(
         members, open_only=open_only, set_name=set_name, limit=limit
     )

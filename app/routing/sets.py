@@ -12,6 +12,7 @@ reference; its format is public interface, like the routes'.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as clock_time
@@ -187,6 +188,11 @@ def event_uuid(name: str, window: str, late: bool) -> UUID:
     return uuid5(
         NAMESPACE, f"{SET_EVENT}/{name}/{window}/{LATE_EVENT if late else COMPLETED_EVENT}"
     )
+
+
+def members_of(sets: Iterable[TableSet]) -> dict[str, tuple[str, ...]]:
+    """Each set's members as written: what the API, the console and the CLI show."""
+    return {s.name: tuple(m.text for m in s.members) for s in sets}
 
 
 def compile_set(spec: SetModel, index: int, lookup: Lookup, connection: str) -> TableSet:

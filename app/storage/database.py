@@ -132,7 +132,7 @@ def _sqlite_engine(url: str, durability: Durability, lock_timeout: float) -> Eng
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
         # A large store's indexes stay in memory, and the WAL is checkpointed by
-        # app.checkpoint's thread, never by a commit on the request path.
+        # app.storage.wal.Checkpointer's thread, never by a commit on the request path.
         cursor.execute("PRAGMA cache_size = -65536")
         cursor.execute("PRAGMA wal_autocheckpoint = 0")
         cursor.close()

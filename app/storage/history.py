@@ -31,6 +31,7 @@ from app.storage.records import (
 from app.storage.schema import attempts, deliveries, events
 from app.storage.store import (
     DELIVERY_ORDER,
+    NOT_FOLLOWED,
     PENDING,
     Clock,
     delivery_of,
@@ -256,7 +257,7 @@ class History:
                 "lease_expires_at": None,
                 "finished_at": None,
                 # Followed afresh once delivered again (the same run, or a new one).
-                **dict.fromkeys(_RUN_COLUMNS),
+                **NOT_FOLLOWED,
             }
             if new_run:
                 changes |= {
@@ -286,14 +287,6 @@ class History:
         return removed
 
 
-_RUN_COLUMNS = (
-    "run_state",
-    "run_state_at",
-    "run_started_at",
-    "run_ended_at",
-    "follow_due_at",
-    "follow_owner",
-)
 HOUR = 3600.0
 _TELLING = (EventState.IGNORED, EventState.DELIVERED, EventState.PENDING, EventState.DEAD)
 

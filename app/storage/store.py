@@ -154,7 +154,7 @@ class Store:
                 "finished_at": None,
                 "ordinal": ordinal,
                 "attempts_before_replay": 0,
-                **_NOT_FOLLOWED,
+                **NOT_FOLLOWED,
             }
             for ordinal, delivery in enumerate(new.deliveries)
         ]
@@ -359,7 +359,8 @@ def event_of(row: Any) -> EventRecord:
     )
 
 
-_NOT_FOLLOWED = dict.fromkeys(
+# A delivery's run, as followed (app.delivery.follow): none yet, on a new or a replayed one.
+NOT_FOLLOWED = dict.fromkeys(
     (
         "run_state",
         "run_state_at",

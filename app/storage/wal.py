@@ -38,16 +38,15 @@ class Checkpointer:
     EVERY = 1.0  # seconds between two checkpoints
 
     def __init__(self, path: str) -> None:
-        self._path = path
+        # Connected here, so a file it cannot open fails the store's opening: with the
+        # writer's own checkpoints off, a silent thread would let the WAL grow unbounded.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-checkpoint", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error:
-            return  # the writer's own errors say what is wrong with the file
+        db = self._db
         try:
             while not self._stop.wait(self.EVERY):
                 with contextlib.suppress(sqlite3.Error):  # busy now: the next one will do
