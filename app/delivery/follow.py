@@ -209,9 +209,13 @@ class Follower:
             return []
         answer = await self._ask(name, [run.flow_run_id for run in claimed])
         now = self.runs.clock()
-        if answer is None:  # Prefect did not answer: asked again next round
-            ids = [run.delivery_id for run in claimed]
-            await self.runs.release(self.owner, ids, due_at=now + self.policy.interval)
+        if answer is None:  # Prefect did not answer: asked again next round, if in time
+            done = [
+                r.delivery_id for r in claimed if now - r.delivered_at >= self.policy.follow_for
+            ]
+            again = [r.delivery_id for r in claimed if r.delivery_id not in done]
+            await self.runs.release(self.owner, again, due_at=now + self.policy.interval)
+            await self.runs.release(self.owner, done, due_at=None)  # BRIDGE_FOLLOW_FOR is up
             return []
         recorded = await self.runs.record(self.owner, plan_seen(claimed, answer, now, self.policy))
         routes = {run.delivery_id: run.route for run in claimed}

@@ -191,8 +191,9 @@ class Runs:
                 counted = key | {"bucket": bucket_of(seconds), "runs": 1}
                 conn.execute(self._count_freshness, counted)
 
-    async def release(self, owner: str, delivery_ids: Sequence[str], due_at: float) -> None:
-        """Give runs back unasked (Prefect did not answer), due again at ``due_at``."""
+    async def release(self, owner: str, delivery_ids: Sequence[str], due_at: float | None) -> None:
+        """Give runs back unasked (Prefect did not answer), due again at ``due_at``; None:
+        no longer followed (they stay as last seen)."""
         if not delivery_ids:
             return
         given_back = (

@@ -344,3 +344,23 @@ def test_a_webhook_body_with_a_set_key_is_read_as_a_load_not_a_set() -> None:
     assert erathos_finished_at(body, "example-dbt") is None
     faked = {"set": {"loads": [{"finished_at": "2026-12-07T01:00:00Z"}]}}
     assert erathos_finished_at(faked, "example-dbt") is None
+
+
+async def test_a_run_prefect_never_answers_for_stops_being_followed_after_follow_for(
+    store: Store, history: History, runs: Runs, now_clock: ManualClock
+) -> None:
+    """BRIDGE_FOLLOW_FOR holds when Prefect gives no usable answer too: the run is no
+    longer claimed round after round, for ever."""
+    made = await delivered(store, "00000000-0000-4000-8000-000000000001")
+    metrics = Metrics([CONNECTION])
+    async with PrefectConnection(
+        CONNECTION, "http://127.0.0.1:9/api", api_version=PREFECT_API_VERSION, timeout=1.0
+    ) as connection:
+        following = follower(runs, connection, metrics)
+        now_clock.advance(POLICY.follow_for + 1)
+        assert await following.follow_once(CONNECTION) == []
+
+    stopped = await history.get_delivery(made.id)
+    assert stopped is not None
+    assert (stopped.follow_owner, stopped.follow_due_at) == (None, None)
+    assert await runs.followed() == {}
