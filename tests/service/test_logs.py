@@ -77,6 +77,7 @@ def service(tmp_path: Path, prefect: PrefectServer, flow_id: str) -> Any:
         BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'bridge.db'}",
         BRIDGE_LOG_FORMAT="json",
         BRIDGE_LOG_LEVEL="DEBUG",  # every line there is, probes and scrapes too
+        BRIDGE_SYNC_WAIT="20s",  # the answer waits for the run even on a busy machine
     )
     process = ServiceProcess(env, tmp_path, tmp_path / "service.log")
     process.start()

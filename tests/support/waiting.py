@@ -54,6 +54,23 @@ async def settled(client: httpx.AsyncClient, within: float) -> None:
     await eventually(none_pending, within=within, what="every delivery settled")
 
 
+async def delivered(url: str, event_id: str, within: float = 60) -> None:
+    """Wait until the event is delivered, by the admin API of the service at ``url``.
+    The webhook's own answer says "delivered" only when that happened within
+    BRIDGE_SYNC_WAIT; on a busy machine, or when the local Prefect answered 503 to a
+    first try, it says "queued" and the retry delivers it a moment later."""
+    async with httpx.AsyncClient(base_url=url, headers=auth(ADMIN_TOKEN)) as client:
+
+        async def done() -> bool:
+            answer = await client.get(f"/events/{event_id}")
+            assert answer.status_code == 200, answer.text
+            state = answer.json()["state"]
+            assert state in ("pending", "delivered"), answer.text
+            return bool(state == "delivered")
+
+        await eventually(done, within=within, what=f"event {event_id} delivered", every=0.2)
+
+
 class ManualClock:
     """A clock that moves only when told: call it for epoch seconds (the store's clock),
     or ``monotonic()`` (the gate's)."""
