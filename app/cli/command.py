@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = configured_secrets(settings, routing.connections.values())
     configure_logging(settings.log_format, settings.log_level, secrets)
     if command == "serve":
-        return serve(settings, [route.name for route in routing.router.routes])
+        router = routing.router
+        return serve(settings, [r.name for r in router.routes], [s.name for s in router.sets])
     try:
         if command == "check":
             return asyncio.run(check(settings))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("erathos_prefect_bridge.cli.serve")
 
 
-def serve(settings: Settings, routes: list[str]) -> int:
+def serve(settings: Settings, routes: list[str], sets: list[str]) -> int:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
@@ -57,7 +57,7 @@ def serve(settings: Settings, routes: list[str]) -> int:
         timeout_graceful_shutdown=requests_grace,  # type: ignore[arg-type]
         server_header=False,
     )
-    server = _server_logging_ready(config, routes)
+    server = _server_logging_ready(config, routes, sets)
     # What uvicorn.run does with one process and no reload (after Ctrl-C, uvicorn raises
     # SIGINT again once it has stopped).
     with contextlib.suppress(KeyboardInterrupt):
@@ -65,9 +65,12 @@ def serve(settings: Settings, routes: list[str]) -> int:
     return 0 if server.started else STARTUP_FAILURE
 
 
-def _server_logging_ready(config: uvicorn.Config, routes: list[str]) -> uvicorn.Server:
-    """uvicorn's server, logging "service ready" once it listens: uvicorn binds its
-    socket only after the app's lifespan has opened the service."""
+def _server_logging_ready(
+    config: uvicorn.Config, routes: list[str], sets: list[str]
+) -> uvicorn.Server:
+    """uvicorn's server, logging "service ready" once it listens (uvicorn binds its
+    socket only after the app's lifespan has opened the service), with the routes and
+    sets it loaded: the line an operator reads to see the routes file was taken."""
     import uvicorn
 
     class ListeningServer(uvicorn.Server):
@@ -75,7 +78,7 @@ def _server_logging_ready(config: uvicorn.Config, routes: list[str]) -> uvicorn.
             await super().startup(sockets)
             if self.started and not self.should_exit:
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
-                log.info("service ready", host=host, port=port, routes=routes)
+                log.info("service ready", host=host, port=port, routes=routes, sets=sets)
 
     return ListeningServer(config)
 

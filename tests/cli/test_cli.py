@@ -17,6 +17,7 @@ from app.storage.records import EventState
 from tests.support.erathos import webhook_body
 from tests.support.inprocess import open_client
 from tests.support.processes import ServiceProcess, fast_service_environment
+from tests.support.setfiles import write_routes
 from tests.support.tokens import TOKEN, auth
 from tests.support.waiting import eventually
 from tools.localprefect import PrefectServer
@@ -183,7 +184,17 @@ def test_commands_other_than_serve_never_log_service_ready(
 def test_serve_logs_service_ready_once_it_listens(
     tmp_path: Path, prefect: PrefectServer, flow_id: str
 ) -> None:
-    env = fast_service_environment(prefect.api_url, flow_id, f"sqlite:///{tmp_path / 'b.db'}")
+    routes_file = write_routes(
+        tmp_path / "routes.json", "shop", ["orders", "payments"], {"within": "1h"}
+    )
+    document = json.loads(routes_file.read_text())
+    routes_file.write_text(json.dumps(document | {"routes": [{"name": "dbt", "flow_id": flow_id}]}))
+    env = fast_service_environment(
+        prefect.api_url,
+        flow_id,
+        f"sqlite:///{tmp_path / 'b.db'}",
+        BRIDGE_ROUTES_FILE=str(routes_file),
+    )
     service = ServiceProcess(env, tmp_path, tmp_path / "service.log")
     try:
         service.start()
@@ -197,7 +208,7 @@ def test_serve_logs_service_ready_once_it_listens(
     [ready] = [i for i, m in enumerate(messages) if m == "service ready"]
     assert ready > listening
     assert lines[ready]["port"] == int(env["BRIDGE_PORT"])
-    assert lines[ready]["routes"] == ["default"]
+    assert (lines[ready]["routes"], lines[ready]["sets"]) == (["dbt"], ["shop"])
 
 
 async def _wait_for_line(path: Path, text: str) -> None:
