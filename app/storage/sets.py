@@ -18,12 +18,11 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from app.ids import new_id
 from app.storage.records import NewDelivery
-from app.storage.schema import deliveries, events, set_loads, set_windows
+from app.storage.schema import deliveries, dialect_insert, events, set_loads, set_windows
 
 SETS_LOCK_KEY = 0x45505354  # pg_advisory_xact_lock(key, hashtext(set name)): "EPST"
 SET_EVENT = "set"  # the payload key of a window's event; its execution id: set/<name>/<window>
@@ -134,7 +133,7 @@ def join_sets(
                 "joined_at": now,
                 "load": load,
             }
-            upsert = _dialect_insert(conn).values(row)
+            upsert = dialect_insert(conn.dialect, set_loads).values(row)
             replaced = {"execution_id": execution_id, "joined_at": now, "load": load}
             conn.execute(
                 upsert.on_conflict_do_update(index_elements=["window_id", "member"], set_=replaced)
@@ -158,12 +157,6 @@ class Window:
     state: WindowState
     starts_at: float
     deadline_at: float
-
-
-def _dialect_insert(conn: Connection) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(set_loads)
-    return sqlite.insert(set_loads)
 
 
 def window_of(row: Any) -> Window:
