@@ -34,7 +34,10 @@ from app.storage.set_windows import SetWindows
 from app.storage.sets import Placed, SetJoin, SetPlan, WindowState
 from app.storage.store import Store
 from tests.support.inprocess import SettingsFactory, open_client
+from tests.support.console import sign_in
 from tests.support.setfiles import load, send, windows
+from tests.support.statements import reading
+from tests.support.stores import load_into, open_store, set_plan
 from tests.support.tokens import ADMIN_TOKEN, auth
 from tests.support.waiting import ManualClock
 from tools.localprefect import PrefectServer
@@ -350,6 +353,52 @@ def test_the_cli_sets_shows_what_arrived_and_what_is_missing(
     assert "no open window" in out
     assert main(["sets", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["members"] == ROUTES_WITH_A_SET["sets"][0]["members"]
+
+
+@pytest.mark.anyio
+async def test_the_sets_views_read_all_their_windows_loads_in_one_statement(
+    make_settings: SettingsFactory,
+    cli_environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    members = {"shop": ("raw_shop.orders", "raw_shop.customers"), "ads": ("raw_ads.clicks",)}
+    path = tmp_path / "routes.json"
+    document = {"sets": [a_set(name=n, members=list(m)) for n, m in members.items()]}
+    path.write_text(json.dumps(document))
+    settings = make_settings(routes_file=path, admin_token=ADMIN_TOKEN)
+    store = await open_store(settings.database_url)
+    try:
+        for name, its_members in members.items():
+            plan = set_plan(name, its_members)
+            for _ in range(4):  # four completed windows
+                for member in its_members:
+                    await load_into(store, plan, member)
+            await load_into(store, plan, its_members[0])  # and one more: shop's is open
+    finally:
+        await store.database.close()
+    cli_environment.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    cli_environment.setenv("BRIDGE_ROUTES_FILE", str(path))
+
+    async with open_client(settings) as client:
+        await sign_in(client)
+        with reading("set_loads") as by_api:
+            answer = await client.get("/sets/shop/windows", headers=auth(ADMIN_TOKEN))
+        with reading("set_loads") as by_sets:
+            listed = await client.get("/sets", headers=auth(ADMIN_TOKEN))
+        with reading("set_loads") as by_console:
+            page = await client.get("/ui/sets")
+    with reading("set_loads") as by_cli:
+        assert await asyncio.to_thread(main, ["sets"]) == 0
+
+    assert len(answer.json()["windows"]) == 5
+    [shop, ads] = listed.json()["sets"]
+    assert shop["open_window"]["missing"] == ["raw_shop.customers"]
+    assert ads["open_window"] is None  # its one member completes each window at once
+    assert page.text.count("complete</td>") == 9
+    assert capsys.readouterr().out.count("last window") == 2
+    # Once for the whole page, not once per window (nor per set).
+    assert [len(by_api), len(by_sets), len(by_console), len(by_cli)] == [1, 1, 1, 1]
 
 
 def test_check_renders_a_sets_parameters_against_the_deployments_schema(
