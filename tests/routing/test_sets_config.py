@@ -23,7 +23,7 @@ from app.config import ConfigurationError, Settings
 from app.intake.diagnose import simulate
 from app.routing.event import ErathosEvent
 from app.routing.routes_file import Routing, load_routes_file
-from app.routing.sets import Member
+from app.routing.sets import Member, joining
 from app.routing.templates import template_lookup
 from app.routing.windows import Daily, Within
 from app.service import connect
@@ -33,10 +33,10 @@ from app.storage.schema import SCHEMA_VERSION, meta, set_loads, set_windows
 from app.storage.set_windows import SetWindows
 from app.storage.sets import Placed, SetJoin, SetPlan, WindowState
 from app.storage.store import Store
-from tests.support.inprocess import SettingsFactory, open_client
 from tests.support.console import sign_in
+from tests.support.inprocess import SettingsFactory, open_client
 from tests.support.setfiles import load, send, windows
-from tests.support.statements import reading
+from tests.support.statements import listening, reading
 from tests.support.stores import load_into, open_store, set_plan
 from tests.support.tokens import ADMIN_TOKEN, auth
 from tests.support.waiting import ManualClock
@@ -140,7 +140,8 @@ def test_only_finished_loads_count_unless_the_set_says_otherwise(
         make_settings, tmp_path, a_set(), a_set(name="all", rules=[any_status])
     ).router
 
-    assert [s.name for s in router.decide(failed.model_copy(update={"rows": 1})).sets] == ["all"]
+    joined = router.decide(failed.model_copy(update={"rows": 1})).sets
+    assert [s.table_set.name for s in joined] == ["all"]
 
 
 SAO_PAULO = Daily(clock_time(7, 0), "America/Sao_Paulo")  # UTC-3: 07:00 there is 10:00 UTC
@@ -233,6 +234,46 @@ async def test_a_completed_window_is_closed_once_and_a_later_load_opens_the_next
     assert [x["table_name"] for x in completed.loads] == ["orders", "customers"]
     assert after.closed == []
     assert after.joined[0].window != completed.window
+
+
+@pytest.mark.anyio
+@pytest.mark.every_database
+async def test_a_load_completing_a_window_as_two_members_writes_and_reads_its_loads_once(
+    store: Store,
+) -> None:
+    both = ("orders", "raw_shop.orders")  # a load of raw_shop.orders is both
+    execution_id = str(uuid.uuid4())
+    load = {"execution_id": execution_id, "table_name": "orders", "rows": 1}
+    new = NewEvent(execution_id=execution_id, payload={}, sets=[SetJoin(plan(both), both, load)])
+    on_loads: list[str] = []
+
+    def keep(statement: str, _parameters: Any) -> None:
+        if "set_loads" in statement:
+            on_loads.append(statement.split()[0])
+
+    with listening([store.database.engine], keep):
+        recorded = await store.record_event(new)
+
+    [completed] = recorded.closed
+    assert [(x["member"], x["execution_id"]) for x in completed.loads] == [
+        ("orders", execution_id),
+        ("raw_shop.orders", execution_id),
+    ]
+    assert on_loads == ["INSERT", "SELECT"]  # not once per member, nor read again to close
+
+
+def test_a_load_is_matched_to_a_set_once_and_joins_it_with_the_routers_one_plan(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    router = compiled(make_settings, tmp_path, a_set()).router
+    orders = event(schema_name="raw_shop", table_name="orders", status="FINISHED", rows="5")
+
+    decisions = [router.decide(orders) for _ in range(2)]
+    joins = [joining(decision.sets, router.set_plans, orders) for decision in decisions]
+
+    assert [[m.members for m in d.sets] for d in decisions] == [[("raw_shop.orders",)]] * 2
+    assert [[j.members for j in each] for each in joins] == [[("raw_shop.orders",)]] * 2
+    assert joins[0][0].plan is joins[1][0].plan is router.set_plans["shop"]
 
 
 @pytest.mark.anyio

@@ -11,6 +11,7 @@ from app.storage.database import Database
 from app.storage.records import RunState
 from app.storage.schema import deliveries
 from app.storage.set_windows import SetWindows
+from app.storage.sets import Closed
 from app.storage.store import Store
 from tests.support.statements import captured
 from tests.support.stores import load_into, set_columns, set_plan
@@ -28,6 +29,13 @@ async def closed_windows(store: Store, clock: ManualClock, name: str, count: int
         for member in plan.members:
             await load_into(store, plan, member)
         clock.advance(1)
+
+
+async def run_of(database: Database, closed: Closed) -> str:
+    """The id of the flow run delivery a window's closing made."""
+    query = select(deliveries.c.id).where(deliveries.c.event_id == closed.event_id)
+    [run_id] = await database.run(lambda conn: list(conn.scalars(query)))
+    return str(run_id)
 
 
 async def test_a_page_of_windows_is_read_in_three_statements_however_long(
@@ -77,9 +85,9 @@ async def test_each_window_of_a_page_shows_its_own_loads_missing_members_and_run
     ads = await load_into(store, set_plan("ads", MEMBERS["ads"]), "clicks", rows=4)
     for recorded, state in ((first, RunState.COMPLETED), (ads, RunState.FAILED)):
         [closed] = recorded.closed
-        run = select(deliveries.c.id).where(deliveries.c.event_id == closed.event_id)
-        run_id = await database.run(lambda conn, run=run: conn.scalar(run))
-        await set_columns(database, deliveries, run_id, run_state=state.value)
+        await set_columns(
+            database, deliveries, await run_of(database, closed), run_state=state.value
+        )
 
     found = await SetWindows(database, clock).windows(MEMBERS)
 
