@@ -108,9 +108,9 @@ def _run_states(conn: Connection, event_ids: Sequence[str]) -> dict[str, RunStat
 def _views(
     conn: Connection, rows: Sequence[Any], members: Mapping[str, Sequence[str]]
 ) -> list[WindowView]:
-    """A page of windows as operators see them, in the order of ``rows``: three queries
-    in all (the windows, their loads, their runs' states), whatever the page's length.
-    An open window's missing members are those of ``members`` not loaded yet."""
+    """A page of windows as operators see them, in the order of ``rows``: two queries
+    after the windows' own (their loads, their runs' states), whatever the page's
+    length. An open window's missing members are those of ``members`` not loaded yet."""
     loads = _loads_of_windows(conn, [row.id for row in rows])
     states = _run_states(conn, [row.event_id for row in rows if row.event_id is not None])
     found = []
@@ -230,9 +230,9 @@ class SetWindows:
         if set_name is not None:
             query = query.where(set_windows.c.set_name == set_name)
 
-        rows = query.limit(limit)
+        page = query.limit(limit)
         return await self.database.read(
-            lambda conn: _views(conn, conn.execute(rows).all(), members)
+            lambda conn: _views(conn, conn.execute(page).all(), members)
         )
 
     async def recent(
@@ -240,7 +240,7 @@ class SetWindows:
     ) -> dict[str, list[WindowView]]:
         """Each named set's ``per_set`` newest windows, newest first (its open window
         first, when it has one): the console's page and the CLI's ``sets``, in three
-        queries however many sets, each set's windows read on its own index."""
+        queries for up to 200 sets, each set's windows read on its own index."""
         newest = [
             select(set_windows)
             .where(set_windows.c.set_name == name)

@@ -99,3 +99,18 @@ async def test_each_window_of_a_page_shows_its_own_loads_missing_members_and_run
         ("shop", "open", [3], ["orders"], None),
         ("shop", "completed", [1, 2], [], RunState.COMPLETED),
     ]
+
+
+async def test_past_200_sets_the_newest_windows_take_one_more_statement(
+    database: Database, store: Store, clock: ManualClock
+) -> None:
+    await closed_windows(store, clock, "shop", 2)
+    names = [*(f"set-{n}" for n in range(200)), "shop"]  # SQLite's compound has a limit
+    windows = SetWindows(database, clock)
+
+    with captured(database) as statements:
+        recent = await windows.recent(MEMBERS, names, per_set=1)
+
+    assert len(statements) == 4
+    assert recent["shop"] == await windows.windows(MEMBERS, set_name="shop", limit=1)
+    assert sum(map(len, recent.values())) == 1
