@@ -24,16 +24,16 @@ async def show_sets(settings: Settings, router: Router, *, as_json: bool) -> int
     database = await open_database(settings)
     windows = SetWindows(database, time.time)
     try:
-        found = await windows.windows(members, open_only=True, limit=500)
-        last_closed: dict[str, WindowView | None] = {}
-        for table_set in router.sets:
-            # Newest first: the open window (if any), then the last one closed.
-            recent = await windows.windows(members, set_name=table_set.name, limit=2)
-            closed = [w for w in recent if w.state is not WindowState.OPEN]
-            last_closed[table_set.name] = closed[0] if closed else None
+        # Newest first: the open window (a set has one at most), then the last closed.
+        names = [s.name for s in router.sets]
+        recent = await windows.recent(members, names, per_set=2)
     finally:
         await database.close()
-    open_windows = {w.set_name: w for w in reversed(found)}
+    open_windows: dict[str, WindowView | None] = {}
+    last_closed: dict[str, WindowView | None] = {}
+    for name, found in recent.items():
+        open_windows[name] = next((w for w in found if w.state is WindowState.OPEN), None)
+        last_closed[name] = next((w for w in found if w.state is not WindowState.OPEN), None)
     for table_set in router.sets:
         window = open_windows.get(table_set.name)
         last = last_closed[table_set.name]

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 from app.console.access import ConsoleDep, SessionDep
 from app.routing.sets import members_of
 from app.service import BridgeDep
+from app.storage.set_windows import WindowView
 
 PAST_SHOWN = 30  # each set's past windows on the page
 
@@ -19,14 +20,13 @@ def add_set_pages(app: FastAPI) -> None:
         request: Request, _: SessionDep, console: ConsoleDep, bridge: BridgeDep
     ) -> Response:
         router = bridge.router
-        members = members_of(router.sets)
+        recent: dict[str, list[WindowView]] = {}
+        if bridge.windows is not None:
+            names = [s.name for s in router.sets]
+            recent = await bridge.windows.recent(members_of(router.sets), names, PAST_SHOWN + 1)
         shown = []
         for table_set in router.sets:
-            found = []
-            if bridge.windows is not None:
-                found = await bridge.windows.windows(
-                    members, set_name=table_set.name, limit=PAST_SHOWN + 1
-                )
+            found = recent.get(table_set.name, [])
             shown.append(
                 {
                     "set": table_set,

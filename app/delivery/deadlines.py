@@ -72,7 +72,7 @@ class Deadlines:
         retention: float = 30 * 86400.0,
     ) -> None:
         self.windows = windows
-        self.plans = {s.name: s.plan(router.emit_on) for s in router.sets}
+        self.plans = router.set_plans
         self.poll_interval = poll_interval
         self.observer = observer
         self.wake = wake

@@ -79,7 +79,7 @@ def new_event(bridge: Bridge, event: ErathosEvent, payload: dict[str, Any]) -> N
         table_name=event.table_name,
         status=event.status,
         ignored_reason=decision.reason,
-        sets=joining(tuple(decision.sets), event, bridge.router.emit_on),
+        sets=joining(decision.sets, bridge.router.set_plans, event),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 from uuid import UUID
@@ -22,6 +23,7 @@ from app.routing.templates import Lookup, compile_text, render_json
 
 if TYPE_CHECKING:
     from app.routing.sets import TableSet
+    from app.storage.sets import SetPlan
 
 DEFAULT_ROUTE = "default"
 DEFAULT_CONNECTION = "default"
@@ -126,6 +128,15 @@ class Route:
 
 
 @dataclass(frozen=True)
+class SetMatch:
+    """A set a load joins, and which of its members the load is (matched once, by the
+    router: what the store is then given)."""
+
+    table_set: TableSet
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Decision:
     """What the router made of one event."""
 
@@ -133,14 +144,14 @@ class Decision:
     skipped: dict[str, str] = field(default_factory=dict)  # route name -> reason
     ignored: str | None = None  # why nothing at all was triggered
     emit_on: tuple[str, ...] = ()  # the connections the event goes to as a Prefect event
-    sets: list[TableSet] = field(default_factory=list)  # the sets the load joins
+    sets: list[SetMatch] = field(default_factory=list)  # the sets the load joins
 
     @property
     def reason(self) -> str | None:
         if self.ignored is not None:
             return self.ignored
         if not self.routes and self.sets:
-            names = ", ".join(s.name for s in self.sets)
+            names = ", ".join(s.table_set.name for s in self.sets)
             return f"no route of its own; it joined the set(s) {names}"
         if not self.routes:
             return "; ".join(f"{name}: {why}" for name, why in self.skipped.items())
@@ -172,8 +183,16 @@ class Router:
                 decision.routes.append(route)
             else:
                 decision.skipped[route.name] = reason
-        decision.sets.extend(s for s in self.sets if s.joins(event))
+        for table_set in self.sets:
+            if members := table_set.joins(event):
+                decision.sets.append(SetMatch(table_set, members))
         return decision
+
+    @cached_property
+    def set_plans(self) -> dict[str, SetPlan]:
+        """Each set as the store needs it, made once per router (not per webhook): what
+        a load joining it and the deadlines' timer hand the store."""
+        return {s.name: s.plan(self.emit_on) for s in self.sets}
 
     def route(self, name: str) -> Route | None:
         """A route by name; a set's flow run is route ``set:<name>``."""

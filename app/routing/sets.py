@@ -12,7 +12,7 @@ reference; its format is public interface, like the routes'.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as clock_time
@@ -31,7 +31,7 @@ from app.routing.prefect_event import (
     id_of_key,
     prefect_event,
 )
-from app.routing.router import PrefectRequest, Route
+from app.routing.router import PrefectRequest, Route, SetMatch
 from app.routing.rules import Rule, first_failing, parse_rules
 from app.routing.targets import NAME, NAME_RULE, Strict, TargetModel
 from app.routing.templates import Lookup
@@ -213,15 +213,15 @@ def compile_set(spec: SetModel, index: int, lookup: Lookup, connection: str) -> 
 
 
 def joining(
-    sets: tuple[TableSet, ...], event: ErathosEvent, emit_on: tuple[str, ...]
+    matches: Sequence[SetMatch], plans: Mapping[str, SetPlan], event: ErathosEvent
 ) -> list[SetJoin]:
-    """The sets a load joins, each with the members it is, and the load as
-    ``${{set.loads}}`` lists it."""
-    found = [(s, members) for s in sets if (members := s.joins(event))]
-    if not found:
+    """The sets a load joins, as the router matched them (``plans``: the router's
+    :attr:`~app.routing.router.Router.set_plans`), each with the members it is, and the
+    load as ``${{set.loads}}`` lists it."""
+    if not matches:
         return []
     load = load_of(event)
-    return [SetJoin(s.plan(emit_on), members, load) for s, members in found]
+    return [SetJoin(plans[m.table_set.name], m.members, load) for m in matches]
 
 
 def load_of(event: ErathosEvent) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from app.config import Durability
 from app.config.values import database_kind
 from app.errors import StoreUnavailable
 from app.storage.reads import PostgresReads, Reads, SqliteReads
-from app.storage.schema import migrate
+from app.storage.schema import dialect_insert, migrate
 from app.storage.wal import Checkpointer, enable_wal
 
 T = TypeVar("T")
@@ -217,7 +217,7 @@ class Database:
 
     def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which has ``ON CONFLICT`` (both spell it alike)."""
-        return postgresql.insert(table) if self.postgres else sqlite.insert(table)
+        return dialect_insert(self.engine.dialect, table)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """``work(connection)`` in one transaction: committed when it returns, rolled back

@@ -55,6 +55,11 @@ class Str(TypeDecorator[str]):
 metadata = MetaData()
 
 
+def dialect_insert(dialect: Dialect, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT, which has ``ON CONFLICT`` (both dialects spell it alike)."""
+    return postgresql.insert(table) if dialect.name == "postgresql" else sqlite.insert(table)
+
+
 def _partial(name: str, *columns: str, where: str) -> Index:
     return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
 
@@ -129,10 +134,9 @@ deliveries = Table(
     # ``attempts`` counts every attempt ever made; the retry budget, those since the
     # last replay (which set this to the attempts made before it).
     Column("attempts_before_replay", Integer, nullable=False, server_default=text("0")),
-    # Its flow run as followed in Prefect (app.delivery.follow): the run's state (a
-    # RunState) and that state's time, the run's start and end; ``follow_due_at`` is when
-    # it is asked for next (NULL: not followed), and while ``follow_owner`` holds it, the
-    # end of that claim's lease.
+    # Its flow run as followed in Prefect (app.delivery.follow): the run's state (a RunState)
+    # and that state's time, the run's start and end; ``follow_due_at`` is when it is asked
+    # for next (NULL: not followed), and while ``follow_owner`` holds it, its lease's end.
     Column("run_state", String(16)),
     Column("run_state_at", Float),
     Column("run_started_at", Float),
@@ -246,13 +250,9 @@ def migrate(conn: Connection) -> None:
     else:
         for step in UPGRADES[version - 1 :]:
             step(conn)
-    upsert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(meta)
-    conn.execute(
-        upsert.on_conflict_do_update(
-            index_elements=[meta.c.key], set_={"value": upsert.excluded.value}
-        ),
-        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-    )
+    stamp = str(SCHEMA_VERSION)
+    upsert = dialect_insert(conn.dialect, meta).values(key="schema_version", value=stamp)
+    conn.execute(upsert.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stamp}))
 
 
 def _key_drop_in_events_by_target(conn: Connection) -> None:

@@ -6,11 +6,11 @@ each closes a set's windows whose deadline passed, under the set's lock
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from app.storage.database import Database
@@ -67,15 +67,76 @@ def _in_order(loads: dict[str, dict[str, Any]], members: Sequence[str]) -> list[
     return [{"member": member, **load} for member, load in ordered]
 
 
-def _run_state(conn: Connection, event_id: str | None) -> RunState | None:
-    """The state of the flow run a closed window's event made, as the events pages sum
-    it up (one query on the deliveries' event index; a window has one event)."""
-    if event_id is None:
-        return None
-    query = select(deliveries.c.run_state).where(
-        deliveries.c.event_id == event_id, deliveries.c.run_state.is_not(None)
-    )
-    return summed_run_state(RunState(state) for state in conn.scalars(query))
+# The most ids one statement binds: a page is at most this many windows (the API's limit),
+# and SQLite allows 32766 parameters, older builds 999.
+IDS_PER_STATEMENT = 500
+SETS_PER_STATEMENT = 200  # the sets whose newest windows one statement reads
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    return (ids[at : at + IDS_PER_STATEMENT] for at in range(0, len(ids), IDS_PER_STATEMENT))
+
+
+def _loads_of_windows(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each window's loads by member, for a page of windows in one query (on the loads'
+    ``(window_id, member)`` index), not one per window."""
+    found: dict[str, dict[str, Any]] = {window_id: {} for window_id in ids}
+    for chunk in _chunks(ids):
+        query = (
+            select(set_loads.c.window_id, set_loads.c.member, set_loads.c.load)
+            .where(set_loads.c.window_id.in_(chunk))
+            .order_by(set_loads.c.id)
+        )
+        for row in conn.execute(query):
+            found[row.window_id][row.member] = json.loads(row.load)
+    return found
+
+
+def _run_states(conn: Connection, event_ids: Sequence[str]) -> dict[str, RunState | None]:
+    """The state of the flow run each closed window's event made, as the events pages sum
+    it up: one query for the page (on the deliveries' event index), not one per window."""
+    found: dict[str, list[RunState]] = {event_id: [] for event_id in event_ids}
+    for chunk in _chunks(event_ids):
+        query = select(deliveries.c.event_id, deliveries.c.run_state).where(
+            deliveries.c.event_id.in_(chunk), deliveries.c.run_state.is_not(None)
+        )
+        for row in conn.execute(query):
+            found[row.event_id].append(RunState(row.run_state))
+    return {event_id: summed_run_state(states) for event_id, states in found.items()}
+
+
+def _views(
+    conn: Connection, rows: Sequence[Any], members: Mapping[str, Sequence[str]]
+) -> list[WindowView]:
+    """A page of windows as operators see them, in the order of ``rows``: two queries
+    after the windows' own (their loads, their runs' states), whatever the page's
+    length. An open window's missing members are those of ``members`` not loaded yet."""
+    loads = _loads_of_windows(conn, [row.id for row in rows])
+    states = _run_states(conn, [row.event_id for row in rows if row.event_id is not None])
+    found = []
+    for row in rows:
+        loaded = loads[row.id]
+        if row.state == WindowState.OPEN.value:
+            missing = [m for m in members.get(row.set_name, ()) if m not in loaded]
+        else:
+            missing = json.loads(row.missing) if row.missing else []
+        found.append(
+            WindowView(
+                id=row.id,
+                set_name=row.set_name,
+                window=row.window_key,
+                state=WindowState(row.state),
+                starts_at=row.starts_at,
+                deadline_at=row.deadline_at,
+                opened_at=row.opened_at,
+                closed_at=row.closed_at,
+                loads=_in_order(loaded, members.get(row.set_name, ())),
+                missing=missing,
+                event_id=row.event_id,
+                run_state=None if row.event_id is None else states[row.event_id],
+            )
+        )
+    return found
 
 
 class SetWindows:
@@ -169,33 +230,42 @@ class SetWindows:
         if set_name is not None:
             query = query.where(set_windows.c.set_name == set_name)
 
-        def read(conn: Connection) -> list[WindowView]:
-            found = []
-            for row in conn.execute(query.limit(limit)).all():
-                loads = loads_of(conn, row.id)
-                if row.state == WindowState.OPEN.value:
-                    missing = [m for m in members.get(row.set_name, ()) if m not in loads]
-                else:
-                    missing = json.loads(row.missing) if row.missing else []
-                found.append(
-                    WindowView(
-                        id=row.id,
-                        set_name=row.set_name,
-                        window=row.window_key,
-                        state=WindowState(row.state),
-                        starts_at=row.starts_at,
-                        deadline_at=row.deadline_at,
-                        opened_at=row.opened_at,
-                        closed_at=row.closed_at,
-                        loads=_in_order(loads, members.get(row.set_name, ())),
-                        missing=missing,
-                        event_id=row.event_id,
-                        run_state=_run_state(conn, row.event_id),
-                    )
-                )
-            return found
+        page = query.limit(limit)
+        return await self.database.read(
+            lambda conn: _views(conn, conn.execute(page).all(), members)
+        )
 
-        return await self.database.read(read)
+    async def recent(
+        self, members: Mapping[str, Sequence[str]], names: Sequence[str], per_set: int
+    ) -> dict[str, list[WindowView]]:
+        """Each named set's ``per_set`` newest windows, newest first (its open window
+        first, when it has one): the console's page and the CLI's ``sets``, in three
+        queries for up to 200 sets, each set's windows read on its own index."""
+        newest = [
+            select(set_windows)
+            .where(set_windows.c.set_name == name)
+            .order_by(set_windows.c.opened_at.desc(), set_windows.c.starts_at.desc())
+            .limit(per_set)
+            .subquery()
+            for name in names
+        ]
+        # SQLite takes no LIMIT on a member of a UNION (each set's is a subquery), and
+        # at most 500 members in one.
+        compounds = [
+            union_all(*(select(each) for each in newest[at : at + SETS_PER_STATEMENT]))
+            for at in range(0, len(newest), SETS_PER_STATEMENT)
+        ]
+
+        def read(conn: Connection) -> list[WindowView]:
+            rows = [row for compound in compounds for row in conn.execute(compound)]
+            return _views(conn, rows, members)
+
+        found: dict[str, list[WindowView]] = {name: [] for name in names}
+        for view in await self.database.read(read):
+            found[view.set_name].append(view)
+        for views in found.values():
+            views.sort(key=lambda v: (v.opened_at, v.starts_at), reverse=True)
+        return found
 
     async def joined_by(self, execution_id: str, plans: Mapping[str, SetPlan]) -> list[Joined]:
         """The windows a load is (still) in: what a redelivered webhook's answer repeats."""

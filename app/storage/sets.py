@@ -18,12 +18,11 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from app.ids import new_id
 from app.storage.records import NewDelivery
-from app.storage.schema import deliveries, events, set_loads, set_windows
+from app.storage.schema import deliveries, dialect_insert, events, set_loads, set_windows
 
 SETS_LOCK_KEY = 0x45505354  # pg_advisory_xact_lock(key, hashtext(set name)): "EPST"
 SET_EVENT = "set"  # the payload key of a window's event; its execution id: set/<name>/<window>
@@ -126,24 +125,19 @@ def join_sets(
         if window is None or window.state is not WindowState.OPEN:
             window = open_window(conn, plan, now, window)
         load = json.dumps(join.load, separators=(",", ":"), ensure_ascii=False)
-        for member in join.members:
-            row = {
-                "window_id": window.id,
-                "member": member,
-                "execution_id": execution_id,
-                "joined_at": now,
-                "load": load,
-            }
-            upsert = _dialect_insert(conn).values(row)
-            replaced = {"execution_id": execution_id, "joined_at": now, "load": load}
-            conn.execute(
-                upsert.on_conflict_do_update(index_elements=["window_id", "member"], set_=replaced)
-            )
+        replaced = {"execution_id": execution_id, "joined_at": now, "load": load}
+        # One statement for all the members the load is (distinct: a set lists a member
+        # once), the later load replacing an earlier one of the same member.
+        rows = [{"window_id": window.id, "member": m, **replaced} for m in join.members]
+        upsert = dialect_insert(conn.dialect, set_loads).values(rows)
+        conn.execute(
+            upsert.on_conflict_do_update(index_elements=["window_id", "member"], set_=replaced)
+        )
         loads = loads_of(conn, window.id)
         missing = tuple(m for m in plan.members if m not in loads)
         state = WindowState.OPEN
         if not missing:
-            closed.append(close_window(conn, plan, window, now, late=False))
+            closed.append(close_window(conn, plan, window, now, late=False, loaded=loads))
             state = WindowState.COMPLETED
         joined.append(
             Joined(plan.name, window.window, join.members, state, window.deadline_at, missing)
@@ -158,12 +152,6 @@ class Window:
     state: WindowState
     starts_at: float
     deadline_at: float
-
-
-def _dialect_insert(conn: Connection) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(set_loads)
-    return sqlite.insert(set_loads)
 
 
 def window_of(row: Any) -> Window:
@@ -209,11 +197,18 @@ def loads_of(conn: Connection, window_id: str) -> dict[str, dict[str, Any]]:
 
 
 def close_window(
-    conn: Connection, plan: SetPlan, window: Window, now: float, *, late: bool
+    conn: Connection,
+    plan: SetPlan,
+    window: Window,
+    now: float,
+    *,
+    late: bool,
+    loaded: dict[str, dict[str, Any]] | None = None,
 ) -> Closed:
     """Close the window and store its event with its deliveries, in the caller's
-    transaction (under the set's lock)."""
-    by_member = loads_of(conn, window.id)
+    transaction (under the set's lock); ``loaded``: its loads by member, when the caller
+    has just read them (:func:`loads_of`)."""
+    by_member = loads_of(conn, window.id) if loaded is None else loaded
     loads = [{"member": m, **by_member[m]} for m in plan.members if m in by_member]
     missing = [m for m in plan.members if m not in by_member]
     run = not late or (plan.run_when_late and bool(loads))

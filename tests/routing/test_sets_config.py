@@ -23,7 +23,7 @@ from app.config import ConfigurationError, Settings
 from app.intake.diagnose import simulate
 from app.routing.event import ErathosEvent
 from app.routing.routes_file import Routing, load_routes_file
-from app.routing.sets import Member
+from app.routing.sets import Member, joining
 from app.routing.templates import template_lookup
 from app.routing.windows import Daily, Within
 from app.service import connect
@@ -33,8 +33,11 @@ from app.storage.schema import SCHEMA_VERSION, meta, set_loads, set_windows
 from app.storage.set_windows import SetWindows
 from app.storage.sets import Placed, SetJoin, SetPlan, WindowState
 from app.storage.store import Store
+from tests.support.console import sign_in
 from tests.support.inprocess import SettingsFactory, open_client
 from tests.support.setfiles import load, send, windows
+from tests.support.statements import listening, reading
+from tests.support.stores import load_into, open_store, set_plan
 from tests.support.tokens import ADMIN_TOKEN, auth
 from tests.support.waiting import ManualClock
 from tools.localprefect import PrefectServer
@@ -137,7 +140,8 @@ def test_only_finished_loads_count_unless_the_set_says_otherwise(
         make_settings, tmp_path, a_set(), a_set(name="all", rules=[any_status])
     ).router
 
-    assert [s.name for s in router.decide(failed.model_copy(update={"rows": 1})).sets] == ["all"]
+    joined = router.decide(failed.model_copy(update={"rows": 1})).sets
+    assert [s.table_set.name for s in joined] == ["all"]
 
 
 SAO_PAULO = Daily(clock_time(7, 0), "America/Sao_Paulo")  # UTC-3: 07:00 there is 10:00 UTC
@@ -230,6 +234,46 @@ async def test_a_completed_window_is_closed_once_and_a_later_load_opens_the_next
     assert [x["table_name"] for x in completed.loads] == ["orders", "customers"]
     assert after.closed == []
     assert after.joined[0].window != completed.window
+
+
+@pytest.mark.anyio
+@pytest.mark.every_database
+async def test_a_load_completing_a_window_as_two_members_writes_and_reads_its_loads_once(
+    store: Store,
+) -> None:
+    both = ("orders", "raw_shop.orders")  # a load of raw_shop.orders is both
+    execution_id = str(uuid.uuid4())
+    load = {"execution_id": execution_id, "table_name": "orders", "rows": 1}
+    new = NewEvent(execution_id=execution_id, payload={}, sets=[SetJoin(plan(both), both, load)])
+    on_loads: list[str] = []
+
+    def keep(statement: str, _parameters: Any) -> None:
+        if "set_loads" in statement:
+            on_loads.append(statement.split()[0])
+
+    with listening([store.database.engine], keep):
+        recorded = await store.record_event(new)
+
+    [completed] = recorded.closed
+    assert [(x["member"], x["execution_id"]) for x in completed.loads] == [
+        ("orders", execution_id),
+        ("raw_shop.orders", execution_id),
+    ]
+    assert on_loads == ["INSERT", "SELECT"]  # not once per member, nor read again to close
+
+
+def test_a_load_is_matched_to_a_set_once_and_joins_it_with_the_routers_one_plan(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    router = compiled(make_settings, tmp_path, a_set()).router
+    orders = event(schema_name="raw_shop", table_name="orders", status="FINISHED", rows="5")
+
+    decisions = [router.decide(orders) for _ in range(2)]
+    joins = [joining(decision.sets, router.set_plans, orders) for decision in decisions]
+
+    assert [[m.members for m in d.sets] for d in decisions] == [[("raw_shop.orders",)]] * 2
+    assert [[j.members for j in each] for each in joins] == [[("raw_shop.orders",)]] * 2
+    assert joins[0][0].plan is joins[1][0].plan is router.set_plans["shop"]
 
 
 @pytest.mark.anyio
@@ -350,6 +394,52 @@ def test_the_cli_sets_shows_what_arrived_and_what_is_missing(
     assert "no open window" in out
     assert main(["sets", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["members"] == ROUTES_WITH_A_SET["sets"][0]["members"]
+
+
+@pytest.mark.anyio
+async def test_the_sets_views_read_all_their_windows_loads_in_one_statement(
+    make_settings: SettingsFactory,
+    cli_environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    members = {"shop": ("raw_shop.orders", "raw_shop.customers"), "ads": ("raw_ads.clicks",)}
+    path = tmp_path / "routes.json"
+    document = {"sets": [a_set(name=n, members=list(m)) for n, m in members.items()]}
+    path.write_text(json.dumps(document))
+    settings = make_settings(routes_file=path, admin_token=ADMIN_TOKEN)
+    store = await open_store(settings.database_url)
+    try:
+        for name, its_members in members.items():
+            plan = set_plan(name, its_members)
+            for _ in range(4):  # four completed windows
+                for member in its_members:
+                    await load_into(store, plan, member)
+            await load_into(store, plan, its_members[0])  # and one more: shop's is open
+    finally:
+        await store.database.close()
+    cli_environment.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    cli_environment.setenv("BRIDGE_ROUTES_FILE", str(path))
+
+    async with open_client(settings) as client:
+        await sign_in(client)
+        with reading("set_loads") as by_api:
+            answer = await client.get("/sets/shop/windows", headers=auth(ADMIN_TOKEN))
+        with reading("set_loads") as by_sets:
+            listed = await client.get("/sets", headers=auth(ADMIN_TOKEN))
+        with reading("set_loads") as by_console:
+            page = await client.get("/ui/sets")
+    with reading("set_loads") as by_cli:
+        assert await asyncio.to_thread(main, ["sets"]) == 0
+
+    assert len(answer.json()["windows"]) == 5
+    [shop, ads] = listed.json()["sets"]
+    assert shop["open_window"]["missing"] == ["raw_shop.customers"]
+    assert ads["open_window"] is None  # its one member completes each window at once
+    assert page.text.count("complete</td>") == 9
+    assert capsys.readouterr().out.count("last window") == 2
+    # Once for the whole page, not once per window (nor per set).
+    assert [len(by_api), len(by_sets), len(by_console), len(by_cli)] == [1, 1, 1, 1]
 
 
 def test_check_renders_a_sets_parameters_against_the_deployments_schema(

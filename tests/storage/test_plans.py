@@ -5,12 +5,8 @@ make it minutes (figure 10 in bench/README.md measures them at that size)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from app.storage.database import Database
@@ -19,32 +15,10 @@ from app.storage.maintenance import prune_finished
 from app.storage.records import DeliveryState, EventState
 from app.storage.set_windows import SetWindows
 from app.storage.store import Store
-from tests.support.stores import finished, record
+from tests.support.statements import Statement, captured
+from tests.support.stores import finished, load_into, record, set_plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
-
-Statement = tuple[str, Any]
-
-
-@contextmanager
-def captured(database: Database) -> Iterator[list[Statement]]:
-    """The SELECTs (and DELETEs) run on the store's engines meanwhile, with their
-    parameters as the driver got them."""
-    found: list[Statement] = []
-    engines = [database.engine, *([database.reads.engine] if database.reads else [])]
-    sync = [getattr(engine, "sync_engine", engine) for engine in engines]
-
-    def keep(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith(("SELECT", "DELETE")):
-            found.append((statement, parameters))
-
-    for engine in sync:
-        event.listen(engine, "before_cursor_execute", keep)
-    try:
-        yield found
-    finally:
-        for engine in sync:
-            event.remove(engine, "before_cursor_execute", keep)
 
 
 async def plan_of(database: Database, url: str, statement: Statement) -> str:
@@ -69,7 +43,7 @@ def scans_a_whole_table(plan: str, postgres: bool) -> bool:
         return "Seq Scan" in plan
     # "SCAN <table>" without "USING ... INDEX" reads every row (subqueries and constant
     # rows are scanned too, harmlessly).
-    tables = ("events", "deliveries", "attempts", "bridge_meta")
+    tables = ("events", "deliveries", "attempts", "bridge_meta", "set_windows", "set_loads")
     return any(
         line.strip().split(" ")[:2] in (["SCAN", t] for t in tables) and " USING " not in line
         for line in plan.splitlines()
@@ -84,6 +58,9 @@ async def test_every_operator_query_is_planned_on_an_index(
     await record(store, "pending")
     await record(store, "ignored", routes=())
     cursor = (first.event.received_at, first.event.id)
+    shop = set_plan("shop", ("orders", "customers"))
+    for member in ("orders", "customers", "orders"):  # a completed window, an open one
+        await load_into(store, shop, member)
 
     with captured(database) as statements:
         for state in EventState:
@@ -107,6 +84,7 @@ async def test_every_operator_query_is_planned_on_an_index(
         await windows.windows({}, limit=50)
         await windows.windows({}, open_only=True, limit=500)
         await windows.windows({"shop": ["orders"]}, set_name="shop", limit=50)
+        await windows.recent({"shop": ["orders"]}, ["shop", "other"], per_set=31)
 
     plans = [(sql, await plan_of(database, database_url, (sql, p))) for sql, p in statements]
     scans = [(sql, plan) for sql, plan in plans if scans_a_whole_table(plan, database.postgres)]

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Table, func, select, update
 
+from app.routing.windows import Within
 from app.storage.database import Database
 from app.storage.history import History
 from app.storage.records import (
@@ -22,6 +23,7 @@ from app.storage.records import (
     NewEvent,
     Recorded,
 )
+from app.storage.sets import SetJoin, SetPlan
 from app.storage.store import Clock, Store
 
 CONNECTION = "prefect"
@@ -137,3 +139,21 @@ async def delivery(history: History, delivery_id: str) -> DeliveryRecord:
     found = await history.get_delivery(delivery_id)
     assert found is not None
     return found
+
+
+def set_plan(name: str, members: tuple[str, ...]) -> SetPlan:
+    """A set whose windows close an hour after they open, each closing making one flow
+    run delivery (``set:<name>``)."""
+
+    def made(window: str, late: bool, run: bool) -> list[NewDelivery]:
+        return [NewDelivery(f"set:{name}", CONNECTION, f"set:{name}:{window}")] if run else []
+
+    return SetPlan(name, members, Within(3600), True, made)
+
+
+async def load_into(store: Store, plan: SetPlan, member: str, rows: int = 1) -> Recorded:
+    """A load of ``member`` joining ``plan``'s set, stored."""
+    execution_id = uuid.uuid4().hex
+    load = {"execution_id": execution_id, "table_name": member, "rows": rows, "status": "FINISHED"}
+    joins = [SetJoin(plan, (member,), load)]
+    return await store.record_event(NewEvent(execution_id=execution_id, payload={}, sets=joins))
