@@ -1,10 +1,12 @@
 """The follower's queries (app.delivery.follow) and what operators read of them: flow runs
 claimed for a look at Prefect (leased like deliveries, so replicas never ask for one run
-at once and a dead replica's runs are taken over), each change recorded on its delivery,
-the day's runs by final state, the freshness histogram per route and the runs followed.
+at once and a dead replica's runs are taken over, but only once a read found one due),
+each change recorded on its delivery, the day's runs by final state, the freshness
+histogram per route and the runs followed.
 
-Every query is planned on one of schema's partial indexes (``FOLLOW_INDEXES``) or on the
-freshness table's hour, so none reads more than the runs followed or a day's rows.
+Every query is planned on one of schema's partial indexes (``FOLLOW_INDEXES``), on the
+events' key (those of runs that ended) or on the freshness table's hour, so none reads
+more than the runs followed or a day's rows.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """BRIDGE_FOLLOW_RUNS=false, against the real Prefect server: the service asks Prefect
 nothing of its runs (no follower task, no request counted), the run it makes reads "not
 followed" in the admin API and ``/metrics``, and a run it followed before the switch is
-no longer claimed to be followed (it keeps its state as last seen)."""
+no longer claimed to be followed (it keeps its state as last seen); the console's
+overview says following is off."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from app.storage.history import History
+from tests.support.console import sign_in
 from tests.support.erathos import webhook_body
 from tests.support.follow import delivered
 from tests.support.inprocess import SettingsFactory, open_client
@@ -73,8 +75,11 @@ async def test_with_following_off_no_run_is_asked_for_and_every_run_reads_not_fo
         await eventually(delivered_now, within=30, what="the webhook's run made")
         events = {event["execution_id"]: event for event in await listed(client)}
         scraped = (await client.get("/metrics")).text
+        await sign_in(client)
+        overview = (await client.get("/ui/")).text
 
     assert following == []  # no follower task: nothing would ask Prefect for a run
+    assert "Following flow runs is off" in overview
     [made] = events[body["execution_id"]]["deliveries"]
     assert made["flow_run_id"] is not None
     assert (made["followed"], made["run_state"]) == (False, None)
