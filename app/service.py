@@ -177,18 +177,25 @@ async def open_bridge(
             await dispatcher.start()
             _, deliveries_grace = shutdown_budget(settings)
             stack.push_async_callback(dispatcher.stop, deliveries_grace)
-            # Beside the dispatcher, never in a delivery's way; stopped before it.
-            follower = Follower(
-                runs,
-                connections,
-                dispatcher.status,
-                FollowPolicy.from_settings(settings),
-                metrics,
-                dispatcher.owner,
-                settings.retention.total_seconds(),
-            )
-            await follower.start()
-            stack.push_async_callback(follower.stop)
+            if settings.follow_runs:
+                # Beside the dispatcher, never in a delivery's way; stopped before it.
+                follower = Follower(
+                    runs,
+                    connections,
+                    dispatcher.status,
+                    FollowPolicy.from_settings(settings),
+                    metrics,
+                    dispatcher.owner,
+                    settings.retention.total_seconds(),
+                )
+                await follower.start()
+                stack.push_async_callback(follower.stop)
+            else:
+                # Runs followed before it was turned off keep their last state; none
+                # claims to be followed (the console, the admin API, the gauge). The
+                # freshness past BRIDGE_RETENTION goes, as the follower would prune it.
+                await runs.stop_following()
+                await runs.prune(clock() - settings.retention.total_seconds())
             # A connection whose circuit has opened already is being probed by its gate.
             watch.start(skip=lambda name: dispatcher.status()[name].circuit is not Circuit.CLOSED)
         interval = settings.poll_interval.total_seconds()

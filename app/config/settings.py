@@ -107,7 +107,9 @@ class Settings(PrefectSettings, StoreSettings):
     lease: Duration = Field(timedelta(seconds=60), validation_alias="BRIDGE_LEASE")
     poll_interval: Duration = Field(timedelta(seconds=1), validation_alias="BRIDGE_POLL_INTERVAL")
     # Following flow runs to their end (app.delivery.follow): at most one request per
-    # connection per interval, for runs delivered up to follow_for ago.
+    # connection per interval, for runs delivered up to follow_for ago. Off: no request
+    # for runs at all (runs followed elsewhere, or an API key that may not read them).
+    follow_runs: bool = Field(True, validation_alias="BRIDGE_FOLLOW_RUNS")
     follow_interval: Duration = Field(
         timedelta(seconds=5), validation_alias="BRIDGE_FOLLOW_INTERVAL"
     )

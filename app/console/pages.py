@@ -69,6 +69,7 @@ def add_pages(app: FastAPI) -> None:
             "connections": connections,
             "queued": sum(count for count, _ in queued.values()),
             "run_counts": final_counts(finals),
+            "following": bridge.settings.follow_runs,
             "freshness": freshness_rows(freshness),
             "now": now,
         }

@@ -79,6 +79,7 @@ class Dispatcher:
         self.lease = settings.lease.total_seconds()
         self.poll_interval = settings.poll_interval.total_seconds()
         self.retention = settings.retention.total_seconds()
+        self.follow_runs = settings.follow_runs  # off: a run made is marked not followed
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         cap = self.policy.cap
         self.gates = {
@@ -302,6 +303,7 @@ class Dispatcher:
         delivery = claim.delivery
         now = self.store.clock()
         update, retry_in = plan_next(delivery, result, self.policy, now)
+        update = replace(update, followed=self.follow_runs)
         if update.flow_run_id is not None and connection is not None:
             update = replace(update, flow_run_url=connection.flow_run_url(update.flow_run_id))
         connection_name = connection.name if connection is not None else delivery.connection

@@ -2,13 +2,15 @@
 CRASHED or CANCELLED, or gone from Prefect; at most BRIDGE_FOLLOW_FOR after its delivery.
 
 One task per connection, beside the dispatcher and never in a delivery's way: each round
-it leases the runs due for a look (:class:`app.storage.runs.Runs`, as deliveries are
-leased, so replicas never ask for one run at once and a dead replica's runs are taken
-over), asks Prefect for them in one ``POST /flow_runs/filter`` by ids, and records what
-changed. A connection gets at most one such request per BRIDGE_FOLLOW_INTERVAL (per
-replica), however many runs are followed: with more than a batch due, each run is asked
-for less often, the most overdue first. While the connection's circuit is open nothing
-is asked; the runs stay due and are caught up when it closes. :func:`plan_seen` is the
+it reads whether any run is due (a read: an idle round writes nothing), leases the runs
+due for a look (:class:`app.storage.runs.Runs`, as deliveries are leased, so replicas
+never ask for one run at once and a dead replica's runs are taken over), asks Prefect
+for them in one ``POST /flow_runs/filter`` by ids, reads the events of those that ended
+(their freshness) and records what changed. A connection gets at most one such request
+per BRIDGE_FOLLOW_INTERVAL (per replica), however many runs are followed: with more than
+a batch due, each run is asked for less often, the most overdue first. While the
+connection's circuit is open nothing is asked; the runs stay due and are caught up when
+it closes. With BRIDGE_FOLLOW_RUNS off no task runs at all. :func:`plan_seen` is the
 per-batch work, a plain function.
 """
 
@@ -33,7 +35,7 @@ from app.errors import StoreUnavailable
 from app.routing.event import ErathosEvent
 from app.routing.sets import SET_ROUTE_PREFIX
 from app.storage.records import FINAL_RUN_STATES, TERMINAL_RUN_STATES, RunState
-from app.storage.runs import Followed, Freshness, Runs, RunSeen
+from app.storage.runs import Followed, Freshness, Origin, Runs, RunSeen
 from app.storage.sets import SET_EVENT
 
 log = structlog.get_logger("erathos_prefect_bridge.delivery.follow")
@@ -60,39 +62,64 @@ class FollowPolicy:
 
 
 def plan_seen(
-    followed: Sequence[Followed], answer: Sequence[Any], now: float, policy: FollowPolicy
+    followed: Sequence[Followed],
+    answer: Sequence[Any],
+    now: float,
+    policy: FollowPolicy,
+    origins: Mapping[str, Origin] | None = None,
 ) -> list[RunSeen]:
     """What Prefect's answer (its flow runs, a list) says of each run asked for: its state
     and times, when it is asked for next (never, once final or past the follow period),
-    and its freshness once it ended. A run not in the answer is gone."""
-    by_id = {str(run.get("id")): run for run in answer if isinstance(run, dict)}
+    and, once it ended, its freshness (when ``origins`` has its event: see
+    :func:`ended`). A run not in the answer is gone."""
+    by_id = _by_id(answer)
     seen = []
     for run in followed:
         found = by_id.get(run.flow_run_id)
         if found is None:
             seen.append(RunSeen(run.delivery_id, RunState.GONE, due_at=None))
             continue
-        state = _state_of(found)
-        if state is None:
-            state = run.run_state or RunState.PENDING  # a state this release cannot name
+        state = _seen_state(run, found)
         due_at = None if state in FINAL_RUN_STATES else now + policy.interval
         if due_at is not None and now - run.delivered_at >= policy.follow_for:
             due_at = None  # followed long enough: it stays as last seen
         state_info = found.get("state") if isinstance(found.get("state"), dict) else {}
         # Never without a time: the day's counts by final state read it.
         state_at = (_epoch(state_info.get("timestamp")) if state_info else None) or now
-        started, ended = _epoch(found.get("start_time")), _epoch(found.get("end_time"))
+        started, ended_at = _epoch(found.get("start_time")), _epoch(found.get("end_time"))
         freshness = None
-        if state in TERMINAL_RUN_STATES:
-            end = ended or state_at or now
+        origin = (origins or {}).get(run.event_id)
+        if state in TERMINAL_RUN_STATES and origin is not None:
+            end = ended_at or state_at or now
             freshness = Freshness(
                 run.route,
                 end,
-                from_finish=_minus(end, erathos_finished_at(run.payload, run.route)),
-                from_receipt=max(0.0, end - run.received_at),
+                from_finish=_minus(end, erathos_finished_at(origin.payload, run.route)),
+                from_receipt=max(0.0, end - origin.received_at),
             )
-        seen.append(RunSeen(run.delivery_id, state, state_at, started, ended, due_at, freshness))
+        seen.append(RunSeen(run.delivery_id, state, state_at, started, ended_at, due_at, freshness))
     return seen
+
+
+def ended(followed: Sequence[Followed], answer: Sequence[Any]) -> list[Followed]:
+    """The runs Prefect's answer says ended: only their events are read (for their
+    freshness), and only once Prefect has answered."""
+    by_id = _by_id(answer)
+    return [
+        run
+        for run in followed
+        if (found := by_id.get(run.flow_run_id)) is not None
+        and _seen_state(run, found) in TERMINAL_RUN_STATES
+    ]
+
+
+def _by_id(answer: Sequence[Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(run.get("id")): run for run in answer if isinstance(run, dict)}
+
+
+def _seen_state(run: Followed, found: Mapping[str, Any]) -> RunState:
+    # A state this release cannot name: the run stays as it was last seen.
+    return _state_of(found) or run.run_state or RunState.PENDING
 
 
 def _state_of(run: Mapping[str, Any]) -> RunState | None:
@@ -199,10 +226,13 @@ class Follower:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.policy.interval)
 
     async def follow_once(self, name: str) -> list[RunSeen]:
-        """One round for one connection: claim the runs due, ask Prefect once, record what
-        it said; returns what was recorded. Nothing is asked while the circuit is open."""
+        """One round for one connection: claim the runs due (only once a read found one),
+        ask Prefect once, read the events of the runs that ended, record what it said;
+        returns what was recorded. Nothing is asked while the circuit is open."""
         status = self.status().get(name)
         if status is not None and status.circuit is not Circuit.CLOSED:
+            return []
+        if not await self.runs.any_due(name):  # most rounds: a read, and no write at all
             return []
         claimed = await self.runs.claim(self.owner, name, FOLLOW_BATCH, self.policy.lease)
         if not claimed:
@@ -217,7 +247,9 @@ class Follower:
             await self.runs.release(self.owner, again, due_at=now + self.policy.interval)
             await self.runs.release(self.owner, done, due_at=None)  # BRIDGE_FOLLOW_FOR is up
             return []
-        recorded = await self.runs.record(self.owner, plan_seen(claimed, answer, now, self.policy))
+        origins = await self.runs.origins([run.event_id for run in ended(claimed, answer)])
+        seen = plan_seen(claimed, answer, now, self.policy, origins)
+        recorded = await self.runs.record(self.owner, seen)
         routes = {run.delivery_id: run.route for run in claimed}
         for run in recorded:
             if run.state in FINAL_RUN_STATES:

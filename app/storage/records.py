@@ -205,6 +205,7 @@ class DeliveryUpdate:
     flow_run_url: str | None = None
     finished_at: float | None = None
     next_attempt_at: float | None = None
+    followed: bool = True  # its flow run, if it made one (False: BRIDGE_FOLLOW_RUNS is off)
 
     def columns(self) -> dict[str, Any]:
         """The delivery's columns to set: the three always, the others when given."""
@@ -216,7 +217,8 @@ class DeliveryUpdate:
         for name in ("flow_run_id", "flow_run_url", "finished_at", "next_attempt_at"):
             if (value := getattr(self, name)) is not None:
                 values[name] = value
-        if self.state is DeliveryState.DELIVERED and self.flow_run_id is not None:
+        made = self.state is DeliveryState.DELIVERED and self.flow_run_id is not None
+        if made and self.followed:
             # A flow run made (or found): followed from now on, until its state is final.
             values["follow_due_at"] = self.finished_at
         return values

@@ -1,10 +1,12 @@
 """The follower's queries (app.delivery.follow) and what operators read of them: flow runs
 claimed for a look at Prefect (leased like deliveries, so replicas never ask for one run
-at once and a dead replica's runs are taken over), each change recorded on its delivery,
-the day's runs by final state, the freshness histogram per route and the runs followed.
+at once and a dead replica's runs are taken over, but only once a read found one due),
+each change recorded on its delivery, the day's runs by final state, the freshness
+histogram per route and the runs followed.
 
-Every query is planned on one of schema's partial indexes (``FOLLOW_INDEXES``) or on the
-freshness table's hour, so none reads more than the runs followed or a day's rows.
+Every query is planned on one of schema's partial indexes (``FOLLOW_INDEXES``), on the
+events' key (those of runs that ended) or on the freshness table's hour, so none reads
+more than the runs followed or a day's rows.
 """
 
 from __future__ import annotations
@@ -34,15 +36,23 @@ HOUR = 3600
 
 @dataclass(frozen=True)
 class Followed:
-    """A flow run this process holds the follow lease on, with what its freshness needs."""
+    """A flow run this process holds the follow lease on."""
 
     delivery_id: str
+    event_id: str  # its event's :class:`Origin`, read only once the run ended
     flow_run_id: str
     route: str
     connection: str
     run_state: RunState | None
     delivered_at: float  # when the run was made (or found)
-    received_at: float  # the event's arrival
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What an ended run's freshness needs of its event: when it arrived, and its body
+    (Erathos's finish time, or a set's loads)."""
+
+    received_at: float
     payload: dict[str, Any]
 
 
@@ -82,22 +92,20 @@ class Runs:
     def __init__(self, database: Database, clock: Clock = time.time) -> None:
         self.database = database
         self.clock = clock
-        due = (
-            select(deliveries.c.id)
-            .where(
-                deliveries.c.connection == bindparam("b_connection"),
-                deliveries.c.follow_due_at.is_not(None),
-                deliveries.c.follow_due_at <= bindparam("b_now"),
-            )
-            .order_by(deliveries.c.follow_due_at)
-            .limit(bindparam("b_limit"))
+        # Both on the followed index: (connection, follow_due_at), its rows the runs followed.
+        due = select(deliveries.c.id).where(
+            deliveries.c.connection == bindparam("b_connection"),
+            deliveries.c.follow_due_at.is_not(None),
+            deliveries.c.follow_due_at <= bindparam("b_now"),
         )
+        self._any_due = due.limit(1)
+        claimable = due.order_by(deliveries.c.follow_due_at).limit(bindparam("b_limit"))
         if database.postgres:
-            due = due.with_for_update(skip_locked=True)  # replicas skip each other's rows
+            claimable = claimable.with_for_update(skip_locked=True)  # replicas skip each other's
         # Claimed: due again only once the lease has run out (its holder died, say).
         self._claim = (
             update(deliveries)
-            .where(deliveries.c.id.in_(due.scalar_subquery()))
+            .where(deliveries.c.id.in_(claimable.scalar_subquery()))
             .values(follow_owner=bindparam("b_owner"), follow_due_at=bindparam("b_expires"))
             .returning(
                 deliveries.c.id,
@@ -115,8 +123,17 @@ class Runs:
             set_={"runs": run_freshness.c.runs + 1},
         )
 
+    async def any_due(self, connection: str) -> bool:
+        """Whether any of a connection's runs is due for a look: a read, beside the writes,
+        so that a round with nothing due (most of them) takes no writer's turn and no
+        lock. Another replica may claim them meanwhile: :meth:`claim` is what decides."""
+        params = {"b_connection": connection, "b_now": self.clock()}
+        found = await self.database.read(lambda conn: conn.execute(self._any_due, params).first())
+        return found is not None
+
     async def claim(self, owner: str, connection: str, limit: int, lease: float) -> list[Followed]:
-        """Lease up to ``limit`` of a connection's runs due for a look, the most overdue first."""
+        """Lease up to ``limit`` of a connection's runs due for a look, the most overdue
+        first: one UPDATE, nothing else read in its transaction."""
         now = self.clock()
         params = {
             "b_connection": connection,
@@ -127,30 +144,31 @@ class Runs:
         }
 
         def work(conn: Connection) -> list[Followed]:
-            claimed = conn.execute(self._claim, params).all()
-            if not claimed:
-                return []
-            found = conn.execute(
-                select(events.c.id, events.c.received_at, events.c.payload).where(
-                    events.c.id.in_({row.event_id for row in claimed})
-                )
-            )
-            by_id = {row.id: row for row in found}
             return [
                 Followed(
                     row.id,
+                    row.event_id,
                     str(row.flow_run_id),
                     row.route,
                     row.connection,
                     RunState(row.run_state) if row.run_state else None,
                     float(row.finished_at or now),
-                    float(by_id[row.event_id].received_at),
-                    json.loads(by_id[row.event_id].payload),
                 )
-                for row in claimed
+                for row in conn.execute(self._claim, params)
             ]
 
         return await self.database.run(work)
+
+    async def origins(self, event_ids: Sequence[str]) -> dict[str, Origin]:
+        """The events of runs that ended, by id (a pruned one is missing): read after
+        Prefect answered, on the reads' path, never inside a claim."""
+        if not event_ids:
+            return {}
+        query = select(events.c.id, events.c.received_at, events.c.payload).where(
+            events.c.id.in_(set(event_ids))
+        )
+        rows = await self.database.read(lambda conn: conn.execute(query).all())
+        return {row.id: Origin(float(row.received_at), json.loads(row.payload)) for row in rows}
 
     async def record(self, owner: str, seen: Sequence[RunSeen]) -> list[RunSeen]:
         """Store what Prefect said, in one transaction: each run's state and next look,
@@ -202,6 +220,16 @@ class Runs:
             .values(follow_owner=None, follow_due_at=due_at)
         )
         await self.database.run(lambda conn: conn.execute(given_back))
+
+    async def stop_following(self) -> int:
+        """No run is followed any more (BRIDGE_FOLLOW_RUNS is off): each keeps its state as
+        last seen, and nothing claims to follow it. Returns how many were followed."""
+        stopped = (
+            update(deliveries)
+            .where(deliveries.c.follow_due_at.is_not(None))
+            .values(follow_owner=None, follow_due_at=None)
+        )
+        return int(await self.database.run(lambda conn: conn.execute(stopped).rowcount))
 
     async def followed(self) -> dict[str, int]:
         """Per connection, the runs still followed (the gauge), on the followed index."""

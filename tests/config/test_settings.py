@@ -245,6 +245,9 @@ def test_a_minimal_environment_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
         pytest.param({"PREFECT_UI_URL": "localhost:4200"}, "PREFECT_UI_URL", id="ui-not-absolute"),
         pytest.param({"BRIDGE_DROPIN": "sometimes"}, "BRIDGE_DROPIN", id="dropin-not-a-boolean"),
         pytest.param(
+            {"BRIDGE_FOLLOW_RUNS": "sometimes"}, "BRIDGE_FOLLOW_RUNS", id="follow-not-a-boolean"
+        ),
+        pytest.param(
             {"BRIDGE_DROPIN_ALLOW": "dbt-build"}, "BRIDGE_DROPIN_ALLOW", id="dropin-allow-name"
         ),
         pytest.param(

@@ -6,11 +6,16 @@ request per round. The follower's rounds are called directly, the clock moved by
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import PREFECT_API_VERSION
 from app.delivery.client import PrefectConnection
@@ -18,6 +23,7 @@ from app.delivery.follow import (
     FOLLOW_BATCH,
     Follower,
     FollowPolicy,
+    ended,
     erathos_finished_at,
     plan_seen,
 )
@@ -27,9 +33,10 @@ from app.metrics import Metrics
 from app.storage.database import Database
 from app.storage.history import History
 from app.storage.records import RunState
-from app.storage.runs import Followed, Runs
+from app.storage.runs import Followed, Origin, Runs
 from app.storage.store import Store
 from tests.support.follow import delivered, new_flow_run, set_run_state
+from tests.support.stores import open_store
 from tests.support.waiting import ManualClock
 from tools.localprefect import PrefectServer
 
@@ -207,9 +214,7 @@ def test_what_prefects_answer_says_of_each_run() -> None:
     now = finished + 600
 
     def followed(name: str, delivered_at: float = received) -> Followed:
-        return Followed(
-            name, f"run-{name}", "dbt", CONNECTION, None, delivered_at, received, payload
-        )
+        return Followed(name, f"event-{name}", f"run-{name}", "dbt", CONNECTION, None, delivered_at)
 
     answer = [
         {
@@ -224,7 +229,9 @@ def test_what_prefects_answer_says_of_each_run() -> None:
     ]
     runs = [followed("done"), followed("going"), followed("old", now - 86400), followed("deleted")]
 
-    done, going, old, deleted = plan_seen(runs, answer, now, POLICY)
+    origins = {f"event-{name}": Origin(received, payload) for name in ("done", "going")}
+    assert [run.delivery_id for run in ended(runs, answer)] == ["done"]  # its event is read
+    done, going, old, deleted = plan_seen(runs, answer, now, POLICY, origins)
 
     assert done.state is RunState.COMPLETED
     assert done.due_at is None
@@ -250,10 +257,10 @@ def test_a_sets_run_is_as_fresh_as_its_last_members_load() -> None:
     ]
     window = {"set": {"name": "shop", "window": "w", "loads": loads, "missing": []}}
     last = datetime(2026, 12, 7, 6, 20, tzinfo=UTC).timestamp()
-    run = Followed("d", "run-d", "set:shop", CONNECTION, None, last, last, window)
+    run = Followed("d", "event-d", "run-d", "set:shop", CONNECTION, None, last)
     answer = [{"id": "run-d", "state": {"type": "FAILED"}, "end_time": "2026-12-07T06:25:00Z"}]
 
-    [seen] = plan_seen([run], answer, last + 600, POLICY)
+    [seen] = plan_seen([run], answer, last + 600, POLICY, {"event-d": Origin(last, window)})
 
     assert seen.freshness is not None
     assert seen.freshness.route == "set:shop"
@@ -364,3 +371,130 @@ async def test_a_run_prefect_never_answers_for_stops_being_followed_after_follow
     assert stopped is not None
     assert (stopped.follow_owner, stopped.follow_due_at) == (None, None)
     assert await runs.followed() == {}
+
+
+@contextmanager
+def writes_begun(database: Database) -> Iterator[list[object]]:
+    """Each transaction begun meanwhile on the store's writes' engine (SQLite's one writer
+    and its write lock, PostgreSQL's writes' pool); reads have engines of their own."""
+    engine = database.engine
+    writes = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    begun: list[object] = []
+
+    def seen(conn: object) -> None:
+        begun.append(conn)
+
+    event.listen(writes, "begin", seen)
+    try:
+        yield begun
+    finally:
+        event.remove(writes, "begin", seen)
+
+
+@pytest.mark.every_database
+async def test_a_round_with_nothing_due_writes_nothing(
+    store: Store,
+    database: Database,
+    runs: Runs,
+    connection: PrefectConnection,
+    prefect: PrefectServer,
+    flow_id: str,
+    now_clock: ManualClock,
+) -> None:
+    """Most rounds find nothing due (every 5 s, per connection and replica): they read,
+    and take no writer's turn; a round with a run due claims and records it."""
+    metrics = Metrics([CONNECTION])
+    following = follower(runs, connection, metrics)
+    with writes_begun(database) as begun:
+        assert await following.follow_once(CONNECTION) == []  # nothing followed yet
+    assert begun == []
+
+    await delivered(store, new_flow_run(prefect, flow_id))
+    [first] = await following.follow_once(CONNECTION)
+    with writes_begun(database) as begun:
+        assert await following.follow_once(CONNECTION) == []  # due again only in 5 s
+    assert begun == []
+    assert asked(metrics) == 1
+
+    now_clock.advance(POLICY.interval)
+    with writes_begun(database) as begun:
+        [again] = await following.follow_once(CONNECTION)
+    assert len(begun) == 2  # the claim, and what Prefect said
+    assert again.delivery_id == first.delivery_id
+    assert asked(metrics) == 2
+
+
+async def test_a_round_with_nothing_due_goes_on_while_another_process_holds_the_write_lock(
+    tmp_path: Path,
+    connection: PrefectConnection,
+    prefect: PrefectServer,
+    flow_id: str,
+    now_clock: ManualClock,
+) -> None:
+    """SQLite has one write lock for every process (the CLI's too): an idle round needs
+    none, where a claim would wait for it and fail once BRIDGE_DB_LOCK_TIMEOUT ran out."""
+    path = tmp_path / "bridge.db"
+    store = await open_store(f"sqlite:///{path}", clock=now_clock, lock_timeout=0.5)
+    try:
+        runs = Runs(store.database, now_clock)
+        following = follower(runs, connection, Metrics([CONNECTION]))
+        await delivered(store, new_flow_run(prefect, flow_id))
+        assert len(await following.follow_once(CONNECTION)) == 1  # due again in 5 s
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            idle = await following.follow_once(CONNECTION)
+            other.execute("ROLLBACK")
+    finally:
+        await store.database.close()
+
+    assert idle == []
+
+
+@contextmanager
+def events_read(database: Database) -> Iterator[list[str]]:
+    """Each statement meanwhile, on the writes' or the reads' engine, that reads events."""
+    engines = [database.engine, *([database.reads.engine] if database.reads else [])]
+    watched = [e.sync_engine if isinstance(e, AsyncEngine) else e for e in engines]
+    found: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if " events" in statement and statement.lstrip().upper().startswith("SELECT"):
+            found.append(statement)
+
+    for engine in watched:
+        event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield found
+    finally:
+        for engine in watched:
+            event.remove(engine, "before_cursor_execute", seen)
+
+
+async def test_only_the_events_of_runs_that_ended_are_read_once_prefect_answered(
+    store: Store,
+    database: Database,
+    runs: Runs,
+    connection: PrefectConnection,
+    prefect: PrefectServer,
+    flow_id: str,
+    now_clock: ManualClock,
+) -> None:
+    """A run's event (its body, parsed for Erathos's finish time) is needed only for the
+    freshness of a run that ended: never inside the claim, never for a run still going."""
+    metrics = Metrics([CONNECTION])
+    going, ending = new_flow_run(prefect, flow_id), new_flow_run(prefect, flow_id)
+    await delivered(store, going)
+    await delivered(store, ending)
+    following = follower(runs, connection, metrics)
+
+    with events_read(database) as read:
+        assert len(await following.follow_once(CONNECTION)) == 2
+    assert read == []  # both still pending
+
+    set_run_state(prefect, ending, "COMPLETED")
+    now_clock.advance(POLICY.interval)
+    with events_read(database) as read:
+        seen = await following.follow_once(CONNECTION)
+    assert len(read) == 1
+    [done] = [run for run in seen if run.state is RunState.COMPLETED]
+    assert done.freshness is not None

@@ -99,7 +99,9 @@ async def test_every_query_of_following_runs_is_planned_on_an_index(
     made = [await delivered(store, f"run-{n}") for n in range(3)]
     captured = Captured(database)
 
+    assert await runs.any_due("default")  # an idle round's one query, on the reads' path
     claimed = await runs.claim("owner", "default", 200, 60.0)
+    await runs.origins([run.event_id for run in claimed])  # the events of runs that ended
     ended = Freshness("dbt", clock(), 30.0, 20.0)
     seen = [RunSeen(made[0].id, RunState.FAILED, clock(), clock(), clock(), None, ended)]
     seen += [RunSeen(run.delivery_id, RunState.RUNNING, due_at=clock() + 5) for run in claimed[1:]]
@@ -113,6 +115,8 @@ async def test_every_query_of_following_runs_is_planned_on_an_index(
     await history.list_events(
         run_state=RunState.FAILED, before=(clock(), "f" * 32), since=clock() - 86400, limit=50
     )
+    assert await runs.stop_following() == 2  # BRIDGE_FOLLOW_RUNS turned off
+    assert not await runs.any_due("default")
 
     explained = await captured.plans()
     counted = [" ".join(plan) for statement, plan in explained if "count(*)" in statement]
