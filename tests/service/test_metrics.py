@@ -276,4 +276,6 @@ async def test_log_lines_the_sink_refused_are_counted(
         root.setLevel(level)
         structlog.reset_defaults()
 
-    assert after - before == 2
+    # At least these two: the service's own tasks (its probe of an unreachable Prefect,
+    # say) may log in the same moment, and their lines are lost and counted as well.
+    assert after - before >= 2
