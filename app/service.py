@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 from pydantic import SecretStr
 from sqlalchemy import make_url
@@ -26,6 +27,7 @@ from app.delivery.dispatcher import Dispatcher
 from app.delivery.follow import Follower, FollowPolicy
 from app.delivery.gate import Circuit
 from app.delivery.probe import PrefectWatch
+from app.errors import StoreUnavailable
 from app.masking import Masker
 from app.metrics import Metrics
 from app.routing.router import DEFAULT_CONNECTION, Router, default_router
@@ -42,6 +44,8 @@ from app.storage.history import History
 from app.storage.runs import Runs
 from app.storage.set_windows import SetWindows
 from app.storage.store import Store
+
+log = structlog.get_logger("erathos_prefect_bridge.service")
 
 
 @dataclass
@@ -194,8 +198,14 @@ async def open_bridge(
                 # Runs followed before it was turned off keep their last state; none
                 # claims to be followed (the console, the admin API, the gauge). The
                 # freshness past BRIDGE_RETENTION goes, as the follower would prune it.
-                await runs.stop_following()
-                await runs.prune(clock() - settings.retention.total_seconds())
+                try:
+                    stopped = await runs.stop_following()
+                    await runs.prune(clock() - settings.retention.total_seconds())
+                except StoreUnavailable as exc:  # a clean-up: never a reason not to start
+                    log.warning("could not stop following earlier runs", error=str(exc))
+                else:
+                    if stopped:
+                        log.info("following is off; earlier runs no longer followed", runs=stopped)
             # A connection whose circuit has opened already is being probed by its gate.
             watch.start(skip=lambda name: dispatcher.status()[name].circuit is not Circuit.CLOSED)
         interval = settings.poll_interval.total_seconds()

@@ -66,7 +66,7 @@ def plan_seen(
     answer: Sequence[Any],
     now: float,
     policy: FollowPolicy,
-    origins: Mapping[str, Origin] | None = None,
+    origins: Mapping[str, Origin],
 ) -> list[RunSeen]:
     """What Prefect's answer (its flow runs, a list) says of each run asked for: its state
     and times, when it is asked for next (never, once final or past the follow period),
@@ -88,7 +88,7 @@ def plan_seen(
         state_at = (_epoch(state_info.get("timestamp")) if state_info else None) or now
         started, ended_at = _epoch(found.get("start_time")), _epoch(found.get("end_time"))
         freshness = None
-        origin = (origins or {}).get(run.event_id)
+        origin = origins.get(run.event_id)
         if state in TERMINAL_RUN_STATES and origin is not None:
             end = ended_at or state_at or now
             freshness = Freshness(
@@ -247,7 +247,15 @@ class Follower:
             await self.runs.release(self.owner, again, due_at=now + self.policy.interval)
             await self.runs.release(self.owner, done, due_at=None)  # BRIDGE_FOLLOW_FOR is up
             return []
-        origins = await self.runs.origins([run.event_id for run in ended(claimed, answer)])
+        try:
+            origins = await self.runs.origins([run.event_id for run in ended(claimed, answer)])
+        except StoreUnavailable:  # QueryTimedOut too
+            # No read connection was free in time (operators' reads held them all): the
+            # runs are given back, asked for again next round rather than at the lease's end.
+            ids = [run.delivery_id for run in claimed]
+            with suppress(StoreUnavailable):
+                await self.runs.release(self.owner, ids, due_at=now + self.policy.interval)
+            raise
         seen = plan_seen(claimed, answer, now, self.policy, origins)
         recorded = await self.runs.record(self.owner, seen)
         routes = {run.delivery_id: run.route for run in claimed}

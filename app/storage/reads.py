@@ -33,6 +33,9 @@ READERS = 2  # connections (and, on SQLite, threads) for reads
 # enough to stop within a few milliseconds of the deadline, rarely enough that taking the
 # GIL for it costs the event loop nothing noticeable.
 PROGRESS_EVERY = 50_000
+# Past the deadline, how long a caller still waits for the read's own progress handler
+# to stop it (and answer QueryTimedOut itself) before it stops waiting.
+DRIFT = 0.5
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by its timeout
 
 
@@ -89,11 +92,20 @@ class SqliteReads(Reads):
             conn.exec_driver_sql("BEGIN")
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._read, work)
-
-    def _read(self, work: Callable[[Connection], T]) -> T:
+        # The deadline counts from here: a read that waited for a free thread (every one
+        # busy with other reads) has only what is left of it, as on PostgreSQL's pool.
         deadline = time.monotonic() + self.timeout
+        done = self._threads.submit(self._read, work, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(done), self.timeout + DRIFT)
+        except TimeoutError:
+            # Still waiting for a thread (now cancelled), or a work whose Python part the
+            # progress handler cannot stop (it ends in its thread; no one waits for it).
+            raise self.timed_out() from None
+
+    def _read(self, work: Callable[[Connection], T], deadline: float) -> T:
+        if time.monotonic() > deadline:
+            raise self.timed_out()  # a thread came free too late
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection
             assert isinstance(driver, sqlite3.Connection)

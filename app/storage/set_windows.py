@@ -78,7 +78,7 @@ def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 def _loads_of_windows(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Each window's loads by member, for a page of windows in one query (on the loads'
+    """Each window's loads by member, one query per 500 windows (on the loads'
     ``(window_id, member)`` index), not one per window."""
     found: dict[str, dict[str, Any]] = {window_id: {} for window_id in ids}
     for chunk in _chunks(ids):
@@ -94,7 +94,7 @@ def _loads_of_windows(conn: Connection, ids: Sequence[str]) -> dict[str, dict[st
 
 def _run_states(conn: Connection, event_ids: Sequence[str]) -> dict[str, RunState | None]:
     """The state of the flow run each closed window's event made, as the events pages sum
-    it up: one query for the page (on the deliveries' event index), not one per window."""
+    it up: one query per 500 windows (on the deliveries' event index), not one per window."""
     found: dict[str, list[RunState]] = {event_id: [] for event_id in event_ids}
     for chunk in _chunks(event_ids):
         query = select(deliveries.c.event_id, deliveries.c.run_state).where(
@@ -109,8 +109,8 @@ def _views(
     conn: Connection, rows: Sequence[Any], members: Mapping[str, Sequence[str]]
 ) -> list[WindowView]:
     """A page of windows as operators see them, in the order of ``rows``: two queries
-    after the windows' own (their loads, their runs' states), whatever the page's
-    length. An open window's missing members are those of ``members`` not loaded yet."""
+    per 500 windows after the windows' own (their loads, their runs' states), never one
+    per window. An open window's missing members are those of ``members`` not loaded yet."""
     loads = _loads_of_windows(conn, [row.id for row in rows])
     states = _run_states(conn, [row.event_id for row in rows if row.event_id is not None])
     found = []
@@ -240,7 +240,8 @@ class SetWindows:
     ) -> dict[str, list[WindowView]]:
         """Each named set's ``per_set`` newest windows, newest first (its open window
         first, when it has one): the console's page and the CLI's ``sets``, in three
-        queries for up to 200 sets, each set's windows read on its own index."""
+        queries for up to 200 sets and 500 windows, each set's windows read on its own
+        index."""
         newest = [
             select(set_windows)
             .where(set_windows.c.set_name == name)

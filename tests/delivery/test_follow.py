@@ -6,12 +6,14 @@ request per round. The follower's rounds are called directly, the clock moved by
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -29,6 +31,7 @@ from app.delivery.follow import (
 )
 from app.delivery.gate import Circuit
 from app.delivery.status import ConnectionStatus
+from app.errors import QueryTimedOut
 from app.metrics import Metrics
 from app.storage.database import Database
 from app.storage.history import History
@@ -36,7 +39,8 @@ from app.storage.records import RunState
 from app.storage.runs import Followed, Origin, Runs
 from app.storage.store import Store
 from tests.support.follow import delivered, new_flow_run, set_run_state
-from tests.support.stores import open_store
+from tests.support.reads import HeldReads
+from tests.support.stores import open_store, opened
 from tests.support.waiting import ManualClock
 from tools.localprefect import PrefectServer
 
@@ -199,7 +203,7 @@ async def test_replicas_never_hold_one_run_at_once_and_a_dead_ones_runs_are_take
     now_clock.advance(POLICY.lease + 1)  # replica-a died holding them
     taken = await runs.claim("replica-b", CONNECTION, FOLLOW_BATCH, POLICY.lease)
     assert {run.delivery_id for run in taken} == {d.id for d in made}
-    seen = plan_seen(first, [], now_clock(), POLICY)
+    seen = plan_seen(first, [], now_clock(), POLICY, {})
     assert await runs.record("replica-a", seen) == []  # too late: replica-b holds them
 
 
@@ -335,7 +339,7 @@ async def test_a_replayed_delivery_forgets_its_runs_state_and_is_followed_afresh
 ) -> None:
     made = await delivered(store, "run-1")
     [claimed] = await runs.claim("replica-a", CONNECTION, FOLLOW_BATCH, POLICY.lease)
-    await runs.record("replica-a", plan_seen([claimed], [], now_clock(), POLICY))  # gone
+    await runs.record("replica-a", plan_seen([claimed], [], now_clock(), POLICY, {}))  # gone
 
     replayed = await history.replay(made.id, new_run=True)
 
@@ -498,3 +502,51 @@ async def test_only_the_events_of_runs_that_ended_are_read_once_prefect_answered
     assert len(read) == 1
     [done] = [run for run in seen if run.state is RunState.COMPLETED]
     assert done.freshness is not None
+
+
+async def test_runs_whose_events_cannot_be_read_are_given_back_for_the_next_round(
+    database_url: str,
+    connection: PrefectConnection,
+    prefect: PrefectServer,
+    flow_id: str,
+    now_clock: ManualClock,
+) -> None:
+    """Prefect said the run ended, but every read connection is held by operators' reads
+    past BRIDGE_DB_READ_TIMEOUT: the round fails, and its runs are due again next round
+    (not at the end of their 60 s lease); the next round records the run's end. On
+    SQLite, where reads can be held past their deadline (PostgreSQL's statement_timeout
+    ends held reads as soon as the waiting one's pool_timeout)."""
+    async with opened(database_url, read_timeout=0.5) as database:
+        store, runs, history = (
+            Store(database, now_clock),
+            Runs(database, now_clock),
+            History(database),
+        )
+        run_id = new_flow_run(prefect, flow_id)
+        set_run_state(prefect, run_id, "COMPLETED")
+        made = await delivered(store, run_id)
+        held = HeldReads(database)
+        holding: list[asyncio.Task[int]] = []
+
+        class HeldWhileAsking(Follower):
+            async def _ask(self, name: str, flow_run_ids: list[str]) -> list[Any] | None:
+                answer = await super()._ask(name, flow_run_ids)
+                holding.extend(await held.__aenter__())  # operators' reads, from now on
+                return answer
+
+        following = HeldWhileAsking(
+            runs, {CONNECTION: connection}, lambda: {}, POLICY, Metrics([CONNECTION]), "a", 86400.0
+        )
+        with pytest.raises(QueryTimedOut):
+            await following.follow_once(CONNECTION)
+        await held.release()
+        await asyncio.gather(*holding, return_exceptions=True)  # stopped at their deadline
+        given_back = await history.get_delivery(made.id)
+        assert given_back is not None
+        assert (given_back.follow_owner, given_back.run_state) == (None, None)
+        assert given_back.follow_due_at == now_clock() + POLICY.interval
+
+        now_clock.advance(POLICY.interval)
+        [seen] = await follower(runs, connection, Metrics([CONNECTION])).follow_once(CONNECTION)
+        assert seen.state is RunState.COMPLETED
+        assert seen.freshness is not None

@@ -86,7 +86,6 @@ async def test_with_following_off_no_run_is_asked_for_and_every_run_reads_not_fo
     for event in events.values():
         assert [d["followed"] for d in event["deliveries"]] == [False]
     assert metric(scraped, 'erathos_bridge_runs_followed{connection="default"}') == 0
-    assert metric(scraped, "erathos_bridge_follow_requests_total") is None
     assert not [line for line in scraped.splitlines() if "follow_requests_total{" in line]
     database = await open_store(settings.database_url)
     try:

@@ -6,14 +6,11 @@ On SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
-from typing import Any
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, text
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import QueryTimedOut
 from app.storage.database import Database
@@ -22,53 +19,11 @@ from app.storage.schema import events
 from app.storage.store import Store
 from tests.support.erathos import webhook_body
 from tests.support.inprocess import SettingsFactory, open_client
+from tests.support.reads import HeldReads
 from tests.support.stores import opened, record
 from tests.support.tokens import ADMIN_TOKEN, auth
 
 pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
-
-HELD_KEY = 0x52454144  # the advisory lock a held PostgreSQL read waits on
-
-
-class HeldReads:
-    """Reads that stay open, each in its own read transaction, until released: on SQLite
-    in their threads (a blocked work), on PostgreSQL in the server (waiting for an
-    advisory lock this test holds), so neither blocks the event loop."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-        self.released = threading.Event()
-        self.started = threading.Semaphore(0)
-        self._lock_holder: Any = None
-
-    async def __aenter__(self) -> list[asyncio.Task[int]]:
-        if self.database.postgres:
-            assert isinstance(self.database.engine, AsyncEngine)
-            self._lock_holder = await self.database.engine.connect()
-            await self._lock_holder.execute(text(f"SELECT pg_advisory_lock({HELD_KEY})"))
-        tasks = [asyncio.create_task(self.database.read(self._hold)) for _ in range(READERS)]
-        for _ in range(READERS):
-            await asyncio.to_thread(self.started.acquire)
-        return tasks
-
-    def _hold(self, conn: Connection) -> int:
-        conn.execute(text("SELECT count(*) FROM events")).scalar()  # a snapshot is taken
-        self.started.release()
-        if conn.dialect.name == "postgresql":
-            conn.execute(text(f"SELECT pg_advisory_lock_shared({HELD_KEY})"))
-        else:
-            self.released.wait()
-        return 1
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.release()
-
-    async def release(self) -> None:
-        self.released.set()
-        if self._lock_holder is not None:
-            await self._lock_holder.execute(text(f"SELECT pg_advisory_unlock({HELD_KEY})"))
-            await self._lock_holder.close()
-            self._lock_holder = None
 
 
 async def test_reads_held_open_on_every_read_connection_delay_no_event_past_its_deadline(
@@ -154,3 +109,19 @@ async def test_the_admin_api_answers_a_read_past_its_deadline_503_query_timeout(
     assert "BRIDGE_DB_READ_TIMEOUT" in error["message"]
     assert search.headers["retry-after"] == "5"
     assert sent.status_code in (201, 202), sent.text
+
+
+async def test_a_read_waiting_for_a_free_connection_is_stopped_at_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """SQLite: every read thread is held by a read that outlives its deadline (in Python,
+    where the progress handler cannot stop it): the next read is answered QueryTimedOut
+    at its own deadline, never left waiting for a thread. (On PostgreSQL the reads'
+    pool_timeout does the same.)"""
+    async with opened(f"sqlite:///{tmp_path / 'bridge.db'}", read_timeout=0.3) as database:
+        held = HeldReads(database)
+        async with held as holding:
+            with pytest.raises(QueryTimedOut):
+                await database.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
+        outcomes = await asyncio.gather(*holding, return_exceptions=True)
+    assert all(isinstance(outcome, QueryTimedOut) for outcome in outcomes), outcomes

@@ -114,3 +114,26 @@ async def test_past_200_sets_the_newest_windows_take_one_more_statement(
     assert len(statements) == 4
     assert recent["shop"] == await windows.windows(MEMBERS, set_name="shop", limit=1)
     assert sum(map(len, recent.values())) == 1
+
+
+async def test_past_500_windows_their_loads_and_run_states_take_one_more_statement_each(
+    database: Database, store: Store, clock: ManualClock
+) -> None:
+    """Ids are bound 500 to a statement (SQLite's older builds take 999 parameters): the
+    oldest window, in the second part, still shows its own load and run state."""
+    ads = set_plan("ads", MEMBERS["ads"])
+    oldest = await load_into(store, ads, "clicks", rows=7)
+    [closed] = oldest.closed
+    await set_columns(database, deliveries, await run_of(database, closed), run_state="completed")
+    clock.advance(1)
+    await closed_windows(store, clock, "ads", 500)
+    windows = SetWindows(database, clock)
+
+    with captured(database) as statements:
+        page = await windows.windows(MEMBERS, set_name="ads", limit=501)
+
+    assert len(statements) == 5
+    assert len(page) == 501
+    assert all(len(w.loads) == 1 for w in page)
+    assert (page[-1].loads[0]["rows"], page[-1].run_state) == (7, RunState.COMPLETED)
+    assert {w.run_state for w in page[:-1]} == {None}
