@@ -175,6 +175,10 @@ def make_settings(database_url: str) -> SettingsFactory:
             "prefect_api_url": "http://127.0.0.1:9/api",
             "prefect_flow_id": str(uuid.uuid4()),
             "poll_interval": "0.1s",
+            # A failure bound, not a speed target: the webhook's answer waits for the
+            # first attempt even when a busy machine makes Prefect take seconds (a test
+            # that wants "queued" sets a short one).
+            "sync_wait": "20s",
         }
         values.update(overrides)
         return Settings(_env_file=None, _secrets_dir=None, **values)
@@ -196,19 +200,21 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def fast_retries(make_settings: SettingsFactory) -> TargetSettings:
-    """Settings for deliveries that fail and are tried again within a test: short
-    timeout, lease and backoff, a webhook that waits for the outcome, the admin API on."""
+    """Settings for deliveries that fail and are tried again within a test: a short
+    backoff, a webhook that waits for the outcome, the admin API on. Prefect's timeout
+    stays a failure bound (a real Prefect on a busy machine may take over a second to
+    make a run, which a short timeout would turn into one attempt more); a test of
+    timeouts sets its own, with a lease above it."""
 
     def build(api_url: str, flow_id: str, **more: Any) -> Settings:
         values: dict[str, Any] = {
             "prefect_api_url": api_url,
             "prefect_flow_id": flow_id,
             "admin_token": ADMIN_TOKEN,
-            "prefect_timeout": "1s",
-            "lease": "3s",
+            "prefect_timeout": "10s",
+            "lease": "30s",
             "retry_base": "100ms",
             "retry_cap": "1s",
-            "sync_wait": "3s",
         }
         return make_settings(**(values | more))
 
@@ -228,7 +234,6 @@ def events_on(make_settings: SettingsFactory) -> TargetSettings:
             "admin_token": ADMIN_TOKEN,
             "retry_base": "100ms",
             "retry_cap": "1s",
-            "sync_wait": "3s",
         }
         return make_settings(**(values | more))
 

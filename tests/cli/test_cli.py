@@ -28,6 +28,9 @@ JOB = "6b0f4a52-8d3e-4f5a-9c1b-2e7d8f9a0b1c"
 @pytest.fixture
 def environment(cli_environment: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     cli_environment.setenv("BRIDGE_POLL_INTERVAL", "100ms")
+    # A failure bound: the webhook's answer says Prefect's refusal even when a busy
+    # machine makes Prefect take seconds to give it.
+    cli_environment.setenv("BRIDGE_SYNC_WAIT", "20s")
     return cli_environment
 
 

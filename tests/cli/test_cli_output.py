@@ -29,7 +29,9 @@ from tests.support.waiting import eventually
 def environment(cli_environment: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Prefect is never reachable here (nothing needs it); the admin API is on."""
     cli_environment.setenv("BRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
-    cli_environment.setenv("BRIDGE_SYNC_WAIT", "100ms")
+    # A failure bound: refused at once, an attempt is recorded before the answer (one
+    # that may say "failed") even on a busy machine.
+    cli_environment.setenv("BRIDGE_SYNC_WAIT", "20s")
     cli_environment.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     cli_environment.setenv("PREFECT_FLOW_ID", "5d3c35a6-9b1e-4a0e-9a57-2f7f2bd1c0de")
     return cli_environment

@@ -96,6 +96,9 @@ def console(
     flow_id = prefect_ui.create_flow(f"console-{uuid.uuid4().hex[:8]}")
     dead = run_aside(dead_letters(prefect_ui.api_url, database_url))
     env = fast_service_environment(prefect_ui.api_url, flow_id, database_url)
+    # The pages show each attempt: a Prefect slowed by a busy machine past the 2 s of the
+    # fast environment would add a timed-out one.
+    env |= {"BRIDGE_PREFECT_TIMEOUT": "10s", "BRIDGE_LEASE": "30s"}
     service = ServiceProcess(env, work, work / "service.log")
     service.start()
     try:
@@ -120,6 +123,7 @@ async def dead_letters(api_url: str, database_url: str) -> dict[str, Stored]:
         database_url=database_url,
         prefect_api_url=api_url,
         prefect_flow_id=unknown_flow,
+        sync_wait="20s",  # a failure bound: the answer says Prefect's 409 on a busy machine too
     )
     found = {}
     async with open_client(settings) as client:

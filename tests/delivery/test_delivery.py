@@ -28,7 +28,10 @@ async def test_every_fault_ends_in_exactly_one_flow_run_with_the_backoff_recorde
     script = ["503", "429-seconds", "reset", "500", "stall", "429-date", "stall-after", "503"]
     proxy = FaultProxy(f"http://127.0.0.1:{prefect.port}", script, stall=1.5)
     await proxy.start()
-    settings = fast_retries(f"{proxy.url}/api", flow_id, max_concurrency=1)
+    # A timeout shorter than the stall, so that the stalls are timeouts.
+    settings = fast_retries(
+        f"{proxy.url}/api", flow_id, max_concurrency=1, prefect_timeout="1s", lease="3s"
+    )
     bodies = [webhook_body(table_name=f"t{i}") for i in range(6)]
     try:
         async with open_client(settings) as client:

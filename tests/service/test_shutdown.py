@@ -27,7 +27,12 @@ from tools.localprefect import PrefectServer, free_port
 
 pytestmark = pytest.mark.anyio
 
-GRACE = 3.0
+# The webhook that SIGTERM finds waiting must still be waiting when the test sends it,
+# after two more requests: SYNC_WAIT is a failure bound for those (a busy machine took
+# over a second). GRACE leaves it room: the requests' share, SYNC_WAIT + 1 s, is at most
+# half of it (app.service.shutdown_budget).
+SYNC_WAIT = 8.0
+GRACE = 2 * (SYNC_WAIT + 1)
 # Only keeps a broken test from hanging: a process that waited for Prefect (stalled for
 # 60 s behind a 30 s timeout) would still exit in it, and its recorded attempts tell.
 EXIT_GUARD = 120.0
@@ -89,7 +94,7 @@ async def test_sigterm_with_deliveries_in_flight_exits_0_in_its_grace_and_loses_
         BRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'bridge.db'}",
         BRIDGE_PREFECT_TIMEOUT="30s",
         BRIDGE_LEASE="60s",  # a lease still held at restart would hold the delivery back
-        BRIDGE_SYNC_WAIT="1s",
+        BRIDGE_SYNC_WAIT=f"{SYNC_WAIT}s",
         BRIDGE_SHUTDOWN_GRACE=f"{GRACE}s",
         BRIDGE_LOG_FORMAT="json",
     )
@@ -99,7 +104,7 @@ async def test_sigterm_with_deliveries_in_flight_exits_0_in_its_grace_and_loses_
         # One delivery stalls in Prefect: its flow run is made, the answer never comes.
         stalled = asyncio.create_task(post_event(service.url, webhook_body()))
         await eventually(
-            lambda: proxy.creations.total() == 1, within=10, what="the first creation in Prefect"
+            lambda: proxy.creations.total() == 1, within=30, what="the first creation in Prefect"
         )
         # A webhook still waiting for Prefect when SIGTERM comes: its delivery, claimed as
         # it was stored, waits for its turn behind the stalled one (BRIDGE_SYNC_WAIT).
@@ -107,7 +112,7 @@ async def test_sigterm_with_deliveries_in_flight_exits_0_in_its_grace_and_loses_
         in_flight = asyncio.create_task(post_event(service.url, last))
         await eventually(
             lambda: accepted(service, last["execution_id"]),
-            within=10,
+            within=30,
             what="the waiting webhook stored",
             every=0.02,
         )

@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -60,21 +61,32 @@ async def settled(client: httpx.AsyncClient, within: float) -> None:
     await eventually(none_pending, within=within, what="every delivery settled")
 
 
-async def delivered(url: str, event_id: str, within: float = 60) -> None:
-    """Wait until the event is delivered, by the admin API of the service at ``url``.
-    The webhook's own answer says "delivered" only when that happened within
-    BRIDGE_SYNC_WAIT; on a busy machine, or when the local Prefect answered 503 to a
-    first try, it says "queued" and the retry delivers it a moment later."""
-    async with httpx.AsyncClient(base_url=url, headers=auth(ADMIN_TOKEN)) as client:
+async def delivered(url: str, event_id: str, within: float = 60) -> dict[str, Any]:
+    """Wait until the event is delivered, by the admin API of the service at ``url``;
+    the event as that API shows it then. The webhook's own answer says "delivered" only
+    when that happened within BRIDGE_SYNC_WAIT; on a busy machine, or when the local
+    Prefect answered 503 to a first try, it says "queued" and the retry delivers it a
+    moment later."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        return await delivered_by(client, event_id, within)
 
-        async def done() -> bool:
-            answer = await client.get(f"/events/{event_id}")
-            assert answer.status_code == 200, answer.text
-            state = answer.json()["state"]
-            assert state in ("pending", "delivered"), answer.text
-            return bool(state == "delivered")
 
-        await eventually(done, within=within, what=f"event {event_id} delivered", every=0.2)
+async def delivered_by(
+    client: httpx.AsyncClient, event_id: str, within: float = 60
+) -> dict[str, Any]:
+    """:func:`delivered`, through ``client`` (an in-process one, say): the event once
+    it is delivered, as the admin API shows it."""
+    shown: dict[str, Any] = {}
+
+    async def done() -> bool:
+        answer = await client.get(f"/events/{event_id}", headers=auth(ADMIN_TOKEN))
+        assert answer.status_code == 200, answer.text
+        shown.update(answer.json())
+        assert shown["state"] in ("pending", "delivered"), answer.text
+        return bool(shown["state"] == "delivered")
+
+    await eventually(done, within=within, what=f"event {event_id} delivered", every=0.2)
+    return shown
 
 
 class ManualClock:
