@@ -250,8 +250,21 @@ def example_curl(base_url: str, token: str, body: dict[str, str]) -> str:
     )
 
 
-def stop_on_signal(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+class Stopped(KeyboardInterrupt):
+    """A signal to stop: Ctrl-C (SIGINT), SIGTERM, or SIGHUP (its terminal closed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_on_signal(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+# What stops `run` and everything it started. SIGHUP too: the children run in sessions
+# of their own, so a closed terminal reaches only this process, which must stop them.
+STOP_SIGNALS = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
 
 
 def cmd_run() -> int:
@@ -266,7 +279,8 @@ def cmd_run() -> int:
             say("settings (BRIDGE_ROUTES_FILE, the tokens): remove it to use only your own")
         # Real settings: the service replaces this process, with the environment unchanged.
         os.execv(executable, [executable, "serve"])  # noqa: S606
-    signal.signal(signal.SIGTERM, stop_on_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop_on_signal)
     return run_newcomer(executable)
 
 
@@ -329,16 +343,17 @@ def run_newcomer(executable: str) -> int:
                 return 1
             time.sleep(0.5)
         return service.returncode
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         say("stopping")
-        return 130
+        # Asked to stop (SIGTERM, SIGHUP): a clean stop, as serve's; Ctrl-C: 130, as a shell's.
+        return 0 if isinstance(exc, Stopped) and exc.signum != signal.SIGINT else 130
     except PrefectError as exc:
         say(str(exc))
         return 1
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave a process behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_IGN)
         if service is not None:
             stop(service)
         flow.stop()
