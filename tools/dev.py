@@ -401,10 +401,13 @@ Send it what Erathos sends (run it twice: the second answer is a duplicate):
 {example_curl(base_url, webhook_token, example_body())}
 
 The answer's deliveries[0].flow_run_url opens the flow run in the Prefect UI: it is
-COMPLETED within seconds, with typed parameters (rows is the integer 1520).
+COMPLETED within seconds, with typed parameters (rows is the integer 1520). Its status
+may read "queued": the load's Prefect event counts once Prefect has stored it (read
+back a few seconds later); `events` then shows both deliveries delivered.
 
-Its "sets" say the load joined today's window of the set "shop", with raw_shop.customers
-missing. Complete the set with the load of customers:
+Its "sets" say the load joined the set "shop"'s open window (a load after a window
+closed joins the next day's), with raw_shop.customers missing. Complete the set with
+the load of customers:
 
 {example_curl(base_url, webhook_token, example_set_body())}
 

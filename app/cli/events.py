@@ -55,6 +55,8 @@ async def _events(settings: StoreSettings, args: argparse.Namespace) -> int:
         state = EventState(args.state) if args.state else None
         run_state = RunState(args.run_state) if args.run_state else None
         page = await history.list_events(state=state, run_state=run_state, limit=args.limit)
+    if not page and not args.json:  # (JSON lines: none is no line)
+        print("no events match", file=sys.stderr)
     for event, found in page:
         if args.json:
             print(

@@ -45,6 +45,21 @@ async def _post(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return answer.json(), listing.json()
 
 
+def test_events_says_when_none_match_and_json_prints_no_line(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(_post(webhook_body(status="FAILED")))  # one event, no run failed
+    capsys.readouterr()
+
+    assert main(["events", "--run-state", "failed"]) == 0
+    text = capsys.readouterr()
+    assert main(["events", "--run-state", "failed", "--json"]) == 0
+    as_json = capsys.readouterr()
+
+    assert (text.out, text.err) == ("", "no events match\n")
+    assert (as_json.out, as_json.err) == ("", "")
+
+
 def test_events_shows_the_time_exactly_as_the_admin_api_does(
     environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
