@@ -289,7 +289,10 @@ def run_newcomer(executable: str) -> int:
     FINISHED loads to that flow: the printed curl ends in a COMPLETED flow run."""
     host, port = setting("BRIDGE_HOST", "127.0.0.1"), int(setting("BRIDGE_PORT", "8080"))
     if not port_is_free(port):
-        say(f"port {port} is taken (another bridge?): stop what listens there, or set BRIDGE_PORT")
+        say(
+            f"port {port} is taken (a bridge still running? `ss -ltnp 'sport = :{port}'` "
+            "names the process): stop what listens there, or set BRIDGE_PORT"
+        )
         return 1
     prefect_port = PREFECT_PORT if port_is_free(PREFECT_PORT) else free_port()
     if prefect_port != PREFECT_PORT:
