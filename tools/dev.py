@@ -406,7 +406,7 @@ Send it what Erathos sends (run it twice: the second answer is a duplicate):
 The answer's deliveries[0].flow_run_url opens the flow run in the Prefect UI: it is
 COMPLETED within seconds, with typed parameters (rows is the integer 1520). Its status
 may read "queued": the load's Prefect event counts once Prefect has stored it (read
-back a few seconds later); `events` then shows both deliveries delivered.
+back a few seconds later); `events` then shows "event sent" beside the run.
 
 Its "sets" say the load joined the set "shop"'s open window (a load after a window
 closed joins the next day's), with raw_shop.customers missing. Complete the set with
